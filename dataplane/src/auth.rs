@@ -1,0 +1,135 @@
+//! API keys: `stoa_<prefix>_<secret>`. The prefix finds the key record; the
+//! SHA-256 of the whole key is compared in constant time with the stored hash.
+
+use std::sync::Arc;
+
+use http::HeaderMap;
+use ring::{digest, rand::SecureRandom};
+use subtle::ConstantTimeEq;
+
+use crate::{
+    error::GatewayError,
+    model::{ApiKey, KeyPrefix, Snapshot},
+};
+
+const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+const SECRET_LEN: usize = 32;
+
+/// Finds and checks the caller's key. Never logs or stores the key itself.
+pub fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<Arc<ApiKey>, GatewayError> {
+    let presented = presented_key(headers).ok_or(GatewayError::MissingKey)?;
+    let (prefix, _) = split_key(presented).ok_or(GatewayError::BadKey)?;
+    let key = snap.keys.get(&prefix).ok_or(GatewayError::BadKey)?;
+    let hash = digest::digest(&digest::SHA256, presented.as_bytes());
+    if bool::from(hash.as_ref().ct_eq(&key.hash)) {
+        Ok(key.clone())
+    } else {
+        Err(GatewayError::BadKey)
+    }
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, token) = v.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+    }
+    headers.get("x-api-key")?.to_str().ok().map(str::trim)
+}
+
+fn split_key(key: &str) -> Option<(KeyPrefix, &str)> {
+    let rest = key.strip_prefix("stoa_")?;
+    let (prefix, secret) = rest.split_once('_')?;
+    let prefix = KeyPrefix::parse(prefix).ok()?;
+    (secret.len() >= 16 && secret.bytes().all(|b| b.is_ascii_alphanumeric())).then_some((prefix, secret))
+}
+
+/// `sha256:<hex>` of a whole key, as stored in config and by the control plane.
+pub fn hash_key(key: &str) -> String {
+    let d = digest::digest(&digest::SHA256, key.as_bytes());
+    let mut s = String::from("sha256:");
+    for b in d.as_ref() {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// A new random key: returns (whole key, prefix).
+pub fn generate_key() -> (String, String) {
+    let prefix = random_chars(8);
+    let secret = random_chars(SECRET_LEN);
+    (format!("stoa_{prefix}_{secret}"), prefix)
+}
+
+fn random_chars(n: usize) -> String {
+    let rng = ring::rand::SystemRandom::new();
+    let mut out = String::with_capacity(n);
+    let mut buf = [0u8; 64];
+    while out.len() < n {
+        rng.fill(&mut buf).expect("the OS random source works");
+        // Rejection sampling keeps the distribution uniform over 62 symbols.
+        for &b in buf.iter().filter(|&&b| b < 248) {
+            if out.len() == n {
+                break;
+            }
+            out.push(ALPHABET[(b % 62) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileConfig;
+
+    fn snapshot_with(key: &str, prefix: &str) -> Snapshot {
+        let yaml = format!(
+            "tenants: [{{name: t}}]\napi_keys: [{{name: k, tenant: t, prefix: {prefix}, hash: \"{}\", subscriptions: []}}]",
+            hash_key(key)
+        );
+        let (snap, rejected) = Snapshot::build(&FileConfig::parse(&yaml).unwrap());
+        assert!(rejected.is_empty(), "{rejected:?}");
+        snap
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn accepts_bearer_and_x_api_key() {
+        let (key, prefix) = generate_key();
+        let snap = snapshot_with(&key, &prefix);
+        let bearer = format!("Bearer {key}");
+        assert!(authenticate(&snap, &headers(&[("authorization", &bearer)])).is_ok());
+        assert!(authenticate(&snap, &headers(&[("x-api-key", &key)])).is_ok());
+    }
+
+    #[test]
+    fn refuses_missing_wrong_and_malformed() {
+        let (key, prefix) = generate_key();
+        let snap = snapshot_with(&key, &prefix);
+        assert!(matches!(authenticate(&snap, &headers(&[])), Err(GatewayError::MissingKey)));
+        let mut wrong = key.clone();
+        wrong.pop();
+        wrong.push(if key.ends_with('A') { 'B' } else { 'A' });
+        for bad in [wrong.as_str(), "stoa_", "stoa_short_x", "Basic abc", "nonsense"] {
+            let r = authenticate(&snap, &headers(&[("x-api-key", bad)]));
+            assert!(matches!(r, Err(GatewayError::BadKey)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn generated_keys_are_well_formed_and_distinct() {
+        let (a, pa) = generate_key();
+        let (b, _) = generate_key();
+        assert_ne!(a, b);
+        assert_eq!(split_key(&a).unwrap().0.as_str(), pa);
+        assert_eq!(a.len(), "stoa_".len() + 8 + 1 + SECRET_LEN);
+    }
+}

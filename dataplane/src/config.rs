@@ -1,0 +1,333 @@
+//! The gateway's configuration file (YAML), as written by an operator.
+//!
+//! These types are the file format only: `model::Snapshot::build` lowers the
+//! resource part into the in-memory model the request path reads, and the
+//! control plane's config stream will lower into that same model.
+//! `stoa-gateway schema` prints the JSON Schema generated from these types.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Where the gateway listens.
+    #[serde(default)]
+    pub listeners: Listeners,
+    /// Bounds on everything a peer can make the gateway hold or wait for.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Sealing of `Mcp-Session-Id` so that any replica can serve any session.
+    #[serde(default)]
+    pub sessions: Sessions,
+    /// Browser origins allowed to call the MCP endpoint. Requests that carry an
+    /// `Origin` header not in this list are refused with 403; requests without
+    /// `Origin` (non-browser agents) are allowed. `*` allows every origin.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// How often the config file (and TLS files) are checked for changes.
+    /// SIGHUP reloads immediately.
+    #[serde(default = "defaults::watch_interval", deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub watch_interval: Duration,
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionConfig>,
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Listeners {
+    /// Cleartext HTTP/1.1 and h2c (prior knowledge) on one port.
+    pub plain: Option<SocketAddr>,
+    /// TLS (HTTP/1.1 and HTTP/2 by ALPN), plus HTTP/3 on the same port number.
+    pub tls: Option<TlsListener>,
+    /// Optional separate listener for /healthz, /readyz and /metrics. When
+    /// absent, those paths are served on every listener.
+    pub admin: Option<SocketAddr>,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            plain: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            tls: None,
+            admin: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListener {
+    pub addr: SocketAddr,
+    /// PEM certificate chain. With `key`; when both are absent a development
+    /// CA and certificate are generated under `dev_cert_dir`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// Where generated development certificates are kept (and reused).
+    #[serde(default = "defaults::dev_cert_dir")]
+    pub dev_cert_dir: PathBuf,
+    /// Serve HTTP/3 over QUIC on the same port number (UDP).
+    #[serde(default = "defaults::yes")]
+    pub http3: bool,
+}
+
+/// Every bound the gateway enforces. Durations are written like `250ms`, `30s`, `5m`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+    /// Largest JSON response accepted from an upstream (502 beyond).
+    pub max_response_bytes: usize,
+    /// Largest single SSE event accepted from an upstream (the stream ends with an error event beyond).
+    pub max_sse_event_bytes: usize,
+    /// Largest request head (request line + headers) accepted (431 beyond).
+    pub max_header_bytes: usize,
+    /// Concurrent streams per HTTP/2 or HTTP/3 connection.
+    pub max_concurrent_streams: u32,
+    /// Concurrent connections per listener; further connections wait in the accept queue.
+    pub max_connections: usize,
+    /// Time allowed to send the request head (slowloris bound).
+    #[serde(deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub header_read_timeout: Duration,
+    /// Time allowed to send the request body.
+    #[serde(deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub body_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    #[serde(deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub idle_timeout: Duration,
+    /// Time allowed to establish a TCP connection to an upstream.
+    #[serde(deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub upstream_connect_timeout: Duration,
+    /// Time allowed for an upstream to start answering (status and headers).
+    #[serde(deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub upstream_response_timeout: Duration,
+    /// Time allowed to receive a whole JSON (non-streaming) upstream answer.
+    #[serde(deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub request_timeout: Duration,
+    /// An SSE stream on which the upstream sends nothing for this long is closed.
+    /// Long tool calls keep their stream: keep-alives flow to the client meanwhile.
+    #[serde(deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub stream_idle_timeout: Duration,
+    /// Interval of SSE keep-alive comments sent to clients on quiet streams.
+    #[serde(deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub sse_keepalive_interval: Duration,
+    /// On shutdown, how long in-flight requests and streams may take to finish.
+    #[serde(deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 4 << 20,
+            max_response_bytes: 16 << 20,
+            max_sse_event_bytes: 4 << 20,
+            max_header_bytes: 16 << 10,
+            max_concurrent_streams: 256,
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_response_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(600),
+            sse_keepalive_interval: Duration::from_secs(15),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Sessions {
+    /// 32-byte key, base64. All replicas that serve the same agents must share it.
+    /// `STOA_SESSION_KEY` overrides it. When absent, a random key is made at
+    /// start-up and sessions survive neither a restart nor a change of replica.
+    pub key: Option<String>,
+    /// Older keys still accepted for opening sessions (key rotation).
+    #[serde(default)]
+    pub previous_keys: Vec<String>,
+    /// A session is refused after this long (the agent re-initializes).
+    #[serde(default = "defaults::session_ttl", deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+}
+
+#[derive(Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `[a-z0-9-]`, 1..=32 characters; it names `/mcp/<name>` and prefixes
+    /// aggregated tool names.
+    pub name: String,
+    /// The upstream's MCP endpoint, `http://` or `https://`.
+    pub url: String,
+    /// Owning tenant; absent means shared by every tenant.
+    pub tenant: Option<String>,
+    /// Headers injected on every request to this upstream (credentials).
+    /// `${VAR}` is replaced by the environment variable `VAR` at load time.
+    /// Values are never logged.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("tenant", &self.tenant)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    pub name: String,
+    pub tenant: String,
+    pub upstream: String,
+    /// Tool names granted; `["*"]` (the default) grants every tool.
+    #[serde(default = "defaults::all_tools")]
+    pub tools: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// A human name for logs and metrics.
+    pub name: String,
+    pub tenant: String,
+    /// The public 8-character prefix of the key (`stoa_<prefix>_<secret>`).
+    pub prefix: String,
+    /// `sha256:<64 hex>` of the whole key; `stoa-gateway hash-key` prints it.
+    pub hash: String,
+    /// Subscriptions (of the same tenant) this key uses.
+    pub subscriptions: Vec<String>,
+}
+
+mod defaults {
+    use std::{path::PathBuf, time::Duration};
+    pub fn watch_interval() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn session_ttl() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+    pub fn dev_cert_dir() -> PathBuf {
+        PathBuf::from("target/stoa-dev-tls")
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn all_tools() -> Vec<String> {
+        vec!["*".into()]
+    }
+}
+
+/// `humantime` durations (`250ms`, `30s`, `5m`) in serde.
+mod dur {
+    use super::*;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {s:?} (write e.g. 250ms, 30s, 5m): {e}"))
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Syntax {
+        path: PathBuf,
+        source: serde_norway::Error,
+    },
+}
+
+impl FileConfig {
+    pub fn parse(text: &str) -> Result<FileConfig, serde_norway::Error> {
+        serde_norway::from_str(text)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|source| ConfigError::Syntax {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    pub fn json_schema() -> String {
+        let schema = schemars::schema_for!(FileConfig);
+        serde_json::to_string_pretty(&schema).expect("a schema always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_file_gets_safe_defaults() {
+        let c = FileConfig::parse("{}").unwrap();
+        assert_eq!(c.listeners.plain, Some(SocketAddr::from(([127, 0, 0, 1], 8080))));
+        assert_eq!(c.limits.max_body_bytes, 4 << 20);
+        assert!(c.api_keys.is_empty());
+    }
+
+    #[test]
+    fn durations_and_unknown_fields() {
+        let c = FileConfig::parse("limits: {request_timeout: 250ms}").unwrap();
+        assert_eq!(c.limits.request_timeout, Duration::from_millis(250));
+        let err = FileConfig::parse("limits: {request_timeout: soon}").unwrap_err();
+        assert!(err.to_string().contains("invalid duration \"soon\""), "{err}");
+        let err = FileConfig::parse("listners: {}").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn upstream_debug_hides_credentials() {
+        let c = FileConfig::parse(
+            "upstreams: [{name: a, url: 'http://x/mcp', headers: {Authorization: 'Bearer s3cret'}}]",
+        )
+        .unwrap();
+        let shown = format!("{:?}", c.upstreams[0]);
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+}

@@ -1,0 +1,229 @@
+//! Every way a request can fail, and the one place that turns a failure into
+//! an HTTP status plus a JSON-RPC error body.
+
+use http::StatusCode;
+use serde_json::{Value, json};
+
+/// Who is at fault: decides the status class and whether a retry can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something we refuse.
+    Downstream,
+    /// The upstream MCP server misbehaved or is unreachable.
+    Upstream,
+    /// A bug or resource exhaustion on our side.
+    Internal,
+}
+
+/// JSON-RPC error codes used by MCP (spec "Error handling").
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// Implementation-defined server errors live in -32000..-32099.
+    pub const UNAUTHORIZED: i64 = -32001;
+    pub const FORBIDDEN: i64 = -32003;
+    pub const SESSION_NOT_FOUND: i64 = -32004;
+    pub const UPSTREAM_UNAVAILABLE: i64 = -32010;
+    pub const UPSTREAM_TIMEOUT: i64 = -32011;
+    pub const UPSTREAM_BAD_RESPONSE: i64 = -32012;
+    pub const TOO_LARGE: i64 = -32013;
+    pub const TIMEOUT: i64 = -32014;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("missing API key: send `Authorization: Bearer stoa_…` or `X-API-Key`")]
+    MissingKey,
+    #[error("unknown or invalid API key")]
+    BadKey,
+    #[error("origin {0:?} is not allowed")]
+    ForbiddenOrigin(String),
+    #[error("{0}")]
+    NotGranted(String),
+    #[error("request body exceeds {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("timed out reading the request body")]
+    BodyTimeout,
+    #[error("unsupported content type {0:?}: send application/json")]
+    ContentType(String),
+    #[error("the Accept header must list both application/json and text/event-stream")]
+    NotAcceptable,
+    #[error("malformed JSON: {0}")]
+    Parse(String),
+    #[error("not a JSON-RPC 2.0 message: {0}")]
+    InvalidRequest(String),
+    #[error("JSON-RPC batches are not supported by MCP {0}")]
+    Batch(String),
+    #[error("unsupported MCP-Protocol-Version {0:?}")]
+    ProtocolVersion(String),
+    #[error("header {header} ({found:?}) does not match the body ({expected:?})")]
+    HeaderMismatch {
+        header: &'static str,
+        found: String,
+        expected: String,
+    },
+    #[error("missing Mcp-Session-Id header")]
+    MissingSession,
+    #[error("session not found or expired")]
+    UnknownSession,
+    #[error("method {0:?} not found")]
+    MethodNotFound(String),
+    #[error("invalid params: {0}")]
+    InvalidParams(String),
+    #[error("no upstream named {0:?}")]
+    NoSuchUpstream(String),
+    #[error("method {0} not allowed on this endpoint")]
+    MethodNotAllowed(http::Method),
+    #[error("upstream {upstream} is unreachable: {reason}")]
+    UpstreamUnavailable { upstream: String, reason: String },
+    #[error("upstream {upstream} did not answer within {after_ms} ms")]
+    UpstreamTimeout { upstream: String, after_ms: u64 },
+    #[error("upstream {upstream} sent an invalid response: {reason}")]
+    UpstreamBadResponse { upstream: String, reason: String },
+    #[error("gateway is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    pub fn fault(&self) -> Fault {
+        use GatewayError::*;
+        match self {
+            UpstreamUnavailable { .. } | UpstreamTimeout { .. } | UpstreamBadResponse { .. } => {
+                Fault::Upstream
+            }
+            Internal(_) | ShuttingDown => Fault::Internal,
+            _ => Fault::Downstream,
+        }
+    }
+
+    /// Whether the same request may succeed if sent again unchanged.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::UpstreamUnavailable { .. }
+                | GatewayError::UpstreamTimeout { .. }
+                | GatewayError::ShuttingDown
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        use GatewayError::*;
+        match self {
+            MissingKey | BadKey => StatusCode::UNAUTHORIZED,
+            ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
+            // A refused tool is a JSON-RPC level answer: the HTTP exchange worked.
+            NotGranted(_) | MethodNotFound(_) | InvalidParams(_) => StatusCode::OK,
+            BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            Parse(_) | InvalidRequest(_) | Batch(_) | ProtocolVersion(_) | HeaderMismatch { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            MissingSession => StatusCode::BAD_REQUEST,
+            UnknownSession => StatusCode::NOT_FOUND,
+            NoSuchUpstream(_) => StatusCode::NOT_FOUND,
+            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            UpstreamUnavailable { .. } | UpstreamBadResponse { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn rpc_code(&self) -> i64 {
+        use GatewayError::*;
+        match self {
+            MissingKey | BadKey => code::UNAUTHORIZED,
+            ForbiddenOrigin(_) | NotGranted(_) => code::FORBIDDEN,
+            BodyTooLarge { .. } => code::TOO_LARGE,
+            BodyTimeout => code::TIMEOUT,
+            Parse(_) => code::PARSE_ERROR,
+            ContentType(_) | NotAcceptable | InvalidRequest(_) | Batch(_) | ProtocolVersion(_)
+            | HeaderMismatch { .. } | MissingSession | MethodNotAllowed(_) => code::INVALID_REQUEST,
+            UnknownSession => code::SESSION_NOT_FOUND,
+            MethodNotFound(_) | NoSuchUpstream(_) => code::METHOD_NOT_FOUND,
+            InvalidParams(_) => code::INVALID_PARAMS,
+            UpstreamUnavailable { .. } => code::UPSTREAM_UNAVAILABLE,
+            UpstreamTimeout { .. } => code::UPSTREAM_TIMEOUT,
+            UpstreamBadResponse { .. } => code::UPSTREAM_BAD_RESPONSE,
+            ShuttingDown | Internal(_) => code::INTERNAL_ERROR,
+        }
+    }
+
+    /// The JSON-RPC error object, with a machine-readable reason in `data`.
+    pub fn rpc_error(&self) -> Value {
+        json!({
+            "code": self.rpc_code(),
+            "message": self.to_string(),
+            "data": { "reason": self.reason(), "retryable": self.retryable() },
+        })
+    }
+
+    /// A stable, short identifier of the failure for logs, metrics and clients.
+    pub fn reason(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            MissingKey => "missing_key",
+            BadKey => "bad_key",
+            ForbiddenOrigin(_) => "forbidden_origin",
+            NotGranted(_) => "not_granted",
+            BodyTooLarge { .. } => "body_too_large",
+            BodyTimeout => "body_timeout",
+            ContentType(_) => "content_type",
+            NotAcceptable => "not_acceptable",
+            Parse(_) => "parse_error",
+            InvalidRequest(_) => "invalid_request",
+            Batch(_) => "batch_unsupported",
+            ProtocolVersion(_) => "protocol_version",
+            HeaderMismatch { .. } => "header_mismatch",
+            MissingSession => "missing_session",
+            UnknownSession => "unknown_session",
+            MethodNotFound(_) => "method_not_found",
+            InvalidParams(_) => "invalid_params",
+            NoSuchUpstream(_) => "no_such_upstream",
+            MethodNotAllowed(_) => "method_not_allowed",
+            UpstreamUnavailable { .. } => "upstream_unavailable",
+            UpstreamTimeout { .. } => "upstream_timeout",
+            UpstreamBadResponse { .. } => "upstream_bad_response",
+            ShuttingDown => "shutting_down",
+            Internal(_) => "internal",
+        }
+    }
+
+    /// A complete JSON-RPC error response for request `id` (null when unknown).
+    pub fn rpc_response(&self, id: Option<&Value>) -> Value {
+        json!({
+            "jsonrpc": "2.0",
+            "id": id.cloned().unwrap_or(Value::Null),
+            "error": self.rpc_error(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_name_their_reason() {
+        let e = GatewayError::NotGranted("tool \"x\" is not granted to this key".into());
+        let body = e.rpc_response(Some(&json!(7)));
+        assert_eq!(body["id"], 7);
+        assert_eq!(body["error"]["code"], code::FORBIDDEN);
+        assert_eq!(body["error"]["data"]["reason"], "not_granted");
+        assert_eq!(e.fault(), Fault::Downstream);
+        let up = GatewayError::UpstreamTimeout {
+            upstream: "a".into(),
+            after_ms: 5,
+        };
+        assert_eq!(up.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(up.retryable());
+        assert_eq!(up.fault(), Fault::Upstream);
+    }
+}

@@ -1,0 +1,379 @@
+//! The gateway's shared state and its router: one function from an HTTP
+//! request (from any listener, any HTTP version) to a response.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body as HttpBody;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::{
+    aggregate, auth,
+    body::{self, Body, BoxError},
+    config::{FileConfig, Limits},
+    error::GatewayError,
+    metrics::Metrics,
+    model::{Rejected, Snapshot, UpstreamName},
+    relay,
+    session::{SealError, SessionKeys, SessionState},
+    upstream::UpstreamClient,
+};
+
+/// Everything a config (re)load produces, swapped in atomically.
+pub struct Runtime {
+    pub snapshot: Snapshot,
+    pub limits: Limits,
+    pub sessions: Arc<SessionKeys>,
+    pub allowed_origins: Vec<String>,
+    /// Health and metrics live on a separate admin listener.
+    pub admin_separate: bool,
+}
+
+impl Runtime {
+    /// `keep` supplies the running session keys when the config names none,
+    /// so a reload does not end every open session.
+    pub fn from_config(
+        cfg: &FileConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+        keep: Option<Arc<SessionKeys>>,
+    ) -> Result<(Runtime, Vec<Rejected>), String> {
+        let (snapshot, rejected) = Snapshot::build_with_env(cfg, env);
+        let ttl = cfg.sessions.ttl.as_secs();
+        let sessions = match env("STOA_SESSION_KEY").or_else(|| cfg.sessions.key.clone()) {
+            Some(k) => {
+                let current = SessionKeys::decode_key(&k).map_err(|e| format!("sessions.key: {e}"))?;
+                let previous = cfg
+                    .sessions
+                    .previous_keys
+                    .iter()
+                    .map(|k| SessionKeys::decode_key(k))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("sessions.previous_keys: {e}"))?;
+                Arc::new(SessionKeys::new(current, &previous, ttl))
+            }
+            None => keep.unwrap_or_else(|| {
+                tracing::warn!("no sessions.key configured: sessions will not survive a restart or move between replicas");
+                Arc::new(SessionKeys::random(ttl))
+            }),
+        };
+        Ok((
+            Runtime {
+                snapshot,
+                limits: cfg.limits.clone(),
+                sessions,
+                allowed_origins: cfg.allowed_origins.clone(),
+                admin_separate: cfg.listeners.admin.is_some(),
+            },
+            rejected,
+        ))
+    }
+}
+
+pub struct Gateway {
+    runtime: ArcSwap<Runtime>,
+    pub client: UpstreamClient,
+    pub metrics: Metrics,
+    /// Cancelled when the gateway starts draining: GET streams end cleanly.
+    pub draining: CancellationToken,
+    ready: AtomicBool,
+    request_ids: AtomicU64,
+    id_prefix: u32,
+}
+
+/// Which listener a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Public,
+    Admin,
+}
+
+/// Per-request facts for logs and metrics.
+pub struct ReqCtx {
+    pub id: String,
+    pub method: &'static str,
+    pub upstream: String,
+    pub tool: Option<String>,
+    pub key: Option<String>,
+}
+
+impl Gateway {
+    pub fn new(runtime: Runtime) -> Arc<Self> {
+        let client = UpstreamClient::new(&runtime.limits);
+        let mut seed = [0u8; 4];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).expect("OS random source");
+        Arc::new(Gateway {
+            runtime: ArcSwap::from_pointee(runtime),
+            client,
+            metrics: Metrics::new(),
+            draining: CancellationToken::new(),
+            ready: AtomicBool::new(true),
+            request_ids: AtomicU64::new(0),
+            id_prefix: u32::from_ne_bytes(seed),
+        })
+    }
+
+    pub fn runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
+        self.runtime.load()
+    }
+
+    /// Swaps in a new runtime; requests already running finish on the old one.
+    pub fn swap(&self, rt: Runtime) {
+        self.runtime.store(Arc::new(rt));
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    fn request_id(&self, headers: &HeaderMap) -> String {
+        if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+            && !v.is_empty()
+            && v.len() <= 64
+            && v.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return v.to_owned();
+        }
+        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:08x}", self.id_prefix, n)
+    }
+
+    pub async fn handle<B>(self: Arc<Self>, req: Request<B>, listener: Listener) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let rt = self.runtime();
+        let mut ctx = ReqCtx {
+            id: self.request_id(req.headers()),
+            method: "",
+            upstream: String::new(),
+            tool: None,
+            key: None,
+        };
+        let span = tracing::info_span!("request", id = %ctx.id, http = %req.method(), path = %req.uri().path());
+        let path = req.uri().path().to_owned();
+        let route = route(&path, listener, rt.admin_separate);
+        let mut resp = match route {
+            Route::Health => plain(StatusCode::OK, "ok"),
+            Route::Ready => {
+                if self.ready.load(Ordering::Relaxed) && !self.draining.is_cancelled() {
+                    plain(StatusCode::OK, "ready")
+                } else {
+                    plain(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }
+            Route::Metrics => Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                .body(body::full(self.metrics.render()))
+                .expect("static response parts are valid"),
+            Route::NotFound => body::json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "not found", "hint": "the MCP endpoint is /mcp (every granted upstream) or /mcp/<upstream>"}),
+            ),
+            Route::Mcp(target) => {
+                let r = self
+                    .clone()
+                    .mcp(&rt, req, target, &mut ctx)
+                    .instrument(span.clone())
+                    .await;
+                match r {
+                    Ok(resp) => resp,
+                    Err((err, id)) => {
+                        self.metrics.refusals.with_label_values(&[err.reason()]).inc();
+                        if err.fault() == crate::error::Fault::Downstream {
+                            tracing::debug!(parent: &span, reason = err.reason(), "refused: {err}");
+                        } else {
+                            tracing::warn!(parent: &span, reason = err.reason(), "failed: {err}");
+                        }
+                        body::error_response(&err, id.as_ref())
+                    }
+                }
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&ctx.id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        if let Route::Mcp(_) = route {
+            let status = resp.status();
+            let route_label = if ctx.upstream.is_empty() || path == "/mcp" { "aggregate" } else { "upstream" };
+            self.metrics
+                .requests
+                .with_label_values(&[route_label, ctx.method, &ctx.upstream, status.as_str()])
+                .inc();
+            let elapsed = started.elapsed();
+            self.metrics
+                .latency
+                .with_label_values(&[route_label, ctx.method, &ctx.upstream])
+                .observe(elapsed.as_secs_f64());
+            tracing::info!(parent: &span, status = status.as_u16(), mcp = ctx.method, upstream = %ctx.upstream,
+                tool = ctx.tool.as_deref().unwrap_or(""), key = ctx.key.as_deref().unwrap_or(""),
+                micros = elapsed.as_micros() as u64, "done");
+        }
+        resp
+    }
+
+    async fn mcp<B>(
+        self: Arc<Self>,
+        rt: &Runtime,
+        req: Request<B>,
+        target: Option<&str>,
+        ctx: &mut ReqCtx,
+    ) -> Result<Response<Body>, (GatewayError, Option<serde_json::Value>)>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = req.into_parts();
+        check_origin(&parts.headers, &rt.allowed_origins).map_err(|e| (e, None))?;
+        let key = auth::authenticate(&rt.snapshot, &parts.headers).map_err(|e| (e, None))?;
+        ctx.key = Some(key.name.clone());
+        if self.draining.is_cancelled() && parts.method == Method::GET {
+            return Err((GatewayError::ShuttingDown, None));
+        }
+        let body = match parts.method {
+            Method::POST => {
+                body::read_bounded(body, rt.limits.max_body_bytes, rt.limits.body_read_timeout)
+                    .await
+                    .map_err(|e| (e, None))?
+            }
+            Method::GET | Method::DELETE => Bytes::new(),
+            ref m => return Err((GatewayError::MethodNotAllowed(m.clone()), None)),
+        };
+        let call = Call {
+            gw: &self,
+            rt,
+            key: &key,
+            method: parts.method,
+            headers: &parts.headers,
+            body,
+        };
+        match target {
+            Some(name) => {
+                let up = UpstreamName::parse(name)
+                    .ok()
+                    .and_then(|n| key.may_use(&n).map(|f| (n, f)))
+                    .and_then(|(n, f)| rt.snapshot.upstreams.get(&n).map(|u| (u.clone(), f.clone())))
+                    .ok_or_else(|| (GatewayError::NoSuchUpstream(name.to_owned()), None))?;
+                ctx.upstream = up.0.name.to_string();
+                relay::handle(call, &up.0, &up.1, ctx).await
+            }
+            None => aggregate::handle(call, ctx).await,
+        }
+    }
+
+    pub fn open_session(&self, rt: &Runtime, headers: &HeaderMap, key_prefix: &str) -> Result<Option<SessionState>, GatewayError> {
+        let Some(v) = headers.get(crate::mcp::HDR_SESSION) else {
+            return Ok(None);
+        };
+        let id = v.to_str().map_err(|_| GatewayError::UnknownSession)?;
+        let state = rt.sessions.open(id, unix_now()).map_err(|e| match e {
+            SealError::Expired | SealError::Invalid | SealError::BadKey => GatewayError::UnknownSession,
+        })?;
+        if state.key != key_prefix {
+            return Err(GatewayError::UnknownSession);
+        }
+        Ok(Some(state))
+    }
+}
+
+/// One MCP request, authenticated, with its body read.
+pub struct Call<'a> {
+    pub gw: &'a Arc<Gateway>,
+    pub rt: &'a Runtime,
+    pub key: &'a Arc<crate::model::ApiKey>,
+    pub method: Method,
+    pub headers: &'a HeaderMap,
+    pub body: Bytes,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route<'a> {
+    Health,
+    Ready,
+    Metrics,
+    /// `None`: the aggregated endpoint; `Some(name)`: one upstream.
+    Mcp(Option<&'a str>),
+    NotFound,
+}
+
+fn route(path: &str, listener: Listener, admin_separate: bool) -> Route<'_> {
+    let ops_here = listener == Listener::Admin || !admin_separate;
+    match path {
+        "/healthz" if ops_here => Route::Health,
+        "/readyz" if ops_here => Route::Ready,
+        "/metrics" if ops_here => Route::Metrics,
+        _ if listener == Listener::Admin => Route::NotFound,
+        "/mcp" | "/mcp/" => Route::Mcp(None),
+        p => match p.strip_prefix("/mcp/") {
+            Some(name) if !name.is_empty() && !name.contains('/') => Route::Mcp(Some(name)),
+            _ => Route::NotFound,
+        },
+    }
+}
+
+/// Browsers send `Origin`; a page on a site we do not know must not drive
+/// an agent's tools (DNS rebinding). Non-browser clients send no `Origin`.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), GatewayError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("<non-ASCII>");
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        Ok(())
+    } else {
+        Err(GatewayError::ForbiddenOrigin(origin.to_owned()))
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(body::full(text))
+        .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        use Listener::*;
+        assert_eq!(route("/mcp", Public, false), Route::Mcp(None));
+        assert_eq!(route("/mcp/ref", Public, false), Route::Mcp(Some("ref")));
+        assert_eq!(route("/mcp/ref/x", Public, false), Route::NotFound);
+        assert_eq!(route("/metrics", Public, false), Route::Metrics);
+        assert_eq!(route("/metrics", Public, true), Route::NotFound);
+        assert_eq!(route("/metrics", Admin, true), Route::Metrics);
+        assert_eq!(route("/mcp", Admin, true), Route::NotFound);
+    }
+
+    #[test]
+    fn origins() {
+        let mut h = HeaderMap::new();
+        assert!(check_origin(&h, &[]).is_ok());
+        h.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert_eq!(check_origin(&h, &[]).unwrap_err().status(), StatusCode::FORBIDDEN);
+        assert!(check_origin(&h, &["https://evil.example".into()]).is_ok());
+        assert!(check_origin(&h, &["*".into()]).is_ok());
+    }
+}

@@ -1,0 +1,18 @@
+//! STOA data plane: the MCP gateway. See ARCHITECTURE.md for the map.
+
+pub mod aggregate;
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod listen;
+pub mod mcp;
+pub mod metrics;
+pub mod model;
+pub mod relay;
+pub mod run;
+pub mod session;
+pub mod sse;
+pub mod tls;
+pub mod upstream;

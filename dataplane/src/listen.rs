@@ -1,0 +1,353 @@
+//! Listeners: cleartext HTTP/1.1 + h2c, TLS (h1/h2 by ALPN), and HTTP/3 over
+//! QUIC on the TLS port number. All hand requests to `Gateway::handle`; all
+//! stop accepting on drain, let in-flight work finish, and are tracked so
+//! shutdown can wait for them.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::{Pin, pin},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, Bytes};
+use http::{HeaderValue, Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpListener,
+    sync::{Semaphore, mpsc},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    body::{Body, ChannelBody},
+    config::Limits,
+    gateway::{Gateway, Listener},
+    metrics::GaugeGuard,
+};
+
+/// What every accept loop shares.
+#[derive(Clone)]
+pub struct Serve {
+    pub gw: Arc<Gateway>,
+    pub limits: Limits,
+    pub tracker: TaskTracker,
+    /// Stop accepting and ask connections to close when idle.
+    pub drain: CancellationToken,
+}
+
+fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// Accepts TCP connections; with `tls`, performs the handshake first.
+pub async fn serve_tcp(
+    s: Serve,
+    listener: TcpListener,
+    tls: Option<(tokio_rustls::TlsAcceptor, Option<HeaderValue>)>,
+    kind: Listener,
+) {
+    let limit = Arc::new(Semaphore::new(s.limits.max_connections));
+    let transport = if tls.is_some() { "tls" } else { "tcp" };
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            _ = s.drain.cancelled() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = s.drain.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let s2 = s.clone();
+        let tls = tls.clone();
+        s.tracker.spawn(async move {
+            let _permit = permit;
+            let _conn = GaugeGuard::new(s2.gw.metrics.connections.with_label_values(&[transport]));
+            match tls {
+                None => serve_conn(s2, stream, None, kind).await,
+                Some((acceptor, alt_svc)) => {
+                    match tokio::time::timeout(s2.limits.header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => serve_conn(s2, tls_stream, alt_svc, kind).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_conn<IO>(s: Serve, io: IO, alt_svc: Option<HeaderValue>, kind: Listener)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let io = Tracked { inner: io, activity: activity.clone() };
+    let gw = s.gw.clone();
+    let act = activity.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let gw = gw.clone();
+        let alt_svc = alt_svc.clone();
+        let act = act.clone();
+        async move {
+            act.in_flight.fetch_add(1, Ordering::Relaxed);
+            let mut resp = gw.handle(req, kind).await;
+            act.in_flight.fetch_sub(1, Ordering::Relaxed);
+            act.touch();
+            if let Some(v) = alt_svc {
+                resp.headers_mut().insert(http::header::ALT_SVC, v);
+            }
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let b = builder(&s.limits);
+    let mut conn = pin!(b.serve_connection(TokioIo::new(io), svc));
+    let mut check = tokio::time::interval(s.limits.idle_timeout / 4 + Duration::from_millis(1));
+    check.tick().await;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!("connection ended: {e}");
+                }
+                return;
+            }
+            _ = s.drain.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = check.tick(), if !closing => {
+                if activity.idle_for() >= s.limits.idle_timeout && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Last read or write on a connection, and requests still being answered.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity { start: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+    }
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    fn idle_for(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// An IO that records activity, so idle keep-alive connections can be closed.
+struct Tracked<IO> {
+    inner: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A QUIC endpoint serving HTTP/3 with the same resolver as the TLS listener.
+pub fn quic_endpoint(addr: SocketAddr, tls: Arc<rustls::ServerConfig>, limits: &Limits) -> anyhow::Result<quinn::Endpoint> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(limits.max_concurrent_streams.into());
+    transport.max_idle_timeout(Some(limits.idle_timeout.try_into()?));
+    transport.keep_alive_interval(None);
+    cfg.transport_config(Arc::new(transport));
+    Ok(quinn::Endpoint::server(cfg, addr)?)
+}
+
+pub async fn serve_h3(s: Serve, endpoint: quinn::Endpoint) {
+    let limit = Arc::new(Semaphore::new(s.limits.max_connections));
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+            _ = s.drain.cancelled() => break,
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
+        let s2 = s.clone();
+        s.tracker.spawn(async move {
+            let _permit = permit;
+            let _conn = GaugeGuard::new(s2.gw.metrics.connections.with_label_values(&["quic"]));
+            match incoming.await {
+                Ok(conn) => serve_h3_conn(s2, conn).await,
+                Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
+            }
+        });
+    }
+    // Let open connections finish; refuse new ones.
+    endpoint.set_server_config(None);
+}
+
+async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
+    let mut h3 = match h3::server::builder()
+        .max_field_section_size(s.limits.max_header_bytes as u64)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("HTTP/3 setup failed: {e}");
+            return;
+        }
+    };
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = h3.accept() => match r {
+                Ok(Some(resolver)) => {
+                    let gw = s.gw.clone();
+                    let limits = s.limits.clone();
+                    s.tracker.spawn(async move {
+                        if let Err(e) = serve_h3_request(gw, resolver, limits).await {
+                            tracing::debug!("HTTP/3 request failed: {e}");
+                        }
+                    });
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!("HTTP/3 connection ended: {e}");
+                    return;
+                }
+            },
+            _ = s.drain.cancelled(), if !closing => {
+                closing = true;
+                // GOAWAY: finish what is running, accept nothing new.
+                let _ = h3.shutdown(0).await;
+            }
+        }
+    }
+}
+
+async fn serve_h3_request(
+    gw: Arc<Gateway>,
+    resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
+    limits: Limits,
+) -> anyhow::Result<()> {
+    let (req, stream) = resolver.resolve_request().await?;
+    let (mut send, mut recv) = stream.split();
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, crate::body::BoxError>>(8);
+    // The body is pulled only as fast as the gateway reads it.
+    let reader = async move {
+        loop {
+            match recv.recv_data().await {
+                Ok(Some(mut chunk)) => {
+                    let bytes = chunk.copy_to_bytes(chunk.remaining());
+                    if tx.send(Ok(Frame::data(bytes))).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(Box::new(e))).await;
+                    return;
+                }
+            }
+        }
+    };
+    tokio::spawn(reader);
+    let req = req.map(|()| ChannelBody::new(rx));
+    let _ = limits;
+    let resp: Response<Body> = gw.handle(req, Listener::Public).await;
+    let (parts, body) = resp.into_parts();
+    send.send_response(Response::from_parts(parts, ())).await?;
+    let mut body = pin!(body);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Ok(data) = f.into_data() {
+                    send.send_data(data).await?;
+                }
+            }
+            Err(e) => anyhow::bail!("response body failed: {e}"),
+        }
+    }
+    send.finish().await?;
+    Ok(())
+}
+
+/// Resolves when `fut` does or after `limit`, whichever is first.
+pub async fn within<F: Future>(limit: Duration, fut: F) -> bool {
+    tokio::time::timeout(limit, fut).await.is_ok()
+}

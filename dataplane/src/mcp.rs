@@ -1,0 +1,320 @@
+//! MCP on the wire: protocol revisions, the header rules of Streamable HTTP,
+//! and a cheap look into a JSON-RPC body that does not copy it.
+
+use std::borrow::Cow;
+
+use http::HeaderMap;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::error::GatewayError;
+
+pub const HDR_SESSION: &str = "mcp-session-id";
+pub const HDR_VERSION: &str = "mcp-protocol-version";
+pub const HDR_METHOD: &str = "mcp-method";
+pub const HDR_NAME: &str = "mcp-name";
+pub const HDR_LAST_EVENT: &str = "last-event-id";
+
+/// Protocol revisions the gateway speaks, oldest first.
+pub const VERSIONS: &[&str] = &["2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"];
+pub const LATEST: &str = "2025-11-25";
+/// The stateless revision: no sessions, every request self-describing.
+pub const STATELESS: &str = "2026-07-28";
+/// What a request without `MCP-Protocol-Version` is assumed to speak (spec).
+pub const DEFAULT_VERSION: &str = "2025-03-26";
+
+pub fn is_supported(v: &str) -> bool {
+    VERSIONS.contains(&v)
+}
+
+/// The fields of a JSON-RPC message the gateway routes on, borrowed from the
+/// body. The body itself is forwarded byte for byte.
+#[derive(Debug, Deserialize)]
+pub struct Peek<'a> {
+    #[serde(borrow, default)]
+    pub jsonrpc: Option<Cow<'a, str>>,
+    /// Present-but-null stays `Some("null")` so it can be refused.
+    #[serde(borrow, default, deserialize_with = "present")]
+    pub id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub params: Option<PeekParams<'a>>,
+    #[serde(borrow, default)]
+    pub result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub error: Option<&'a RawValue>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PeekParams<'a> {
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub uri: Option<Cow<'a, str>>,
+    #[serde(rename = "protocolVersion", borrow, default)]
+    pub protocol_version: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Notification,
+    Response,
+}
+
+impl<'a> Peek<'a> {
+    /// Parses one JSON-RPC message; batches and non-JSON-RPC bodies are refused.
+    pub fn parse(body: &'a [u8], version: &str) -> Result<(Peek<'a>, Kind), GatewayError> {
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        match first {
+            None => return Err(GatewayError::Parse("empty body".into())),
+            Some(b'[') => return Err(GatewayError::Batch(version.to_owned())),
+            Some(b'{') => {}
+            Some(_) => {
+                return Err(GatewayError::InvalidRequest(
+                    "the body must be a JSON object".into(),
+                ));
+            }
+        }
+        let peek: Peek = serde_json::from_slice(body).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                GatewayError::Parse(e.to_string())
+            } else {
+                GatewayError::InvalidRequest(e.to_string())
+            }
+        })?;
+        if peek.jsonrpc.as_deref() != Some("2.0") {
+            return Err(GatewayError::InvalidRequest(
+                "\"jsonrpc\" must be \"2.0\"".into(),
+            ));
+        }
+        let kind = match (&peek.method, &peek.id, peek.result.is_some() || peek.error.is_some()) {
+            (Some(_), Some(id), false) => {
+                check_id(id)?;
+                Kind::Request
+            }
+            (Some(_), None, false) => Kind::Notification,
+            (None, Some(_), true) => Kind::Response,
+            _ => {
+                return Err(GatewayError::InvalidRequest(
+                    "expected a request, a notification or a response".into(),
+                ));
+            }
+        };
+        Ok((peek, kind))
+    }
+
+    pub fn method(&self) -> &str {
+        self.method.as_deref().unwrap_or("")
+    }
+
+    /// The name a request acts on, as mirrored in `Mcp-Name`: the tool or
+    /// prompt name, or the resource URI.
+    pub fn target(&self) -> Option<&str> {
+        let p = self.params.as_ref()?;
+        match self.method() {
+            "tools/call" | "prompts/get" => p.name.as_deref(),
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => p.uri.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+fn check_id(id: &RawValue) -> Result<(), GatewayError> {
+    // MCP: ids are strings or integers, never null.
+    match id.get().as_bytes().first() {
+        Some(b'"') | Some(b'-') | Some(b'0'..=b'9') => Ok(()),
+        _ => Err(GatewayError::InvalidRequest(
+            "\"id\" must be a string or an integer".into(),
+        )),
+    }
+}
+
+/// The protocol version a request speaks: the header, or the spec default.
+pub fn request_version(headers: &HeaderMap) -> Result<Cow<'static, str>, GatewayError> {
+    match headers.get(HDR_VERSION) {
+        None => Ok(Cow::Borrowed(DEFAULT_VERSION)),
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| GatewayError::ProtocolVersion("<non-ASCII>".into()))?;
+            VERSIONS
+                .iter()
+                .find(|known| **known == s)
+                .map(|k| Cow::Borrowed(*k))
+                .ok_or_else(|| GatewayError::ProtocolVersion(s.to_owned()))
+        }
+    }
+}
+
+/// `Mcp-Method` / `Mcp-Name` mirror the body; a client that sends them must
+/// send them right (the stateless revision requires them on requests).
+pub fn check_mirrored_headers(
+    headers: &HeaderMap,
+    peek: &Peek<'_>,
+    kind: Kind,
+    version: &str,
+) -> Result<(), GatewayError> {
+    let stateless = version == STATELESS;
+    let method_hdr = header_str(headers, HDR_METHOD)?;
+    if kind != Kind::Response {
+        match method_hdr {
+            Some(found) if found != peek.method() => {
+                return Err(GatewayError::HeaderMismatch {
+                    header: "Mcp-Method",
+                    found: found.to_owned(),
+                    expected: peek.method().to_owned(),
+                });
+            }
+            None if stateless => {
+                return Err(GatewayError::HeaderMismatch {
+                    header: "Mcp-Method",
+                    found: String::new(),
+                    expected: peek.method().to_owned(),
+                });
+            }
+            _ => {}
+        }
+    }
+    let name_hdr = header_str(headers, HDR_NAME)?;
+    match (name_hdr, peek.target()) {
+        (Some(found), Some(expected)) if found != expected => Err(GatewayError::HeaderMismatch {
+            header: "Mcp-Name",
+            found: found.to_owned(),
+            expected: expected.to_owned(),
+        }),
+        (Some(found), None) => Err(GatewayError::HeaderMismatch {
+            header: "Mcp-Name",
+            found: found.to_owned(),
+            expected: String::new(),
+        }),
+        (None, Some(expected)) if stateless => Err(GatewayError::HeaderMismatch {
+            header: "Mcp-Name",
+            found: String::new(),
+            expected: expected.to_owned(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn header_str<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<&'h str>, GatewayError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str().map_err(|_| GatewayError::HeaderMismatch {
+                header: name,
+                found: "<non-ASCII>".into(),
+                expected: String::new(),
+            })
+        })
+        .transpose()
+}
+
+/// POST bodies must be JSON, and the client must accept both JSON and SSE.
+pub fn check_post_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/json") {
+        return Err(GatewayError::ContentType(ct.to_owned()));
+    }
+    if !accepts(headers, "application/json") || !accepts(headers, "text/event-stream") {
+        return Err(GatewayError::NotAcceptable);
+    }
+    Ok(())
+}
+
+pub fn accepts(headers: &HeaderMap, mime: &str) -> bool {
+    let (kind, _) = mime.split_once('/').unwrap_or((mime, ""));
+    headers.get_all(http::header::ACCEPT).iter().any(|v| {
+        v.to_str().unwrap_or("").split(',').any(|item| {
+            let m = item.split(';').next().unwrap_or("").trim();
+            m.eq_ignore_ascii_case(mime)
+                || m == "*/*"
+                || (m.len() == kind.len() + 2 && m.starts_with(kind) && m.ends_with("/*"))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn classify_messages() {
+        let v = "2025-11-25";
+        let cases: &[(&str, Result<Kind, &str>)] = &[
+            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, Ok(Kind::Request)),
+            (r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, Ok(Kind::Notification)),
+            (r#"{"jsonrpc":"2.0","id":"a","result":{}}"#, Ok(Kind::Response)),
+            (r#"{"jsonrpc":"2.0","id":"a","error":{"code":1,"message":"x"}}"#, Ok(Kind::Response)),
+            (r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#, Err("batch_unsupported")),
+            (r#"{"jsonrpc":"2.0","id":1,"method":"x""#, Err("parse_error")),
+            (r#"not json"#, Err("invalid_request")),
+            (r#""#, Err("parse_error")),
+            (r#"{"id":1,"method":"ping"}"#, Err("invalid_request")),
+            (r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#, Err("invalid_request")),
+            (r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#, Err("invalid_request")),
+            (r#"{"jsonrpc":"2.0","id":1}"#, Err("invalid_request")),
+            (r#"{"jsonrpc":"2.0","method":7}"#, Err("invalid_request")),
+        ];
+        for (body, want) in cases {
+            let got = Peek::parse(body.as_bytes(), v).map(|(_, k)| k).map_err(|e| e.reason());
+            assert_eq!(&got, want, "{body}");
+        }
+    }
+
+    #[test]
+    fn mirrored_headers() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#;
+        let (p, k) = Peek::parse(body, STATELESS).unwrap();
+        let ok = headers(&[("mcp-method", "tools/call"), ("mcp-name", "echo")]);
+        assert!(check_mirrored_headers(&ok, &p, k, STATELESS).is_ok());
+        for bad in [
+            headers(&[("mcp-method", "tools/list"), ("mcp-name", "echo")]),
+            headers(&[("mcp-method", "tools/call"), ("mcp-name", "add")]),
+            headers(&[("mcp-method", "tools/call")]),
+            headers(&[]),
+        ] {
+            let e = check_mirrored_headers(&bad, &p, k, STATELESS).unwrap_err();
+            assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
+        }
+        // Older revisions: absent is fine, present must still match.
+        assert!(check_mirrored_headers(&headers(&[]), &p, k, "2025-11-25").is_ok());
+        let wrong = headers(&[("mcp-name", "add")]);
+        assert!(check_mirrored_headers(&wrong, &p, k, "2025-11-25").is_err());
+    }
+
+    #[test]
+    fn post_headers_and_versions() {
+        let good = headers(&[
+            ("content-type", "application/json; charset=utf-8"),
+            ("accept", "application/json, text/event-stream"),
+        ]);
+        assert!(check_post_headers(&good).is_ok());
+        let star = headers(&[("content-type", "application/json"), ("accept", "*/*")]);
+        assert!(check_post_headers(&star).is_ok());
+        let form = headers(&[("content-type", "text/plain"), ("accept", "*/*")]);
+        assert_eq!(check_post_headers(&form).unwrap_err().reason(), "content_type");
+        let json_only = headers(&[("content-type", "application/json"), ("accept", "application/json")]);
+        assert_eq!(check_post_headers(&json_only).unwrap_err().reason(), "not_acceptable");
+        assert_eq!(request_version(&headers(&[])).unwrap(), DEFAULT_VERSION);
+        assert_eq!(request_version(&headers(&[("mcp-protocol-version", "2025-06-18")])).unwrap(), "2025-06-18");
+        assert!(request_version(&headers(&[("mcp-protocol-version", "1999-01-01")])).is_err());
+    }
+}

@@ -1,0 +1,381 @@
+//! `/mcp/<upstream>`: one upstream relayed unchanged, except for what the
+//! gateway owns: the session id (sealed), credentials (injected), and what
+//! the key may see and call (tools filtered, calls refused).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use crate::{
+    body::{self, Body},
+    error::GatewayError,
+    gateway::{Call, ReqCtx, unix_now},
+    mcp::{self, Kind, Peek},
+    metrics::{GaugeGuard, method_label},
+    model::{ToolFilter, Upstream},
+    session::{SessionState, UpstreamSession},
+    sse,
+    upstream::{self, EventMap, Payload, PumpConfig, Unchanged},
+};
+
+pub type Failure = (GatewayError, Option<Value>);
+
+pub async fn handle(
+    call: Call<'_>,
+    up: &Arc<Upstream>,
+    filter: &ToolFilter,
+    ctx: &mut ReqCtx,
+) -> Result<Response<Body>, Failure> {
+    match call.method {
+        Method::POST => post(call, up, filter, ctx).await,
+        Method::GET => get(call, up, ctx).await,
+        Method::DELETE => delete(call, up, ctx).await.map_err(|e| (e, None)),
+        ref m => Err((GatewayError::MethodNotAllowed(m.clone()), None)),
+    }
+}
+
+async fn post(call: Call<'_>, up: &Arc<Upstream>, filter: &ToolFilter, ctx: &mut ReqCtx) -> Result<Response<Body>, Failure> {
+    let Call { gw, rt, key, headers, body, .. } = call;
+    mcp::check_post_headers(headers).map_err(|e| (e, None))?;
+    let version = mcp::request_version(headers).map_err(|e| (e, None))?;
+    let (peek, kind) = Peek::parse(&body, &version).map_err(|e| (e, None))?;
+    let id: Option<Value> = peek.id.and_then(|r| serde_json::from_str(r.get()).ok());
+    let fail = |e: GatewayError| (e, id.clone());
+    ctx.method = if kind == Kind::Response { "response" } else { method_label(peek.method()) };
+    mcp::check_mirrored_headers(headers, &peek, kind, &version).map_err(fail)?;
+
+    let session = gw.open_session(rt, headers, key.prefix.as_str()).map_err(fail)?;
+    let up_session = match &session {
+        Some(s) => Some(s.upstream(up.name.as_str()).ok_or(GatewayError::UnknownSession).map_err(fail)?),
+        None => None,
+    };
+    let is_init = kind == Kind::Request && peek.method() == "initialize";
+    let mut list_filter = None;
+    if kind == Kind::Request {
+        match peek.method() {
+            "tools/call" => {
+                let tool = peek
+                    .params
+                    .as_ref()
+                    .and_then(|p| p.name.as_deref())
+                    .ok_or_else(|| fail(GatewayError::InvalidParams("tools/call needs params.name".into())))?;
+                ctx.tool = Some(tool.to_owned());
+                if !filter.allows(tool) {
+                    gw.metrics.tool_calls.with_label_values(&[up.name.as_str(), tool, "refused"]).inc();
+                    return Err(fail(GatewayError::NotGranted(format!(
+                        "tool {tool:?} of upstream {:?} is not granted to this key",
+                        up.name.as_str()
+                    ))));
+                }
+            }
+            "tools/list" if *filter != ToolFilter::All => list_filter = Some(filter.clone()),
+            _ => {}
+        }
+    }
+    let init_version = is_init
+        .then(|| peek.params.as_ref().and_then(|p| p.protocol_version.as_deref()).map(str::to_owned))
+        .flatten();
+    drop(peek);
+
+    let req = upstream::upstream_request(
+        up,
+        Method::POST,
+        headers,
+        up_session.and_then(|u| u.session.as_deref()),
+        body,
+    )
+    .map_err(fail)?;
+    let resp = gw
+        .client
+        .send(up, req, rt.limits.upstream_response_timeout)
+        .await
+        .inspect_err(|e| count_upstream_error(ctx, gw, e))
+        .map_err(fail)?;
+    let payload = upstream::classify(up, &resp)
+        .inspect_err(|e| count_upstream_error(ctx, gw, e))
+        .map_err(fail)?;
+    if let Some(tool) = &ctx.tool {
+        let outcome = if resp.status().is_success() { "relayed" } else { "upstream_error" };
+        gw.metrics.tool_calls.with_label_values(&[up.name.as_str(), tool, outcome]).inc();
+    }
+
+    if is_init && resp.status().is_success() {
+        return initialize(call_parts(gw, rt, key), up, resp, payload, init_version, id.clone(), ctx)
+            .await
+            .map_err(fail);
+    }
+    let status = resp.status();
+    match payload {
+        Payload::Empty => Ok(status_only(status)),
+        Payload::Json => {
+            if let Some(f) = list_filter {
+                let bytes = upstream::read_json_body(up, resp.into_body(), &rt.limits).await.map_err(fail)?;
+                let mut v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                    fail(GatewayError::UpstreamBadResponse { upstream: up.name.to_string(), reason: format!("invalid JSON: {e}") })
+                })?;
+                filter_tools(&mut v, &f);
+                return Ok(body::json_response(status, &v));
+            }
+            let limit = rt.limits.max_response_bytes;
+            let (parts, incoming) = resp.into_parts();
+            let b = http_body_util::Limited::new(incoming, limit).boxed();
+            let mut out = Response::new(b);
+            *out.status_mut() = parts.status;
+            copy_header(&parts.headers, out.headers_mut(), header::CONTENT_TYPE);
+            copy_header(&parts.headers, out.headers_mut(), header::CONTENT_LENGTH);
+            Ok(out)
+        }
+        Payload::Sse => {
+            let guard = GaugeGuard::new(gw.metrics.active_streams.with_label_values(&["post"]));
+            let map = PostStream { id: id.clone(), filter: list_filter };
+            Ok(sse_response(status, upstream::spawn_pump(resp.into_body(), map, pump_cfg(rt, up, None), guard)))
+        }
+    }
+}
+
+struct CallParts<'a> {
+    gw: &'a Arc<crate::gateway::Gateway>,
+    rt: &'a crate::gateway::Runtime,
+    key: &'a Arc<crate::model::ApiKey>,
+}
+
+fn call_parts<'a>(
+    gw: &'a Arc<crate::gateway::Gateway>,
+    rt: &'a crate::gateway::Runtime,
+    key: &'a Arc<crate::model::ApiKey>,
+) -> CallParts<'a> {
+    CallParts { gw, rt, key }
+}
+
+/// The upstream accepted `initialize`: keep its session id and version in a
+/// sealed session id of our own, and hand the client the upstream's answer.
+async fn initialize(
+    c: CallParts<'_>,
+    up: &Arc<Upstream>,
+    resp: Response<Incoming>,
+    payload: Payload,
+    requested: Option<String>,
+    id: Option<Value>,
+    ctx: &mut ReqCtx,
+) -> Result<Response<Body>, GatewayError> {
+    let up_session = resp
+        .headers()
+        .get(mcp::HDR_SESSION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let status = resp.status();
+    let message = match payload {
+        Payload::Json => {
+            let bytes = upstream::read_json_body(up, resp.into_body(), &c.rt.limits).await?;
+            serde_json::from_slice::<Value>(&bytes).map_err(|e| GatewayError::UpstreamBadResponse {
+                upstream: up.name.to_string(),
+                reason: format!("invalid JSON: {e}"),
+            })?
+        }
+        Payload::Sse => read_response_event(up, resp.into_body(), id.as_ref(), &c.rt.limits).await?,
+        Payload::Empty => {
+            return Err(GatewayError::UpstreamBadResponse {
+                upstream: up.name.to_string(),
+                reason: "empty answer to initialize".into(),
+            });
+        }
+    };
+    let mut out = body::json_response(status, &message);
+    if let Some(version) = message.pointer("/result/protocolVersion").and_then(Value::as_str) {
+        let state = SessionState {
+            key: c.key.prefix.as_str().to_owned(),
+            issued: unix_now(),
+            version: version.to_owned(),
+            upstreams: vec![UpstreamSession {
+                name: up.name.to_string(),
+                session: up_session,
+                version: version.to_owned(),
+            }],
+        };
+        let sealed = c.rt.sessions.seal(&state);
+        out.headers_mut().insert(
+            mcp::HDR_SESSION,
+            sealed.parse().map_err(|_| GatewayError::Internal("sealed id is not a header value".into()))?,
+        );
+        c.gw.metrics.sessions.with_label_values(&["opened"]).inc();
+        tracing::debug!(upstream = %up.name, requested = requested.as_deref().unwrap_or(""), version, "session opened");
+    }
+    let _ = ctx;
+    Ok(out)
+}
+
+/// Reads SSE events until the response to `id` arrives (bounded in size and time).
+pub async fn read_response_event(
+    up: &Upstream,
+    body: Incoming,
+    id: Option<&Value>,
+    limits: &crate::config::Limits,
+) -> Result<Value, GatewayError> {
+    let bad = |reason: String| GatewayError::UpstreamBadResponse { upstream: up.name.to_string(), reason };
+    let work = async {
+        let mut body = std::pin::pin!(body);
+        let mut parser = sse::Parser::new(limits.max_sse_event_bytes);
+        let mut events = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| bad(format!("stream failed: {e}")))?;
+            let Ok(data) = frame.into_data() else { continue };
+            parser.feed(&data, &mut events).map_err(|e| bad(e.to_string()))?;
+            for ev in events.drain(..) {
+                let Ok(v) = serde_json::from_str::<Value>(&ev.data) else { continue };
+                let is_response = v.get("method").is_none() && (v.get("result").is_some() || v.get("error").is_some());
+                if is_response && (id.is_none() || v.get("id") == id) {
+                    return Ok(v);
+                }
+            }
+        }
+        Err(bad("stream ended before the response".into()))
+    };
+    tokio::time::timeout(limits.request_timeout, work)
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout { upstream: up.name.to_string(), after_ms: limits.request_timeout.as_millis() as u64 })?
+}
+
+async fn get(call: Call<'_>, up: &Arc<Upstream>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failure> {
+    let Call { gw, rt, key, headers, .. } = call;
+    ctx.method = "GET";
+    if !mcp::accepts(headers, "text/event-stream") {
+        return Err((GatewayError::NotAcceptable, None));
+    }
+    mcp::request_version(headers).map_err(|e| (e, None))?;
+    let session = gw.open_session(rt, headers, key.prefix.as_str()).map_err(|e| (e, None))?;
+    let up_session = session_for(&session, up).map_err(|e| (e, None))?;
+    let req = upstream::upstream_request(up, Method::GET, headers, up_session.as_deref(), Bytes::new())
+        .map_err(|e| (e, None))?;
+    let resp = gw.client.send(up, req, rt.limits.upstream_response_timeout).await.map_err(|e| (e, None))?;
+    let status = resp.status();
+    match upstream::classify(up, &resp).map_err(|e| (e, None))? {
+        Payload::Sse if status.is_success() => {
+            let guard = GaugeGuard::new(gw.metrics.active_streams.with_label_values(&["get"]));
+            let cfg = pump_cfg(rt, up, Some(gw.draining.clone()));
+            Ok(sse_response(status, upstream::spawn_pump(resp.into_body(), Unchanged, cfg, guard)))
+        }
+        _ => passthrough(up, resp, &rt.limits).await.map_err(|e| (e, None)),
+    }
+}
+
+async fn delete(call: Call<'_>, up: &Arc<Upstream>, ctx: &mut ReqCtx) -> Result<Response<Body>, GatewayError> {
+    let Call { gw, rt, key, headers, .. } = call;
+    ctx.method = "DELETE";
+    let session = gw
+        .open_session(rt, headers, key.prefix.as_str())?
+        .ok_or(GatewayError::MissingSession)?;
+    let up_session = session_for(&Some(session), up)?;
+    let req = upstream::upstream_request(up, Method::DELETE, headers, up_session.as_deref(), Bytes::new())?;
+    let resp = gw.client.send(up, req, rt.limits.upstream_response_timeout).await?;
+    if resp.status().is_success() {
+        gw.metrics.sessions.with_label_values(&["closed"]).inc();
+    }
+    passthrough(up, resp, &rt.limits).await
+}
+
+fn session_for(session: &Option<SessionState>, up: &Upstream) -> Result<Option<String>, GatewayError> {
+    match session {
+        None => Ok(None),
+        Some(s) => Ok(s.upstream(up.name.as_str()).ok_or(GatewayError::UnknownSession)?.session.clone()),
+    }
+}
+
+/// Relays a short upstream answer (status, type, bounded body).
+async fn passthrough(up: &Upstream, resp: Response<Incoming>, limits: &crate::config::Limits) -> Result<Response<Body>, GatewayError> {
+    let (parts, incoming) = resp.into_parts();
+    if parts.status.is_server_error() {
+        return Err(GatewayError::UpstreamBadResponse { upstream: up.name.to_string(), reason: format!("answered HTTP {}", parts.status) });
+    }
+    let bytes = upstream::read_json_body(up, incoming, limits).await?;
+    let mut out = Response::new(body::full(bytes));
+    *out.status_mut() = parts.status;
+    copy_header(&parts.headers, out.headers_mut(), header::CONTENT_TYPE);
+    copy_header(&parts.headers, out.headers_mut(), header::ALLOW);
+    Ok(out)
+}
+
+pub fn pump_cfg(rt: &crate::gateway::Runtime, up: &Upstream, end_on: Option<tokio_util::sync::CancellationToken>) -> PumpConfig {
+    PumpConfig {
+        upstream: up.name.to_string(),
+        max_event: rt.limits.max_sse_event_bytes,
+        idle_timeout: rt.limits.stream_idle_timeout,
+        keepalive: rt.limits.sse_keepalive_interval,
+        end_on,
+    }
+}
+
+pub fn sse_response(status: StatusCode, b: crate::body::ChannelBody) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(b.boxed())
+        .expect("static response parts are valid")
+}
+
+pub fn status_only(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(body::empty());
+    *r.status_mut() = status;
+    r
+}
+
+fn copy_header(from: &http::HeaderMap, to: &mut http::HeaderMap, name: header::HeaderName) {
+    if let Some(v) = from.get(&name) {
+        to.insert(name, v.clone());
+    }
+}
+
+fn count_upstream_error(ctx: &ReqCtx, gw: &crate::gateway::Gateway, e: &GatewayError) {
+    gw.metrics.upstream_errors.with_label_values(&[&ctx.upstream, e.reason()]).inc();
+}
+
+/// Keeps only granted tools in a `tools/list` result.
+pub fn filter_tools(msg: &mut Value, filter: &ToolFilter) {
+    if let Some(tools) = msg.pointer_mut("/result/tools").and_then(Value::as_array_mut) {
+        tools.retain(|t| t.get("name").and_then(Value::as_str).is_some_and(|n| filter.allows(n)));
+    }
+}
+
+/// A POST's SSE stream: filters the tool list if needed, and owes the client
+/// an error response if the stream breaks before the answer.
+struct PostStream {
+    id: Option<Value>,
+    filter: Option<ToolFilter>,
+}
+
+impl EventMap for PostStream {
+    fn map(&mut self, mut ev: sse::Event) -> Vec<sse::Event> {
+        if let Some(f) = &self.filter
+            && let Ok(mut v) = serde_json::from_str::<Value>(&ev.data)
+            && v.get("id") == self.id.as_ref()
+            && v.get("result").is_some()
+        {
+            filter_tools(&mut v, f);
+            ev.data = v.to_string();
+        }
+        vec![ev]
+    }
+
+    fn on_error(&mut self, err: &GatewayError) -> Option<sse::Event> {
+        let id = self.id.as_ref()?;
+        Some(sse::Event::message(err.rpc_response(Some(id)).to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tool_lists_are_filtered() {
+        let mut msg = json!({"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"rm"},{"name":"add"}]}});
+        filter_tools(&mut msg, &ToolFilter::Only(["echo".to_owned(), "add".to_owned()].into()));
+        let names: Vec<_> = msg["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].clone()).collect();
+        assert_eq!(names, vec![json!("echo"), json!("add")]);
+    }
+}

@@ -1,0 +1,180 @@
+//! Sessions without stickiness: everything a replica needs to continue a
+//! session (the upstream session ids, the negotiated protocol versions, the
+//! key it belongs to) travels inside the gateway's `Mcp-Session-Id`, sealed
+//! with ChaCha20-Poly1305 under a key all replicas share. No replica keeps
+//! session state, so any replica can serve any request of any session.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ring::{
+    aead::{self, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey},
+    rand::{SecureRandom, SystemRandom},
+};
+use serde::{Deserialize, Serialize};
+
+const TAG: &str = "s1.";
+const AAD: &[u8] = b"stoa-session-v1";
+
+/// What a sealed session id carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionState {
+    /// Prefix of the API key that opened the session: no other key may use it.
+    #[serde(rename = "k")]
+    pub key: String,
+    /// Unix seconds when the session was opened.
+    #[serde(rename = "t")]
+    pub issued: u64,
+    /// Protocol version negotiated with the client.
+    #[serde(rename = "v")]
+    pub version: String,
+    /// One entry per upstream in the session.
+    #[serde(rename = "u")]
+    pub upstreams: Vec<UpstreamSession>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamSession {
+    #[serde(rename = "n")]
+    pub name: String,
+    /// The upstream's own `Mcp-Session-Id`, if it issued one.
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Protocol version the upstream agreed to.
+    #[serde(rename = "v")]
+    pub version: String,
+}
+
+impl SessionState {
+    pub fn upstream(&self, name: &str) -> Option<&UpstreamSession> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SealError {
+    #[error("session key must be 32 bytes of base64")]
+    BadKey,
+    #[error("session id is malformed or was not issued by this platform")]
+    Invalid,
+    #[error("session expired")]
+    Expired,
+}
+
+/// The current sealing key and the older keys still accepted.
+pub struct SessionKeys {
+    keys: Vec<LessSafeKey>,
+    ttl_secs: u64,
+    rng: SystemRandom,
+}
+
+impl SessionKeys {
+    pub fn new(current: [u8; 32], previous: &[[u8; 32]], ttl_secs: u64) -> Self {
+        let keys = std::iter::once(&current)
+            .chain(previous)
+            .map(|k| LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, k).expect("32-byte key")))
+            .collect();
+        SessionKeys {
+            keys,
+            ttl_secs,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    pub fn random(ttl_secs: u64) -> Self {
+        let mut k = [0u8; 32];
+        SystemRandom::new().fill(&mut k).expect("the OS random source works");
+        Self::new(k, &[], ttl_secs)
+    }
+
+    pub fn decode_key(b64: &str) -> Result<[u8; 32], SealError> {
+        use base64::engine::general_purpose::STANDARD;
+        let raw = STANDARD
+            .decode(b64.trim())
+            .or_else(|_| URL_SAFE_NO_PAD.decode(b64.trim()))
+            .map_err(|_| SealError::BadKey)?;
+        raw.try_into().map_err(|_| SealError::BadKey)
+    }
+
+    pub fn seal(&self, state: &SessionState) -> String {
+        let mut buf = serde_json::to_vec(state).expect("session state serializes");
+        let mut nonce = [0u8; aead::NONCE_LEN];
+        self.rng.fill(&mut nonce).expect("the OS random source works");
+        self.keys[0]
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(AAD), &mut buf)
+            .expect("sealing cannot fail for in-memory buffers");
+        let mut out = Vec::with_capacity(nonce.len() + buf.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&buf);
+        format!("{TAG}{}", URL_SAFE_NO_PAD.encode(out))
+    }
+
+    /// Opens a session id presented by a client at unix time `now`.
+    pub fn open(&self, id: &str, now: u64) -> Result<SessionState, SealError> {
+        let raw = id
+            .strip_prefix(TAG)
+            .and_then(|b| URL_SAFE_NO_PAD.decode(b).ok())
+            .ok_or(SealError::Invalid)?;
+        if raw.len() < aead::NONCE_LEN + CHACHA20_POLY1305.tag_len() {
+            return Err(SealError::Invalid);
+        }
+        let (nonce, sealed) = raw.split_at(aead::NONCE_LEN);
+        for key in &self.keys {
+            let mut buf = sealed.to_vec();
+            let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Invalid)?;
+            if let Ok(plain) = key.open_in_place(nonce, Aad::from(AAD), &mut buf) {
+                let state: SessionState =
+                    serde_json::from_slice(plain).map_err(|_| SealError::Invalid)?;
+                if now.saturating_sub(state.issued) > self.ttl_secs {
+                    return Err(SealError::Expired);
+                }
+                return Ok(state);
+            }
+        }
+        Err(SealError::Invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> SessionState {
+        SessionState {
+            key: "AAAAbbbb".into(),
+            issued: 1000,
+            version: "2025-11-25".into(),
+            upstreams: vec![UpstreamSession {
+                name: "ref".into(),
+                session: Some("abc-123".into()),
+                version: "2025-06-18".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trip_across_replicas_sharing_the_key() {
+        let a = SessionKeys::new([7; 32], &[], 60);
+        let b = SessionKeys::new([7; 32], &[], 60);
+        let id = a.seal(&state());
+        assert!(id.bytes().all(|c| (0x21..=0x7e).contains(&c)), "visible ASCII only");
+        assert_eq!(b.open(&id, 1010).unwrap(), state());
+        assert_ne!(a.seal(&state()), id, "fresh nonce every time");
+    }
+
+    #[test]
+    fn rotation_tamper_expiry() {
+        let old = SessionKeys::new([1; 32], &[], 60);
+        let rotated = SessionKeys::new([2; 32], &[[1; 32]], 60);
+        let stranger = SessionKeys::new([3; 32], &[], 60);
+        let id = old.seal(&state());
+        assert!(rotated.open(&id, 1000).is_ok());
+        assert_eq!(stranger.open(&id, 1000), Err(SealError::Invalid));
+        assert_eq!(old.open(&id, 1061), Err(SealError::Expired));
+        let mut bytes = id.clone().into_bytes();
+        let last = bytes.len() - 1;
+        bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
+        assert_eq!(old.open(&String::from_utf8(bytes).unwrap(), 1000), Err(SealError::Invalid));
+        for junk in ["", "s1.", "s1.!!!", "plain-upstream-id"] {
+            assert_eq!(old.open(junk, 1000), Err(SealError::Invalid), "{junk}");
+        }
+    }
+}

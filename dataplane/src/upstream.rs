@@ -1,0 +1,280 @@
+//! Talking to upstream MCP servers: a pooled HTTP client with explicit
+//! timeouts, and the pump that relays an upstream SSE stream to a client
+//! (bounded events, keep-alives, idle timeout, early end on shutdown).
+
+use std::{pin::pin, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    body::{BoxError, ChannelBody},
+    config::Limits,
+    error::GatewayError,
+    mcp,
+    model::Upstream,
+    sse,
+};
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+#[derive(Clone)]
+pub struct UpstreamClient {
+    client: Client<Connector, Full<Bytes>>,
+}
+
+impl UpstreamClient {
+    pub fn new(limits: &Limits) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(limits.upstream_connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+            .expect("ring provider supports the default protocol versions")
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(https);
+        UpstreamClient { client }
+    }
+
+    /// Sends a request to `up` and waits at most `timeout` for its response head.
+    pub async fn send(
+        &self,
+        up: &Upstream,
+        req: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout {
+                upstream: up.name.to_string(),
+                after_ms: timeout.as_millis() as u64,
+            }),
+            Ok(Err(e)) => Err(GatewayError::UpstreamUnavailable {
+                upstream: up.name.to_string(),
+                reason: error_chain(&e),
+            }),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+/// Headers of the client's request that reach the upstream. Everything else,
+/// above all `Authorization` and `X-API-Key`, stays at the gateway.
+const FORWARDED: &[&str] = &[
+    "accept",
+    "content-type",
+    mcp::HDR_VERSION,
+    mcp::HDR_METHOD,
+    mcp::HDR_NAME,
+    mcp::HDR_LAST_EVENT,
+    "traceparent",
+    "tracestate",
+    "user-agent",
+];
+
+/// Builds a request to `up`: the client's MCP headers, the upstream's own
+/// session id, and the upstream's configured credentials.
+pub fn upstream_request(
+    up: &Upstream,
+    method: http::Method,
+    client_headers: &HeaderMap,
+    upstream_session: Option<&str>,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, GatewayError> {
+    let mut req = Request::builder().method(method).uri(up.url.clone());
+    let h = req.headers_mut().expect("builder is valid");
+    for name in FORWARDED {
+        for v in client_headers.get_all(*name) {
+            h.append(*name, v.clone());
+        }
+    }
+    if let Some(s) = upstream_session {
+        let v = HeaderValue::from_str(s)
+            .map_err(|_| GatewayError::Internal("sealed upstream session id is not a header value".into()))?;
+        h.insert(mcp::HDR_SESSION, v);
+    }
+    for (k, v) in &up.headers {
+        h.insert(k.clone(), v.clone());
+    }
+    req.body(Full::new(body))
+        .map_err(|e| GatewayError::Internal(e.to_string()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    Json,
+    Sse,
+    Empty,
+}
+
+/// Classifies an upstream answer, turning its failures into our errors.
+pub fn classify(up: &Upstream, resp: &Response<Incoming>) -> Result<Payload, GatewayError> {
+    let status = resp.status();
+    if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT {
+        return Ok(Payload::Empty);
+    }
+    if status.is_server_error() {
+        return Err(GatewayError::UpstreamBadResponse {
+            upstream: up.name.to_string(),
+            reason: format!("answered HTTP {status}"),
+        });
+    }
+    let ct = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(Payload::Json),
+        "text/event-stream" => Ok(Payload::Sse),
+        _ if !status.is_success() => Ok(Payload::Json),
+        _ => Err(GatewayError::UpstreamBadResponse {
+            upstream: up.name.to_string(),
+            reason: format!("unexpected content type {ct:?}"),
+        }),
+    }
+}
+
+/// Reads a whole JSON answer, bounded in size and time.
+pub async fn read_json_body(
+    up: &Upstream,
+    body: Incoming,
+    limits: &Limits,
+) -> Result<Bytes, GatewayError> {
+    let limited = http_body_util::Limited::new(body, limits.max_response_bytes);
+    match tokio::time::timeout(limits.request_timeout, limited.collect()).await {
+        Err(_) => Err(GatewayError::UpstreamTimeout {
+            upstream: up.name.to_string(),
+            after_ms: limits.request_timeout.as_millis() as u64,
+        }),
+        Ok(Err(e)) => Err(GatewayError::UpstreamBadResponse {
+            upstream: up.name.to_string(),
+            reason: if e.is::<http_body_util::LengthLimitError>() {
+                format!("response exceeds {} bytes", limits.max_response_bytes)
+            } else {
+                format!("response body failed: {}", error_chain(&*e))
+            },
+        }),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// What the pump does with each upstream event before it reaches the client.
+pub trait EventMap: Send + 'static {
+    /// Returns the events to send in its place (none drops it).
+    fn map(&mut self, ev: sse::Event) -> Vec<sse::Event>;
+    /// An event that tells the client why the stream failed, if it needs one
+    /// (a POST stream owes the client a response to its request).
+    fn on_error(&mut self, err: &GatewayError) -> Option<sse::Event>;
+}
+
+/// Passes events unchanged.
+pub struct Unchanged;
+
+impl EventMap for Unchanged {
+    fn map(&mut self, ev: sse::Event) -> Vec<sse::Event> {
+        vec![ev]
+    }
+    fn on_error(&mut self, _: &GatewayError) -> Option<sse::Event> {
+        None
+    }
+}
+
+pub struct PumpConfig {
+    pub upstream: String,
+    pub max_event: usize,
+    pub idle_timeout: Duration,
+    pub keepalive: Duration,
+    /// When cancelled the stream ends cleanly, so the client resumes elsewhere.
+    pub end_on: Option<CancellationToken>,
+}
+
+/// Relays one upstream SSE body into a client body, via a bounded channel
+/// (back-pressure reaches the upstream). Ends when either side does.
+pub fn spawn_pump(body: Incoming, mut map: impl EventMap, cfg: PumpConfig, guard: impl Send + 'static) -> ChannelBody {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
+    tokio::spawn(async move {
+        let _guard = guard;
+        let mut body = pin!(body);
+        let mut parser = sse::Parser::new(cfg.max_event);
+        let mut events = Vec::new();
+        let mut keepalive = tokio::time::interval(cfg.keepalive);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        keepalive.tick().await;
+        let idle = tokio::time::sleep(cfg.idle_timeout);
+        let mut idle = pin!(idle);
+        let end_on = cfg.end_on.clone().unwrap_or_default();
+        let failure: Option<GatewayError> = loop {
+            tokio::select! {
+                frame = body.frame() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + cfg.idle_timeout);
+                    let data = match frame {
+                        None => break None,
+                        Some(Err(e)) => break Some(GatewayError::UpstreamBadResponse {
+                            upstream: cfg.upstream.clone(),
+                            reason: format!("stream failed: {}", error_chain(&e)),
+                        }),
+                        Some(Ok(f)) => match f.into_data() {
+                            Ok(d) => d,
+                            Err(_) => continue,
+                        },
+                    };
+                    if let Err(e) = parser.feed(&data, &mut events) {
+                        break Some(GatewayError::UpstreamBadResponse { upstream: cfg.upstream.clone(), reason: e.to_string() });
+                    }
+                    for ev in events.drain(..) {
+                        for out in map.map(ev) {
+                            if tx.send(Ok(Frame::data(out.encode()))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    keepalive.reset();
+                }
+                _ = keepalive.tick() => {
+                    if tx.send(Ok(Frame::data(sse::keepalive()))).await.is_err() {
+                        return;
+                    }
+                }
+                _ = &mut idle => break Some(GatewayError::UpstreamTimeout {
+                    upstream: cfg.upstream.clone(),
+                    after_ms: cfg.idle_timeout.as_millis() as u64,
+                }),
+                _ = end_on.cancelled() => break None,
+                _ = tx.closed() => return,
+            }
+        };
+        if let Some(err) = failure {
+            tracing::warn!(upstream = %cfg.upstream, reason = err.reason(), "upstream stream ended: {err}");
+            if let Some(ev) = map.on_error(&err) {
+                let _ = tx.send(Ok(Frame::data(ev.encode()))).await;
+            }
+        }
+    });
+    ChannelBody::new(rx)
+}
