@@ -1,7 +1,740 @@
 //! `/mcp`: every upstream the key may use, as one virtual MCP server.
-use http::Response;
-use crate::{body::Body, error::GatewayError, gateway::{Call, ReqCtx}, relay::Failure};
+//!
+//! The gateway is the MCP server here: it initializes every granted upstream
+//! with the client's own capabilities, merges their lists under unique names
+//! (see `names`), routes each call to its upstream, and relays what the
+//! upstreams send back (progress, logs, sampling, elicitation) with ids
+//! rewritten so replies find their way home. All routing state travels in
+//! the sealed session id and in the rewritten ids: no replica remembers.
 
-pub async fn handle(_call: Call<'_>, _ctx: &mut ReqCtx) -> Result<Response<Body>, Failure> {
-    Err((GatewayError::MethodNotFound("aggregate".into()), None))
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+
+use crate::{
+    body::{self, Body, ChannelBody},
+    error::{GatewayError, code},
+    gateway::{Call, ReqCtx, unix_now},
+    mcp::{self, Kind, Peek},
+    metrics::{GaugeGuard, method_label},
+    model::{ToolFilter, Upstream},
+    names,
+    relay::{self, Failure},
+    session::{SessionState, UpstreamSession},
+    sse,
+    upstream::{self, EventMap, Payload},
+};
+
+/// One upstream as seen from this session.
+#[derive(Clone)]
+struct Target {
+    up: Arc<Upstream>,
+    filter: ToolFilter,
+    session: Option<String>,
+    version: String,
+}
+
+pub async fn handle(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failure> {
+    match call.method {
+        Method::POST => post(call, ctx).await,
+        Method::GET => get(call, ctx).await.map_err(|e| (e, None)),
+        Method::DELETE => delete(call, ctx).await.map_err(|e| (e, None)),
+        ref m => Err((GatewayError::MethodNotAllowed(m.clone()), None)),
+    }
+}
+
+async fn post(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failure> {
+    mcp::check_post_headers(call.headers).map_err(|e| (e, None))?;
+    let version = mcp::request_version(call.headers).map_err(|e| (e, None))?;
+    let (peek, kind) = Peek::parse(&call.body, &version).map_err(|e| (e, None))?;
+    let id: Option<Value> = peek.id.and_then(|r| serde_json::from_str(r.get()).ok());
+    let fail = |e: GatewayError| (e, id.clone());
+    ctx.method = if kind == Kind::Response { "response" } else { method_label(peek.method()) };
+    mcp::check_mirrored_headers(call.headers, &peek, kind, &version).map_err(fail)?;
+    let method = peek.method().to_owned();
+    drop(peek);
+    let msg: Value = serde_json::from_slice(&call.body).map_err(|e| fail(GatewayError::Parse(e.to_string())))?;
+
+    if kind == Kind::Request && method == "initialize" {
+        return initialize(&call, &msg, ctx).await.map_err(fail);
+    }
+    if kind == Kind::Request && method == "ping" {
+        return Ok(body::json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": id, "result": {}})));
+    }
+    let session = call.gw.open_session(call.rt, call.headers, call.key.prefix.as_str()).map_err(fail)?;
+    if session.is_none() && version != mcp::STATELESS {
+        return Err(fail(GatewayError::MissingSession));
+    }
+    let targets = targets(&call, session.as_ref(), &version);
+    let stateless = version == mcp::STATELESS;
+
+    match kind {
+        Kind::Notification => {
+            notify_all(&call, &targets, &msg).await;
+            Ok(relay::status_only(StatusCode::ACCEPTED))
+        }
+        Kind::Response => {
+            let (up, orig) = msg
+                .get("id")
+                .and_then(names::split_id)
+                .ok_or_else(|| fail(GatewayError::InvalidRequest("response to an id this gateway never sent".into())))?;
+            let t = find(&targets, up).map_err(fail)?;
+            let mut msg = msg.clone();
+            msg["id"] = orig;
+            let resp = send(&call, t, &msg, None).await.map_err(fail)?;
+            Ok(relay::status_only(if resp.status().is_success() { StatusCode::ACCEPTED } else { resp.status() }))
+        }
+        Kind::Request => match method.as_str() {
+            "server/discover" if stateless => discover(&call, &targets, &msg).await.map_err(fail),
+            "tools/list" => list(&call, &targets, &msg, List::Tools).await.map_err(fail),
+            "prompts/list" => list(&call, &targets, &msg, List::Prompts).await.map_err(fail),
+            "resources/list" => list(&call, &targets, &msg, List::Resources).await.map_err(fail),
+            "resources/templates/list" => list(&call, &targets, &msg, List::Templates).await.map_err(fail),
+            "logging/setLevel" => {
+                notify_all(&call, &targets, &msg).await;
+                Ok(body::json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": id, "result": {}})))
+            }
+            "tools/call" | "prompts/get" | "resources/read" | "resources/subscribe" | "resources/unsubscribe"
+            | "completion/complete" => routed(&call, &targets, msg, &method, ctx).await.map_err(fail),
+            other => Err(fail(GatewayError::MethodNotFound(other.to_owned()))),
+        },
+    }
+}
+
+/// The upstreams of this session that the key may still use.
+fn targets(call: &Call<'_>, session: Option<&SessionState>, version: &str) -> Vec<Target> {
+    let snap = &call.rt.snapshot;
+    let granted = call.key.grants.iter().filter_map(|(name, filter)| {
+        let up = snap.upstreams.get(name)?;
+        Some((up.clone(), filter.clone()))
+    });
+    match session {
+        Some(s) => granted
+            .filter_map(|(up, filter)| {
+                let us = s.upstream(up.name.as_str())?;
+                Some(Target { up, filter, session: us.session.clone(), version: us.version.clone() })
+            })
+            .collect(),
+        None => granted
+            .map(|(up, filter)| Target { up, filter, session: None, version: version.to_owned() })
+            .collect(),
+    }
+}
+
+fn find<'t>(targets: &'t [Target], up: &str) -> Result<&'t Target, GatewayError> {
+    targets
+        .iter()
+        .find(|t| t.up.name.as_str() == up)
+        .ok_or_else(|| GatewayError::NotGranted(format!("no upstream {up:?} in this session")))
+}
+
+/// Headers for a request the gateway makes to an upstream on the client's behalf.
+fn headers_for(call: &Call<'_>, t: &Target, msg: &Value, last_event: Option<&str>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+    if let Ok(v) = HeaderValue::from_str(&t.version) {
+        h.insert(mcp::HDR_VERSION, v);
+    }
+    if t.version == mcp::STATELESS
+        && let Some(m) = msg.get("method").and_then(Value::as_str)
+    {
+        if let Ok(v) = HeaderValue::from_str(m) {
+            h.insert(mcp::HDR_METHOD, v);
+        }
+        let p = &msg["params"];
+        let target = match m {
+            "tools/call" | "prompts/get" => p.get("name"),
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => p.get("uri"),
+            _ => None,
+        };
+        if let Some(v) = target.and_then(Value::as_str).and_then(|s| HeaderValue::from_str(s).ok()) {
+            h.insert(mcp::HDR_NAME, v);
+        }
+    }
+    if let Some(le) = last_event.and_then(|s| HeaderValue::from_str(s).ok()) {
+        h.insert(mcp::HDR_LAST_EVENT, le);
+    }
+    for name in ["traceparent", "tracestate", "user-agent"] {
+        if let Some(v) = call.headers.get(name) {
+            h.insert(name, v.clone());
+        }
+    }
+    h
+}
+
+async fn send(
+    call: &Call<'_>,
+    t: &Target,
+    msg: &Value,
+    last_event: Option<&str>,
+) -> Result<Response<hyper::body::Incoming>, GatewayError> {
+    let method = if msg.is_null() { Method::GET } else { Method::POST };
+    let body = if msg.is_null() { Bytes::new() } else { Bytes::from(msg.to_string()) };
+    let headers = headers_for(call, t, msg, last_event);
+    let req = upstream::upstream_request(&t.up, method, &headers, t.session.as_deref(), body)?;
+    call.gw
+        .client
+        .send(&t.up, req, call.rt.limits.upstream_response_timeout)
+        .await
+        .inspect_err(|e| count_error(call, t, e))
+}
+
+fn count_error(call: &Call<'_>, t: &Target, e: &GatewayError) {
+    call.gw.metrics.upstream_errors.with_label_values(&[t.up.name.as_str(), e.reason()]).inc();
+}
+
+/// Sends a request and waits for its one response message.
+async fn request(call: &Call<'_>, t: &Target, msg: &Value) -> Result<(Value, HeaderMap), GatewayError> {
+    let resp = send(call, t, msg, None).await?;
+    let headers = resp.headers().clone();
+    let message = match upstream::classify(&t.up, &resp)? {
+        Payload::Json => {
+            let bytes = upstream::read_json_body(&t.up, resp.into_body(), &call.rt.limits).await?;
+            serde_json::from_slice(&bytes).map_err(|e| GatewayError::UpstreamBadResponse {
+                upstream: t.up.name.to_string(),
+                reason: format!("invalid JSON: {e}"),
+            })?
+        }
+        Payload::Sse => relay::read_response_event(&t.up, resp.into_body(), msg.get("id"), &call.rt.limits).await?,
+        Payload::Empty => {
+            return Err(GatewayError::UpstreamBadResponse {
+                upstream: t.up.name.to_string(),
+                reason: "no answer to a request".into(),
+            });
+        }
+    };
+    Ok((message, headers))
+}
+
+async fn notify_all(call: &Call<'_>, targets: &[Target], msg: &Value) {
+    let sends = targets.iter().map(|t| async move {
+        match send(call, t, msg, None).await {
+            Ok(resp) if resp.status().is_success() => {}
+            Ok(resp) => tracing::debug!(upstream = %t.up.name, status = %resp.status(), "notification refused"),
+            Err(e) => tracing::warn!(upstream = %t.up.name, "notification not delivered: {e}"),
+        }
+    });
+    join_all(sends).await;
+}
+
+async fn initialize(call: &Call<'_>, msg: &Value, ctx: &mut ReqCtx) -> Result<Response<Body>, GatewayError> {
+    let requested = msg
+        .pointer("/params/protocolVersion")
+        .and_then(Value::as_str)
+        .ok_or_else(|| GatewayError::InvalidParams("initialize needs params.protocolVersion".into()))?;
+    let version = if mcp::is_supported(requested) { requested } else { mcp::LATEST };
+    let mut init = msg.clone();
+    init["params"]["protocolVersion"] = Value::String(version.to_owned());
+    let targets = targets(call, None, version);
+    let answers = join_all(targets.iter().map(|t| request(call, t, &init))).await;
+
+    let mut caps = Map::new();
+    let mut instructions = Vec::new();
+    let mut sessions = Vec::new();
+    let mut first_error = None;
+    for (t, answer) in targets.iter().zip(answers) {
+        let (message, headers) = match answer {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(upstream = %t.up.name, "initialize failed: {e}");
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
+        let Some(result) = message.get("result") else {
+            tracing::warn!(upstream = %t.up.name, error = %message["error"], "initialize refused");
+            continue;
+        };
+        merge_capabilities(&mut caps, result.get("capabilities").unwrap_or(&Value::Null));
+        if let Some(text) = result.get("instructions").and_then(Value::as_str) {
+            instructions.push(format!("[{}] {text}", t.up.name));
+        }
+        sessions.push(UpstreamSession {
+            name: t.up.name.to_string(),
+            session: headers.get(mcp::HDR_SESSION).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            version: result.get("protocolVersion").and_then(Value::as_str).unwrap_or(version).to_owned(),
+        });
+    }
+    if sessions.is_empty()
+        && let Some(e) = first_error
+    {
+        return Err(e);
+    }
+    ctx.upstream = sessions.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(",");
+    let mut result = json!({
+        "protocolVersion": version,
+        "capabilities": caps,
+        "serverInfo": {"name": "stoa-gateway", "title": "STOA gateway", "version": env!("CARGO_PKG_VERSION")},
+    });
+    if !instructions.is_empty() {
+        result["instructions"] = Value::String(instructions.join("\n"));
+    }
+    let state = SessionState {
+        key: call.key.prefix.as_str().to_owned(),
+        issued: unix_now(),
+        version: version.to_owned(),
+        upstreams: sessions,
+    };
+    let mut resp = body::json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": msg["id"], "result": result}));
+    let sealed = call.rt.sessions.seal(&state);
+    resp.headers_mut().insert(
+        mcp::HDR_SESSION,
+        HeaderValue::from_str(&sealed).map_err(|_| GatewayError::Internal("sealed id is not a header value".into()))?,
+    );
+    call.gw.metrics.sessions.with_label_values(&["opened"]).inc();
+    Ok(resp)
+}
+
+/// 2026-07-28 has no `initialize`: clients discover the virtual server.
+async fn discover(call: &Call<'_>, targets: &[Target], msg: &Value) -> Result<Response<Body>, GatewayError> {
+    let answers = join_all(targets.iter().map(|t| request(call, t, msg))).await;
+    let mut caps = Map::new();
+    for (t, answer) in targets.iter().zip(answers) {
+        match answer {
+            Ok((m, _)) => merge_capabilities(&mut caps, m.pointer("/result/capabilities").unwrap_or(&Value::Null)),
+            Err(e) => tracing::warn!(upstream = %t.up.name, "server/discover failed: {e}"),
+        }
+    }
+    let result = json!({
+        "resultType": "complete",
+        "ttlMs": 0,
+        "cacheScope": "private",
+        "supportedVersions": [mcp::STATELESS, "2025-11-25", "2025-06-18"],
+        "capabilities": caps,
+        "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "stoa-gateway", "version": env!("CARGO_PKG_VERSION")}},
+    });
+    Ok(body::json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": msg["id"], "result": result})))
+}
+
+/// The union of what the upstreams offer.
+fn merge_capabilities(into: &mut Map<String, Value>, caps: &Value) {
+    let Some(caps) = caps.as_object() else { return };
+    for (name, v) in caps {
+        match name.as_str() {
+            "tools" | "prompts" => {
+                into.insert(name.clone(), json!({"listChanged": true}));
+            }
+            "resources" => {
+                let subscribe = v.get("subscribe").and_then(Value::as_bool).unwrap_or(false)
+                    || into.get("resources").and_then(|r| r.get("subscribe")).and_then(Value::as_bool).unwrap_or(false);
+                into.insert(name.clone(), json!({"listChanged": true, "subscribe": subscribe}));
+            }
+            "logging" | "completions" => {
+                into.insert(name.clone(), json!({}));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum List {
+    Tools,
+    Prompts,
+    Resources,
+    Templates,
+}
+
+impl List {
+    fn field(self) -> &'static str {
+        match self {
+            List::Tools => "tools",
+            List::Prompts => "prompts",
+            List::Resources => "resources",
+            List::Templates => "resourceTemplates",
+        }
+    }
+}
+
+/// Pages the gateway follows per upstream when merging a list.
+const MAX_PAGES: usize = 64;
+
+async fn list(call: &Call<'_>, targets: &[Target], msg: &Value, kind: List) -> Result<Response<Body>, GatewayError> {
+    let per_upstream = join_all(targets.iter().map(|t| list_one(call, t, msg, kind))).await;
+    let mut items = Vec::new();
+    let mut failures = 0;
+    let mut last_error = None;
+    for (t, r) in targets.iter().zip(per_upstream) {
+        match r {
+            Ok(list) => items.extend(list),
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(upstream = %t.up.name, "{} failed: {e}", kind.field());
+                last_error = Some(e);
+            }
+        }
+    }
+    if failures > 0
+        && failures == targets.len()
+        && let Some(e) = last_error
+    {
+        return Err(e);
+    }
+    let mut result = Map::new();
+    result.insert(kind.field().to_owned(), Value::Array(items));
+    if targets.first().is_some_and(|t| t.version == mcp::STATELESS) {
+        // A merged list is specific to the caller's grants: never shared.
+        result.insert("resultType".into(), json!("complete"));
+        result.insert("ttlMs".into(), json!(0));
+        result.insert("cacheScope".into(), json!("private"));
+    }
+    Ok(body::json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": msg["id"], "result": result})))
+}
+
+async fn list_one(call: &Call<'_>, t: &Target, msg: &Value, kind: List) -> Result<Vec<Value>, GatewayError> {
+    let mut out = Vec::new();
+    let mut cursor: Option<Value> = None;
+    for page in 0..MAX_PAGES {
+        let mut req = json!({"jsonrpc": "2.0", "id": format!("stoa-list-{page}"), "method": msg["method"]});
+        if let Some(c) = &cursor {
+            req["params"] = json!({"cursor": c});
+        }
+        let (answer, _) = request(call, t, &req).await?;
+        if let Some(err) = answer.get("error") {
+            // An upstream without this feature simply contributes nothing.
+            if err.get("code").and_then(Value::as_i64) == Some(code::METHOD_NOT_FOUND) {
+                return Ok(out);
+            }
+            return Err(GatewayError::UpstreamBadResponse {
+                upstream: t.up.name.to_string(),
+                reason: format!("{} refused: {err}", kind.field()),
+            });
+        }
+        let result = &answer["result"];
+        for mut item in result.get(kind.field()).and_then(Value::as_array).cloned().unwrap_or_default() {
+            let up = t.up.name.as_str();
+            match kind {
+                List::Tools => {
+                    let Some(name) = item.get("name").and_then(Value::as_str) else { continue };
+                    if !t.filter.allows(name) {
+                        continue;
+                    }
+                    item["name"] = Value::String(names::virtual_name(up, name));
+                }
+                List::Prompts => {
+                    let Some(name) = item.get("name").and_then(Value::as_str) else { continue };
+                    item["name"] = Value::String(names::virtual_name(up, name));
+                }
+                List::Resources => {
+                    let Some(uri) = item.get("uri").and_then(Value::as_str) else { continue };
+                    item["uri"] = Value::String(names::virtual_uri(up, uri));
+                }
+                List::Templates => {
+                    let Some(uri) = item.get("uriTemplate").and_then(Value::as_str) else { continue };
+                    item["uriTemplate"] = Value::String(names::virtual_uri(up, uri));
+                }
+            }
+            out.push(item);
+        }
+        match result.get("nextCursor") {
+            Some(c) if !c.is_null() => cursor = Some(c.clone()),
+            _ => return Ok(out),
+        }
+    }
+    Ok(out)
+}
+
+/// A request for one upstream: find it from the virtual name, restore the
+/// upstream's own name, forward, and relay the answer.
+async fn routed(
+    call: &Call<'_>,
+    targets: &[Target],
+    mut msg: Value,
+    method: &str,
+    ctx: &mut ReqCtx,
+) -> Result<Response<Body>, GatewayError> {
+    let params = msg.get_mut("params").ok_or_else(|| GatewayError::InvalidParams(format!("{method} needs params")))?;
+    let t = match method {
+        "tools/call" | "prompts/get" => {
+            let v = params.get("name").and_then(Value::as_str).ok_or_else(|| {
+                GatewayError::InvalidParams(format!("{method} needs params.name"))
+            })?;
+            let (t, name) = resolve_name(call, targets, v, method).await?;
+            if method == "tools/call" {
+                ctx.tool = Some(name.clone());
+                if !t.filter.allows(&name) {
+                    call.gw.metrics.tool_calls.with_label_values(&[t.up.name.as_str(), &name, "refused"]).inc();
+                    return Err(GatewayError::NotGranted(format!("tool {v:?} is not granted to this key")));
+                }
+            }
+            params["name"] = Value::String(name);
+            t
+        }
+        "completion/complete" => {
+            let r = params.get_mut("ref").ok_or_else(|| GatewayError::InvalidParams("completion/complete needs params.ref".into()))?;
+            if let Some(v) = r.get("name").and_then(Value::as_str).map(str::to_owned) {
+                let (t, name) = resolve_name(call, targets, &v, "prompts/get").await?;
+                r["name"] = Value::String(name);
+                t
+            } else {
+                let v = r.get("uri").and_then(Value::as_str).ok_or_else(|| GatewayError::InvalidParams("params.ref needs name or uri".into()))?;
+                let (up, uri) = names::split_uri(v).ok_or_else(|| GatewayError::InvalidParams(format!("unknown resource {v:?}")))?;
+                let t = find(targets, up)?.clone();
+                r["uri"] = Value::String(uri.to_owned());
+                t
+            }
+        }
+        _ => {
+            let v = params.get("uri").and_then(Value::as_str).ok_or_else(|| GatewayError::InvalidParams(format!("{method} needs params.uri")))?;
+            let (up, uri) = names::split_uri(v).ok_or_else(|| GatewayError::InvalidParams(format!("unknown resource {v:?}")))?;
+            let t = find(targets, up)?.clone();
+            params["uri"] = Value::String(uri.to_owned());
+            t
+        }
+    };
+    ctx.upstream = t.up.name.to_string();
+    let resp = send(call, &t, &msg, None).await?;
+    let payload = upstream::classify(&t.up, &resp).inspect_err(|e| count_error(call, &t, e))?;
+    if let Some(tool) = &ctx.tool {
+        let outcome = if resp.status().is_success() { "relayed" } else { "upstream_error" };
+        call.gw.metrics.tool_calls.with_label_values(&[t.up.name.as_str(), tool, outcome]).inc();
+    }
+    let status = resp.status();
+    let map = Rewrite { upstream: t.up.name.to_string(), request_id: msg.get("id").cloned() };
+    match payload {
+        Payload::Empty => Ok(relay::status_only(status)),
+        Payload::Json => {
+            let bytes = upstream::read_json_body(&t.up, resp.into_body(), &call.rt.limits).await?;
+            let mut v: Value = serde_json::from_slice(&bytes).map_err(|e| GatewayError::UpstreamBadResponse {
+                upstream: t.up.name.to_string(),
+                reason: format!("invalid JSON: {e}"),
+            })?;
+            map.message(&mut v);
+            Ok(body::json_response(status, &v))
+        }
+        Payload::Sse => {
+            let guard = GaugeGuard::new(call.gw.metrics.active_streams.with_label_values(&["post"]));
+            let cfg = relay::pump_cfg(call.rt, &t.up, None);
+            Ok(relay::sse_response(status, upstream::spawn_pump(resp.into_body(), map, cfg, guard)))
+        }
+    }
+}
+
+/// Finds the upstream and original name behind a virtual tool or prompt name.
+async fn resolve_name(call: &Call<'_>, targets: &[Target], v: &str, method: &str) -> Result<(Target, String), GatewayError> {
+    let unknown = || GatewayError::InvalidParams(format!("unknown name {v:?}"));
+    let (up, rest, exact) = names::split_name(v).ok_or_else(unknown)?;
+    let t = find(targets, up).map_err(|_| unknown())?.clone();
+    if exact {
+        return Ok((t, rest.to_owned()));
+    }
+    // A shortened name: list the upstream and find the one it stands for.
+    let list_method = if method == "tools/call" { "tools/list" } else { "prompts/list" };
+    let full = list_one_raw_names(call, &t, list_method).await?;
+    let name = full
+        .into_iter()
+        .find(|n| names::virtual_name(up, n) == v)
+        .ok_or_else(unknown)?;
+    Ok((t, name))
+}
+
+async fn list_one_raw_names(call: &Call<'_>, t: &Target, method: &str) -> Result<Vec<String>, GatewayError> {
+    let field = if method == "tools/list" { "tools" } else { "prompts" };
+    let mut out = Vec::new();
+    let mut cursor: Option<Value> = None;
+    for page in 0..MAX_PAGES {
+        let mut req = json!({"jsonrpc": "2.0", "id": format!("stoa-resolve-{page}"), "method": method});
+        if let Some(c) = &cursor {
+            req["params"] = json!({"cursor": c});
+        }
+        let (answer, _) = request(call, t, &req).await?;
+        let result = &answer["result"];
+        for item in result.get(field).and_then(Value::as_array).into_iter().flatten() {
+            if let Some(n) = item.get("name").and_then(Value::as_str) {
+                out.push(n.to_owned());
+            }
+        }
+        match result.get("nextCursor") {
+            Some(c) if !c.is_null() => cursor = Some(c.clone()),
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Rewrites what one upstream sends so the client sees the virtual server.
+struct Rewrite {
+    upstream: String,
+    /// The client's request this stream answers (POST streams).
+    request_id: Option<Value>,
+}
+
+impl Rewrite {
+    fn message(&self, v: &mut Value) {
+        let up = self.upstream.as_str();
+        let is_request = v.get("method").is_some() && v.get("id").is_some();
+        if is_request {
+            // A server-to-client request (sampling, elicitation, roots):
+            // tag its id so the client's reply can be routed back.
+            let id = v["id"].clone();
+            v["id"] = names::virtual_id(up, &id);
+            return;
+        }
+        match v.get("method").and_then(Value::as_str) {
+            Some("notifications/resources/updated") => {
+                if let Some(uri) = v.pointer("/params/uri").and_then(Value::as_str) {
+                    v["params"]["uri"] = Value::String(names::virtual_uri(up, uri));
+                }
+            }
+            Some("notifications/cancelled") => {
+                if let Some(id) = v.pointer("/params/requestId").cloned() {
+                    v["params"]["requestId"] = names::virtual_id(up, &id);
+                }
+            }
+            Some(_) => {}
+            None => {
+                // A response: URIs it returns must be virtual too.
+                if let Some(contents) = v.pointer_mut("/result/contents").and_then(Value::as_array_mut) {
+                    for c in contents {
+                        if let Some(uri) = c.get("uri").and_then(Value::as_str) {
+                            c["uri"] = Value::String(names::virtual_uri(up, uri));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl EventMap for Rewrite {
+    fn map(&mut self, mut ev: sse::Event) -> Vec<sse::Event> {
+        if let Ok(mut v) = serde_json::from_str::<Value>(&ev.data) {
+            self.message(&mut v);
+            ev.data = v.to_string();
+        }
+        if let Some(id) = &ev.id {
+            ev.id = Some(names::virtual_event_id(&self.upstream, id));
+        }
+        vec![ev]
+    }
+
+    fn on_error(&mut self, err: &GatewayError) -> Option<sse::Event> {
+        let id = self.request_id.as_ref()?;
+        Some(sse::Event::message(err.rpc_response(Some(id)).to_string()))
+    }
+}
+
+/// One stream merged from every upstream's GET stream.
+async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, GatewayError> {
+    ctx.method = "GET";
+    if !mcp::accepts(call.headers, "text/event-stream") {
+        return Err(GatewayError::NotAcceptable);
+    }
+    let version = mcp::request_version(call.headers)?;
+    let session = call
+        .gw
+        .open_session(call.rt, call.headers, call.key.prefix.as_str())?
+        .ok_or(GatewayError::MissingSession)?;
+    let targets = targets(&call, Some(&session), &version);
+    let last = call.headers.get(mcp::HDR_LAST_EVENT).and_then(|v| v.to_str().ok()).and_then(names::split_event_id);
+    let opened = join_all(targets.iter().map(|t| {
+        let le = last.filter(|(up, _)| *up == t.up.name.as_str()).map(|(_, id)| id);
+        send(&call, t, &Value::Null, le)
+    }))
+    .await;
+    let (tx, rx) = mpsc::channel(16);
+    let mut streams = 0;
+    for (t, r) in targets.iter().zip(opened) {
+        match r {
+            Ok(resp) if resp.status().is_success() && matches!(upstream::classify(&t.up, &resp), Ok(Payload::Sse)) => {
+                streams += 1;
+                let map = Rewrite { upstream: t.up.name.to_string(), request_id: None };
+                let cfg = relay::pump_cfg(call.rt, &t.up, Some(call.gw.draining.clone()));
+                upstream::spawn_pump_into(resp.into_body(), map, cfg, (), tx.clone());
+            }
+            Ok(resp) => tracing::debug!(upstream = %t.up.name, status = %resp.status(), "no GET stream"),
+            Err(e) => tracing::warn!(upstream = %t.up.name, "GET stream failed: {e}"),
+        }
+    }
+    if streams == 0 {
+        return Err(GatewayError::MethodNotAllowed(Method::GET));
+    }
+    drop(tx);
+    let guard = GaugeGuard::new(call.gw.metrics.active_streams.with_label_values(&["get"]));
+    let body = GuardedBody { inner: ChannelBody::new(rx), _guard: guard };
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(http_body_util::BodyExt::boxed(body))
+        .expect("static response parts are valid"))
+}
+
+/// A body that holds a gauge up for as long as the client reads it.
+struct GuardedBody {
+    inner: ChannelBody,
+    _guard: GaugeGuard,
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = body::BoxError;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+}
+
+async fn delete(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, GatewayError> {
+    ctx.method = "DELETE";
+    let version = mcp::request_version(call.headers)?;
+    let session = call
+        .gw
+        .open_session(call.rt, call.headers, call.key.prefix.as_str())?
+        .ok_or(GatewayError::MissingSession)?;
+    let targets = targets(&call, Some(&session), &version);
+    let closes = join_all(targets.iter().filter(|t| t.session.is_some()).map(|t| async {
+        let req = upstream::upstream_request(&t.up, Method::DELETE, &headers_for(&call, t, &Value::Null, None), t.session.as_deref(), Bytes::new())?;
+        call.gw.client.send(&t.up, req, call.rt.limits.upstream_response_timeout).await
+    }))
+    .await;
+    for r in closes {
+        if let Err(e) = r {
+            tracing::warn!("closing an upstream session failed: {e}");
+        }
+    }
+    call.gw.metrics.sessions.with_label_values(&["closed"]).inc();
+    Ok(relay::status_only(StatusCode::OK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_are_merged() {
+        let mut caps = Map::new();
+        merge_capabilities(&mut caps, &json!({"tools": {}, "resources": {"subscribe": true}}));
+        merge_capabilities(&mut caps, &json!({"prompts": {}, "resources": {}, "logging": {}, "experimental": {"x": 1}}));
+        assert_eq!(
+            Value::Object(caps),
+            json!({"tools": {"listChanged": true}, "prompts": {"listChanged": true},
+                   "resources": {"listChanged": true, "subscribe": true}, "logging": {}})
+        );
+    }
+
+    #[test]
+    fn upstream_messages_are_rewritten() {
+        let r = Rewrite { upstream: "ev".into(), request_id: Some(json!(1)) };
+        let mut sampling = json!({"jsonrpc":"2.0","id":0,"method":"sampling/createMessage","params":{}});
+        r.message(&mut sampling);
+        assert_eq!(sampling["id"], json!("stoa:ev:0"));
+        let mut updated = json!({"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"test://x"}});
+        r.message(&mut updated);
+        assert_eq!(updated["params"]["uri"], json!("stoa://ev/test://x"));
+        let mut read = json!({"jsonrpc":"2.0","id":1,"result":{"contents":[{"uri":"test://x","text":"hi"}]}});
+        r.message(&mut read);
+        assert_eq!(read["result"]["contents"][0]["uri"], json!("stoa://ev/test://x"));
+        let mut progress = json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":1}});
+        let before = progress.clone();
+        r.message(&mut progress);
+        assert_eq!(progress, before, "progress tokens belong to the client");
+    }
 }

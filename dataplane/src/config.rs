@@ -22,9 +22,10 @@ pub struct FileConfig {
     /// Sealing of `Mcp-Session-Id` so that any replica can serve any session.
     #[serde(default)]
     pub sessions: Sessions,
-    /// Browser origins allowed to call the MCP endpoint. Requests that carry an
-    /// `Origin` header not in this list are refused with 403; requests without
-    /// `Origin` (non-browser agents) are allowed. `*` allows every origin.
+    /// Browser origins allowed to call the MCP endpoint, besides loopback
+    /// origins (`http://localhost:*`, `127.0.0.1`, `[::1]`). Requests that carry
+    /// any other `Origin` are refused with 403 (DNS-rebinding protection);
+    /// requests without `Origin` (non-browser agents) are allowed. `*` allows all.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
     /// How often the config file (and TLS files) are checked for changes.
@@ -158,7 +159,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sessions {
     /// 32-byte key, base64. All replicas that serve the same agents must share it.
@@ -172,6 +173,16 @@ pub struct Sessions {
     #[serde(default = "defaults::session_ttl", deserialize_with = "dur::deserialize")]
     #[schemars(with = "String")]
     pub ttl: Duration,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions {
+            key: None,
+            previous_keys: Vec::new(),
+            ttl: defaults::session_ttl(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -308,6 +319,8 @@ mod tests {
         let c = FileConfig::parse("{}").unwrap();
         assert_eq!(c.listeners.plain, Some(SocketAddr::from(([127, 0, 0, 1], 8080))));
         assert_eq!(c.limits.max_body_bytes, 4 << 20);
+        assert_eq!(c.sessions.ttl, Duration::from_secs(24 * 3600), "an absent section gets the field defaults");
+        assert_eq!(c.watch_interval, Duration::from_secs(2));
         assert!(c.api_keys.is_empty());
     }
 
@@ -319,6 +332,26 @@ mod tests {
         assert!(err.to_string().contains("invalid duration \"soon\""), "{err}");
         let err = FileConfig::parse("listners: {}").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gateway.yaml");
+        let cfg = FileConfig::load(&path).unwrap();
+        let env = |v: &str| (v == "GITHUB_MCP_TOKEN").then(|| "t".to_owned());
+        let (snap, rejected) = crate::model::Snapshot::build_with_env(&cfg, &env);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!((snap.upstreams.len(), snap.keys.len()), (2, 1));
+    }
+
+    #[test]
+    fn the_committed_schema_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("stoa-gateway.schema.json");
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed.trim() == FileConfig::json_schema().trim(),
+            "dataplane/stoa-gateway.schema.json is stale: run `cargo run -p stoa-gateway -- schema > dataplane/stoa-gateway.schema.json`"
+        );
     }
 
     #[test]

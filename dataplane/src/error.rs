@@ -31,6 +31,10 @@ pub mod code {
     pub const UPSTREAM_BAD_RESPONSE: i64 = -32012;
     pub const TOO_LARGE: i64 = -32013;
     pub const TIMEOUT: i64 = -32014;
+    /// 2026-07-28: a mirrored header disagrees with the body.
+    pub const HEADER_MISMATCH: i64 = -32020;
+    /// 2026-07-28: the protocol version is not supported.
+    pub const UNSUPPORTED_VERSION: i64 = -32022;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,8 +148,10 @@ impl GatewayError {
             BodyTooLarge { .. } => code::TOO_LARGE,
             BodyTimeout => code::TIMEOUT,
             Parse(_) => code::PARSE_ERROR,
-            ContentType(_) | NotAcceptable | InvalidRequest(_) | Batch(_) | ProtocolVersion(_)
-            | HeaderMismatch { .. } | MissingSession | MethodNotAllowed(_) => code::INVALID_REQUEST,
+            ContentType(_) | NotAcceptable | InvalidRequest(_) | Batch(_) | MissingSession
+            | MethodNotAllowed(_) => code::INVALID_REQUEST,
+            HeaderMismatch { .. } => code::HEADER_MISMATCH,
+            ProtocolVersion(_) => code::UNSUPPORTED_VERSION,
             UnknownSession => code::SESSION_NOT_FOUND,
             MethodNotFound(_) | NoSuchUpstream(_) => code::METHOD_NOT_FOUND,
             InvalidParams(_) => code::INVALID_PARAMS,
@@ -158,10 +164,15 @@ impl GatewayError {
 
     /// The JSON-RPC error object, with a machine-readable reason in `data`.
     pub fn rpc_error(&self) -> Value {
+        let mut data = json!({ "reason": self.reason(), "retryable": self.retryable() });
+        if let GatewayError::ProtocolVersion(requested) = self {
+            data["requested"] = json!(requested);
+            data["supported"] = json!(crate::mcp::VERSIONS);
+        }
         json!({
             "code": self.rpc_code(),
             "message": self.to_string(),
-            "data": { "reason": self.reason(), "retryable": self.retryable() },
+            "data": data,
         })
     }
 

@@ -331,16 +331,28 @@ fn route(path: &str, listener: Listener, admin_separate: bool) -> Route<'_> {
 
 /// Browsers send `Origin`; a page on a site we do not know must not drive
 /// an agent's tools (DNS rebinding). Non-browser clients send no `Origin`.
+/// Pages on this machine (loopback origins) are allowed; others must be listed.
 fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), GatewayError> {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or("<non-ASCII>");
-    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+    if is_loopback_origin(origin) || allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
         Ok(())
     } else {
         Err(GatewayError::ForbiddenOrigin(origin.to_owned()))
     }
+}
+
+fn is_loopback_origin(origin: &str) -> bool {
+    let Some((_, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().map(|h| format!("[{h}]")).unwrap_or_default(),
+        None => rest.split(':').next().unwrap_or("").to_owned(),
+    };
+    matches!(host.as_str(), "localhost" | "127.0.0.1" | "[::1]")
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
@@ -375,5 +387,11 @@ mod tests {
         assert_eq!(check_origin(&h, &[]).unwrap_err().status(), StatusCode::FORBIDDEN);
         assert!(check_origin(&h, &["https://evil.example".into()]).is_ok());
         assert!(check_origin(&h, &["*".into()]).is_ok());
+        for local in ["http://127.0.0.1:8080", "http://localhost", "http://[::1]:9"] {
+            h.insert(header::ORIGIN, local.parse().unwrap());
+            assert!(check_origin(&h, &[]).is_ok(), "{local}");
+        }
+        h.insert(header::ORIGIN, "http://127.0.0.1.evil.example".parse().unwrap());
+        assert!(check_origin(&h, &[]).is_err());
     }
 }

@@ -10,6 +10,7 @@ pub mod listen;
 pub mod mcp;
 pub mod metrics;
 pub mod model;
+pub mod names;
 pub mod relay;
 pub mod run;
 pub mod session;

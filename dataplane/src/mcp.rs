@@ -162,6 +162,7 @@ pub fn check_mirrored_headers(
 ) -> Result<(), GatewayError> {
     let stateless = version == STATELESS;
     let method_hdr = header_str(headers, HDR_METHOD)?;
+    let method_hdr = method_hdr.as_deref();
     if kind != Kind::Response {
         match method_hdr {
             Some(found) if found != peek.method() => {
@@ -182,7 +183,7 @@ pub fn check_mirrored_headers(
         }
     }
     let name_hdr = header_str(headers, HDR_NAME)?;
-    match (name_hdr, peek.target()) {
+    match (name_hdr.as_deref(), peek.target()) {
         (Some(found), Some(expected)) if found != expected => Err(GatewayError::HeaderMismatch {
             header: "Mcp-Name",
             found: found.to_owned(),
@@ -202,21 +203,40 @@ pub fn check_mirrored_headers(
     }
 }
 
-fn header_str<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<&'h str>, GatewayError> {
-    headers
-        .get(name)
-        .map(|v| {
-            v.to_str().map_err(|_| GatewayError::HeaderMismatch {
-                header: name,
-                found: "<non-ASCII>".into(),
-                expected: String::new(),
-            })
-        })
-        .transpose()
+/// A mirrored header's value: surrounding whitespace trimmed, and the
+/// `=?base64?…?=` form (used for values that are not plain ASCII) decoded.
+fn header_str<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<Cow<'h, str>>, GatewayError> {
+    let bad = |found: &str| GatewayError::HeaderMismatch {
+        header: name,
+        found: found.to_owned(),
+        expected: String::new(),
+    };
+    let Some(v) = headers.get(name) else {
+        return Ok(None);
+    };
+    let s = v.to_str().map_err(|_| bad("<non-ASCII>"))?.trim_matches([' ', '\t']);
+    match s.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
+        Some(b64) => {
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| bad(s))?;
+            String::from_utf8(raw).map(|d| Some(Cow::Owned(d))).map_err(|_| bad(s))
+        }
+        None => Ok(Some(Cow::Borrowed(s))),
+    }
 }
 
 /// POST bodies must be JSON, and the client must accept both JSON and SSE.
 pub fn check_post_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
+    check_content_type(headers)?;
+    if !accepts(headers, "application/json") || !accepts(headers, "text/event-stream") {
+        return Err(GatewayError::NotAcceptable);
+    }
+    Ok(())
+}
+
+pub fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
     let ct = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -224,9 +244,6 @@ pub fn check_post_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
     let essence = ct.split(';').next().unwrap_or("").trim();
     if !essence.eq_ignore_ascii_case("application/json") {
         return Err(GatewayError::ContentType(ct.to_owned()));
-    }
-    if !accepts(headers, "application/json") || !accepts(headers, "text/event-stream") {
-        return Err(GatewayError::NotAcceptable);
     }
     Ok(())
 }
@@ -294,6 +311,13 @@ mod tests {
             let e = check_mirrored_headers(&bad, &p, k, STATELESS).unwrap_err();
             assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
         }
+        // Whitespace around a value is not part of it; base64 values are decoded.
+        let padded = headers(&[("mcp-method", " tools/call "), ("mcp-name", "=?base64?ZWNobw==?=")]);
+        assert!(check_mirrored_headers(&padded, &p, k, STATELESS).is_ok());
+        let broken = headers(&[("mcp-method", "tools/call"), ("mcp-name", "=?base64?ZWNobw?=")]);
+        assert!(check_mirrored_headers(&broken, &p, k, STATELESS).is_err());
+        let upper = headers(&[("mcp-method", "TOOLS/CALL"), ("mcp-name", "echo")]);
+        assert!(check_mirrored_headers(&upper, &p, k, STATELESS).is_err());
         // Older revisions: absent is fine, present must still match.
         assert!(check_mirrored_headers(&headers(&[]), &p, k, "2025-11-25").is_ok());
         let wrong = headers(&[("mcp-name", "add")]);

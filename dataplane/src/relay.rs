@@ -40,7 +40,8 @@ pub async fn handle(
 
 async fn post(call: Call<'_>, up: &Arc<Upstream>, filter: &ToolFilter, ctx: &mut ReqCtx) -> Result<Response<Body>, Failure> {
     let Call { gw, rt, key, headers, body, .. } = call;
-    mcp::check_post_headers(headers).map_err(|e| (e, None))?;
+    // Accept is the upstream's to judge: this endpoint relays unchanged.
+    mcp::check_content_type(headers).map_err(|e| (e, None))?;
     let version = mcp::request_version(headers).map_err(|e| (e, None))?;
     let (peek, kind) = Peek::parse(&body, &version).map_err(|e| (e, None))?;
     let id: Option<Value> = peek.id.and_then(|r| serde_json::from_str(r.get()).ok());
@@ -313,6 +314,7 @@ pub fn sse_response(status: StatusCode, b: crate::body::ChannelBody) -> Response
         .status(status)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
         .body(b.boxed())
         .expect("static response parts are valid")
 }

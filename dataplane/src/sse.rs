@@ -121,7 +121,7 @@ impl Parser {
                 if ev.data.ends_with('\n') {
                     ev.data.pop();
                 }
-                if self.has_data || ev.id.is_some() {
+                if self.has_data || ev.id.is_some() || ev.retry.is_some() {
                     out.push(ev);
                 }
             }

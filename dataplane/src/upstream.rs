@@ -112,6 +112,12 @@ pub fn upstream_request(
             h.append(*name, v.clone());
         }
     }
+    // 2026-07-28 mirrors tool arguments into `Mcp-Param-*`; the upstream checks them.
+    for (name, v) in client_headers {
+        if name.as_str().starts_with("mcp-param-") {
+            h.append(name.clone(), v.clone());
+        }
+    }
     if let Some(s) = upstream_session {
         let v = HeaderValue::from_str(s)
             .map_err(|_| GatewayError::Internal("sealed upstream session id is not a header value".into()))?;
@@ -216,8 +222,16 @@ pub struct PumpConfig {
 
 /// Relays one upstream SSE body into a client body, via a bounded channel
 /// (back-pressure reaches the upstream). Ends when either side does.
-pub fn spawn_pump(body: Incoming, mut map: impl EventMap, cfg: PumpConfig, guard: impl Send + 'static) -> ChannelBody {
+pub fn spawn_pump(body: Incoming, map: impl EventMap, cfg: PumpConfig, guard: impl Send + 'static) -> ChannelBody {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
+    spawn_pump_into(body, map, cfg, guard, tx);
+    ChannelBody::new(rx)
+}
+
+pub type FrameSender = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
+
+/// Like `spawn_pump`, into a channel that other pumps may share (merged streams).
+pub fn spawn_pump_into(body: Incoming, mut map: impl EventMap, cfg: PumpConfig, guard: impl Send + 'static, tx: FrameSender) {
     tokio::spawn(async move {
         let _guard = guard;
         let mut body = pin!(body);
@@ -276,5 +290,4 @@ pub fn spawn_pump(body: Incoming, mut map: impl EventMap, cfg: PumpConfig, guard
             }
         }
     });
-    ChannelBody::new(rx)
 }

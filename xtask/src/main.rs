@@ -1,1 +1,80 @@
-fn main() {}
+//! `cargo xtask …`: the project's automation, in Rust.
+//!
+//! - `ci`: install what the tests need, then fmt, clippy and every test.
+//! - `demo`: run the platform on embedded defaults and show a real tool call.
+//! - `bench`: open-loop load through the gateway vs direct vs nginx.
+//! - `tools`: only install the test tools (npm, PyPI, Node 22, conformance suite).
+
+mod bench;
+mod demo;
+mod tools;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install test tools, then check formatting, lints and run all tests.
+    Ci,
+    /// Run the reference upstream and a gateway, make a real MCP tool call, keep running.
+    Demo(demo::Args),
+    /// Benchmark tools/call through the gateway against direct and nginx.
+    Bench(bench::Args),
+    /// Install the test tools only (what `ci` installs).
+    Tools,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Ci => ci(),
+        Cmd::Demo(a) => demo::run(a),
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::Tools => tools::install().map(|_| ()),
+    }
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+/// Runs a command in the workspace root, failing with its name if it fails.
+pub fn sh(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("$ {shown}");
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root());
+    }
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn ci() -> anyhow::Result<()> {
+    let tools = tools::install()?;
+    sh(cargo().args(["fmt", "--all", "--check"]))?;
+    sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    let mut test = cargo();
+    test.args(["test", "--workspace", "--", "--nocapture"]);
+    tools.export(&mut test);
+    sh(&mut test)?;
+    eprintln!("ci: all green");
+    Ok(())
+}

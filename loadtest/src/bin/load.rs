@@ -1,1 +1,283 @@
-fn main() {}
+//! `stoa-load`: an MCP `tools/call` load generator over HTTP/1.1, h2c, h2
+//! (TLS) and HTTP/3, with latencies in HDR histograms.
+//!
+//! - `--rate R`: open loop. Request i is due at `start + i/R` whether or not
+//!   earlier ones have finished, and its latency counts from that due time,
+//!   so a stall shows up in the tail instead of hiding (no coordinated omission).
+//! - no `--rate`: closed loop with `--concurrency` workers, for saturation.
+//!
+//! Prints one JSON object: achieved rate, errors and latency percentiles (µs).
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use bytes::{Buf, Bytes};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use http::{Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use tokio::sync::Mutex;
+
+#[derive(Parser, Clone)]
+struct Args {
+    /// MCP endpoint, e.g. http://127.0.0.1:8080/mcp/reference.
+    #[arg(long)]
+    url: String,
+    /// 1 (HTTP/1.1), 2 (h2c or h2 over TLS) or 3 (HTTP/3).
+    #[arg(long, default_value_t = 1)]
+    http: u8,
+    /// Requests per second (open loop). Absent: closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Closed-loop workers, or the most requests in flight in open loop.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// `Authorization: Bearer` value, if the endpoint needs one.
+    #[arg(long)]
+    key: Option<String>,
+    /// CA certificate to trust for https:// URLs.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// The tool to call with `{"message": "ping"}`.
+    #[arg(long, default_value = "echo")]
+    tool: String,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let n: f64 = n.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    Ok(Duration::from_secs_f64(match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        _ => return Err(format!("bad duration {s:?}")),
+    }))
+}
+
+/// One way to send a request and read the whole answer.
+#[derive(Clone)]
+enum Transport {
+    Hyper(Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>),
+    H3(Arc<Mutex<h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>>>),
+}
+
+impl Transport {
+    async fn new(a: &Args) -> anyhow::Result<Transport> {
+        let tls = tls_config(a.ca.as_deref(), if a.http == 3 { b"h3" } else if a.http == 2 { b"h2" } else { b"http/1.1" })?;
+        if a.http == 3 {
+            return h3_connect(&a.url, tls).await.map(|s| Transport::H3(Arc::new(Mutex::new(s))));
+        }
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+        let conn = if a.http == 2 { b.enable_http2().wrap_connector(http) } else { b.enable_http1().wrap_connector(http) };
+        let mut cb = Client::builder(TokioExecutor::new());
+        cb.http2_only(a.http == 2).pool_max_idle_per_host(a.concurrency.max(1) * 2);
+        Ok(Transport::Hyper(cb.build(conn)))
+    }
+
+    async fn post(&self, url: &Uri, headers: &[(String, String)], body: Bytes) -> anyhow::Result<(u16, Option<String>, Bytes)> {
+        let mut req = Request::builder().method("POST").uri(url.clone());
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        match self {
+            Transport::Hyper(c) => {
+                let resp = c.request(req.body(Full::new(body))?).await?;
+                let session = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let status = resp.status().as_u16();
+                let bytes = resp.into_body().collect().await?.to_bytes();
+                Ok((status, session, bytes))
+            }
+            Transport::H3(send) => {
+                let mut stream = send.lock().await.send_request(req.body(())?).await?;
+                stream.send_data(body).await?;
+                stream.finish().await?;
+                let resp = stream.recv_response().await?;
+                let session = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let mut out = Vec::new();
+                while let Some(mut chunk) = stream.recv_data().await? {
+                    out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+                }
+                Ok((resp.status().as_u16(), session, Bytes::from(out)))
+            }
+        }
+    }
+}
+
+fn tls_config(ca: Option<&std::path::Path>, alpn: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = ca {
+        for c in CertificateDer::pem_file_iter(ca).context("CA file")? {
+            roots.add(c?)?;
+        }
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.to_vec()];
+    Ok(cfg)
+}
+
+async fn h3_connect(url: &str, tls: rustls::ClientConfig) -> anyhow::Result<h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>> {
+    let uri: Uri = url.parse()?;
+    let host = uri.host().context("host")?.to_owned();
+    let port = uri.port_u16().unwrap_or(443);
+    let addr = tokio::net::lookup_host((host.as_str(), port)).await?.next().context("resolve")?;
+    let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let server_name = if host.parse::<std::net::IpAddr>().is_ok() { "localhost" } else { host.as_str() };
+    let conn = endpoint.connect(addr, server_name)?.await?;
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
+    tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    Ok(send)
+}
+
+fn base_headers(a: &Args) -> Vec<(String, String)> {
+    let mut h = vec![
+        ("content-type".into(), "application/json".into()),
+        ("accept".into(), "application/json, text/event-stream".into()),
+    ];
+    if let Some(k) = &a.key {
+        h.push(("authorization".into(), format!("Bearer {k}")));
+    }
+    h
+}
+
+/// Opens an MCP session; returns the headers every call carries.
+async fn open_session(t: &Transport, a: &Args, url: &Uri) -> anyhow::Result<Vec<(String, String)>> {
+    let mut h = base_headers(a);
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"stoa-load","version":"0"}}}"#;
+    let (status, session, body) = t.post(url, &h, Bytes::from_static(init.as_bytes())).await?;
+    if status != 200 {
+        bail!("initialize answered {status}: {}", String::from_utf8_lossy(&body));
+    }
+    h.push(("mcp-protocol-version".into(), "2025-11-25".into()));
+    if let Some(s) = session {
+        h.push(("mcp-session-id".into(), s));
+    }
+    let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    t.post(url, &h, Bytes::from_static(note.as_bytes())).await?;
+    Ok(h)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let url: Uri = a.url.parse()?;
+    let transport = Transport::new(&a).await?;
+    let headers = Arc::new(open_session(&transport, &a, &url).await?);
+    let body = Bytes::from(format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{}","arguments":{{"message":"ping"}}}}}}"#,
+        a.tool
+    ));
+    let call = move |t: Transport, h: Arc<Vec<(String, String)>>| {
+        let url = url.clone();
+        let body = body.clone();
+        async move {
+            match t.post(&url, &h, body).await {
+                Ok((200, _, b)) if !b.is_empty() && !contains(&b, b"\"error\"") => true,
+                _ => false,
+            }
+        }
+    };
+    // Warm up connections and caches; not recorded.
+    let warm_until = Instant::now() + a.warmup;
+    while Instant::now() < warm_until {
+        call(transport.clone(), headers.clone()).await;
+    }
+
+    let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let errors = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    match a.rate {
+        Some(rate) => {
+            // Open loop: a dispatcher releases requests on schedule; a
+            // semaphore bounds what is in flight so memory stays bounded.
+            let total = (rate * a.duration.as_secs_f64()) as u64;
+            let permits = Arc::new(tokio::sync::Semaphore::new(a.concurrency.max(1) * 64));
+            let mut tasks = Vec::with_capacity(total as usize);
+            for i in 0..total {
+                let due = start + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+                let permit = permits.clone().acquire_owned().await?;
+                let (t, h, hist, errors, done) = (transport.clone(), headers.clone(), hist.clone(), errors.clone(), done.clone());
+                let fut = call(t, h);
+                tasks.push(tokio::spawn(async move {
+                    let ok = fut.await;
+                    let us = due.elapsed().as_micros() as u64;
+                    drop(permit);
+                    if ok {
+                        hist.lock().expect("histogram").record(us.max(1)).ok();
+                        done.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }));
+            }
+            for t in tasks {
+                t.await?;
+            }
+        }
+        None => {
+            let until = start + a.duration;
+            let mut workers = Vec::new();
+            for _ in 0..a.concurrency.max(1) {
+                let (t, h, hist, errors, done) = (transport.clone(), headers.clone(), hist.clone(), errors.clone(), done.clone());
+                let call = call.clone();
+                workers.push(tokio::spawn(async move {
+                    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+                    while Instant::now() < until {
+                        let sent = Instant::now();
+                        if call(t.clone(), h.clone()).await {
+                            local.record((sent.elapsed().as_micros() as u64).max(1)).ok();
+                            done.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    hist.lock().expect("histogram").add(&local).ok();
+                }));
+            }
+            for w in workers {
+                w.await?;
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let h = hist.lock().expect("histogram");
+    println!(
+        "{}",
+        serde_json::json!({
+            "url": a.url, "http": a.http, "mode": if a.rate.is_some() { "open" } else { "closed" },
+            "target_rate": a.rate, "concurrency": a.concurrency,
+            "ok": done.load(Ordering::Relaxed), "errors": errors.load(Ordering::Relaxed),
+            "rate": done.load(Ordering::Relaxed) as f64 / elapsed,
+            "p50_us": h.value_at_quantile(0.5), "p90_us": h.value_at_quantile(0.9),
+            "p99_us": h.value_at_quantile(0.99), "p999_us": h.value_at_quantile(0.999), "max_us": h.max(),
+        })
+    );
+    Ok(())
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,182 @@
+//! A raw HTTP client for tests that need to see exactly what goes over the
+//! wire (statuses, headers, framing), over h1, h2c and TLS (h1/h2).
+
+use std::path::Path;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use serde_json::{Value, json};
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+pub struct Http {
+    client: Client<Connector, Full<Bytes>>,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub version: Version,
+    pub body: String,
+}
+
+impl Reply {
+    /// The JSON-RPC message of the reply: the body, or the last SSE
+    /// `data:` that holds a response.
+    pub fn json(&self) -> Value {
+        if let Ok(v) = serde_json::from_str(&self.body) {
+            return v;
+        }
+        self.sse_messages()
+            .into_iter()
+            .rev()
+            .find(|m| m.get("result").is_some() || m.get("error").is_some())
+            .unwrap_or_else(|| panic!("no JSON-RPC response in: {}", self.body))
+    }
+
+    pub fn sse_messages(&self) -> Vec<Value> {
+        self.body
+            .split("\n\n")
+            .filter_map(|ev| {
+                let data: Vec<&str> = ev.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim_start).collect();
+                (!data.is_empty()).then(|| serde_json::from_str(&data.join("\n")).ok()).flatten()
+            })
+            .collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Http {
+    fn build(connector: Connector, h2_only: bool) -> Http {
+        let mut b = Client::builder(TokioExecutor::new());
+        b.http2_only(h2_only);
+        Http { client: b.build(connector) }
+    }
+
+    pub fn h1() -> Http {
+        Self::build(plain_connector(), false)
+    }
+
+    /// HTTP/2 over cleartext with prior knowledge.
+    pub fn h2c() -> Http {
+        Self::build(plain_connector(), true)
+    }
+
+    /// TLS trusting `ca`; ALPN offers h2 only when `h2`.
+    pub fn tls(ca: &Path, h2: bool) -> Http {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
+            roots.add(c.expect("CA cert")).expect("add CA");
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg).https_only();
+        let connector = if h2 { b.enable_http2().build() } else { b.enable_http1().build() };
+        Self::build(connector, h2)
+    }
+
+    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+        let resp = self.open(method, url, headers, body).await;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            version: parts.version,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    /// Sends and returns the response without reading the body (streams).
+    pub async fn open(&self, method: Method, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> http::Response<Incoming> {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or("").to_owned()))).expect("request");
+        self.client.request(req).await.expect("request sent")
+    }
+}
+
+fn plain_connector() -> Connector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .expect("provider")
+        .https_or_http()
+        .enable_all_versions()
+        .wrap_connector(http)
+}
+
+/// A minimal MCP client session over `Http`, for wire-level assertions.
+pub struct Session<'a> {
+    pub http: &'a Http,
+    pub url: String,
+    pub auth: String,
+    pub id: Option<String>,
+    pub version: String,
+    next: u64,
+}
+
+pub const ACCEPT_BOTH: &str = "application/json, text/event-stream";
+
+impl<'a> Session<'a> {
+    pub fn new(http: &'a Http, url: &str, auth: &str) -> Self {
+        Session { http, url: url.into(), auth: auth.into(), id: None, version: "2025-11-25".into(), next: 1 }
+    }
+
+    pub fn headers(&self) -> Vec<(&str, &str)> {
+        let mut h = vec![
+            ("authorization", self.auth.as_str()),
+            ("content-type", "application/json"),
+            ("accept", ACCEPT_BOTH),
+            ("mcp-protocol-version", self.version.as_str()),
+        ];
+        if let Some(id) = &self.id {
+            h.push(("mcp-session-id", id.as_str()));
+        }
+        h
+    }
+
+    pub async fn initialize(&mut self) -> Value {
+        let body = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": self.version, "capabilities": {}, "clientInfo": {"name": "stoa-it", "version": "0"}}});
+        let headers: Vec<(&str, &str)> =
+            vec![("authorization", self.auth.as_str()), ("content-type", "application/json"), ("accept", ACCEPT_BOTH)];
+        let r = self.http.send(Method::POST, &self.url, &headers, Some(&body.to_string())).await;
+        assert_eq!(r.status, StatusCode::OK, "initialize: {}", r.body);
+        self.id = r.header("mcp-session-id").map(str::to_owned);
+        let v = r.json();
+        let n = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        let r2 = self.http.send(Method::POST, &self.url, &self.headers(), Some(&n.to_string())).await;
+        assert_eq!(r2.status, StatusCode::ACCEPTED, "initialized: {}", r2.body);
+        v
+    }
+
+    pub async fn request(&mut self, method: &str, params: Value) -> Reply {
+        let id = self.next;
+        self.next += 1;
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.http.send(Method::POST, &self.url, &self.headers(), Some(&body.to_string())).await
+    }
+
+    pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        let r = self.request(method, params).await;
+        assert_eq!(r.status, StatusCode::OK, "{method}: {}", r.body);
+        r.json()
+    }
+}

@@ -1,0 +1,215 @@
+//! `cargo xtask bench`: `tools/call` through the gateway against the same
+//! reference upstream called directly and through nginx (a plain reverse
+//! proxy: the lean-proxy floor), all in one run, so ratios compare like
+//! with like on this machine.
+//!
+//! For each path: latency at concurrency 1 (closed loop, one connection),
+//! saturation throughput (closed loop, `--concurrency` workers), and
+//! latency under open-loop load at half of that path's saturation.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::{cargo, demo::target_dir, root, sh};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Workers for the saturation run.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Skip nginx (e.g. where it cannot be installed).
+    #[arg(long)]
+    no_nginx: bool,
+}
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Run {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    errors: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    sh(cargo().args(["build", "--release", "--quiet", "-p", "stoa-gateway", "-p", "stoa-loadtest"]))?;
+    let bin = target_dir().join("release");
+    let dir = root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let mut procs = Procs(Vec::new());
+
+    let mut reference = Command::new(bin.join("stoa-reference"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(reference.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let direct = line.trim().rsplit(' ').next().context("reference URL")?.to_owned();
+    procs.0.push(reference);
+    let upstream_addr = direct.trim_start_matches("http://").trim_end_matches("/mcp").to_owned();
+
+    let out = Command::new(bin.join("stoa-gateway")).arg("gen-key").output()?;
+    let text = String::from_utf8(out.stdout)?;
+    let field = |n: &str| text.lines().find_map(|l| l.strip_prefix(n).map(|v| v.trim().to_owned())).context("gen-key");
+    let (key, prefix, hash) = (field("key:")?, field("prefix:")?, field("hash:")?);
+    let config = dir.join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: {{plain: 127.0.0.1:0, tls: {{addr: 127.0.0.1:0, dev_cert_dir: {:?}}}}}\n\
+             tenants: [{{name: bench}}]\nupstreams: [{{name: reference, url: \"{direct}\"}}]\n\
+             subscriptions: [{{name: s, tenant: bench, upstream: reference}}]\n\
+             api_keys: [{{name: bench, tenant: bench, prefix: {prefix}, hash: \"{hash}\", subscriptions: [s]}}]\n",
+            dir.join("tls")
+        ),
+    )?;
+    let ready = dir.join("ready.json");
+    let _ = std::fs::remove_file(&ready);
+    procs.0.push(
+        Command::new(bin.join("stoa-gateway"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("RUST_LOG", "warn")
+            .stderr(std::fs::File::create(dir.join("gateway.log"))?)
+            .spawn()?,
+    );
+    let bound = wait_file(&ready)?;
+    let field_of = |k: &str| -> anyhow::Result<String> {
+        let tail = bound.split(&format!("\"{k}\":\"")).nth(1).with_context(|| format!("{k} in {bound}"))?;
+        Ok(tail.split('"').next().unwrap_or_default().to_owned())
+    };
+    let plain = field_of("plain")?;
+    let tls_port = field_of("tls")?.rsplit(':').next().unwrap_or_default().to_owned();
+    let ca = PathBuf::from(field_of("ca")?);
+
+    let nginx = if args.no_nginx { None } else { Some(start_nginx(&dir, &upstream_addr, &mut procs)?) };
+
+    let mut paths: Vec<(String, String, u8, Option<&str>)> = vec![
+        ("direct h1".into(), direct.clone(), 1, None),
+        ("gateway h1".into(), format!("http://{plain}/mcp/reference"), 1, Some(key.as_str())),
+        ("direct h2c".into(), direct.clone(), 2, None),
+        ("gateway h2c".into(), format!("http://{plain}/mcp/reference"), 2, Some(key.as_str())),
+        ("gateway h2 (TLS)".into(), format!("https://localhost:{tls_port}/mcp/reference"), 2, Some(key.as_str())),
+        ("gateway h3".into(), format!("https://127.0.0.1:{tls_port}/mcp/reference"), 3, Some(key.as_str())),
+    ];
+    if let Some(port) = nginx {
+        paths.insert(2, ("nginx h1".into(), format!("http://127.0.0.1:{port}/mcp"), 1, None));
+    }
+
+    let secs = format!("{}s", args.seconds);
+    let load = |url: &str, http: u8, key: Option<&str>, conc: usize, rate: Option<f64>| -> anyhow::Result<Run> {
+        let mut cmd = Command::new(bin.join("stoa-load"));
+        cmd.args(["--url", url, "--http", &http.to_string(), "--concurrency", &conc.to_string(), "--duration", &secs])
+            .arg("--ca")
+            .arg(&ca);
+        if let Some(k) = key {
+            cmd.args(["--key", k]);
+        }
+        if let Some(r) = rate {
+            cmd.args(["--rate", &format!("{r:.0}")]);
+        }
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!("stoa-load {url} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let s = String::from_utf8(out.stdout)?;
+        let num = |k: &str| -> f64 {
+            s.split(&format!("\"{k}\":")).nth(1).and_then(|t| t.split([',', '}']).next()).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+        };
+        Ok(Run { rate: num("rate"), p50: num("p50_us"), p99: num("p99_us"), errors: num("errors") as u64 })
+    };
+
+    println!("\nSTOA bench: tools/call echo, {}s per measurement, saturation with {} workers\n", args.seconds, args.concurrency);
+    println!("{:<18} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10}", "path", "c1 p50µs", "c1 p99µs", "sat req/s", "half p50", "half p99", "errors");
+    let mut results = Vec::new();
+    for (name, url, http, key) in &paths {
+        let c1 = load(url, *http, *key, 1, None)?;
+        let sat = load(url, *http, *key, args.concurrency, None)?;
+        let half = load(url, *http, *key, args.concurrency, Some(sat.rate / 2.0))?;
+        println!(
+            "{:<18} {:>10.0} {:>10.0} {:>12.0} {:>10.0} {:>10.0} {:>10}",
+            name, c1.p50, c1.p99, sat.rate, half.p50, half.p99, c1.errors + sat.errors + half.errors
+        );
+        results.push((name.clone(), c1, sat, half));
+    }
+    let find = |n: &str| results.iter().find(|r| r.0 == n).cloned();
+    println!("\nAgainst the upstream called directly, same run:");
+    for (path, base) in [("gateway h1", "direct h1"), ("nginx h1", "direct h1"), ("gateway h2c", "direct h2c"), ("gateway h2 (TLS)", "direct h2c"), ("gateway h3", "direct h2c")] {
+        if let (Some(p), Some(b)) = (find(path), find(base)) {
+            println!(
+                "  {path:<18} vs {base:<10}: added p50 {:>6.0} µs, p99 {:>6.0} µs at c=1; added p50 {:>6.0} µs, p99 {:>6.0} µs at half load; throughput {:.2}x",
+                p.1.p50 - b.1.p50,
+                p.1.p99 - b.1.p99,
+                p.3.p50 - b.3.p50,
+                p.3.p99 - b.3.p99,
+                p.2.rate / b.2.rate
+            );
+        }
+    }
+    Ok(())
+}
+
+fn wait_file(p: &Path) -> anyhow::Result<String> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Ok(s) = std::fs::read_to_string(p) {
+            return Ok(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{} never appeared", p.display())
+}
+
+/// nginx from Debian, as a keep-alive reverse proxy to the reference upstream.
+fn start_nginx(dir: &Path, upstream: &str, procs: &mut Procs) -> anyhow::Result<u16> {
+    if Command::new("nginx").arg("-v").stderr(Stdio::null()).status().is_err() {
+        sh(Command::new("apt-get").args(["install", "-y", "-qq", "nginx-light"]).env("DEBIAN_FRONTEND", "noninteractive"))
+            .or_else(|_| sh(Command::new("apt-get").args(["install", "-y", "-qq", "nginx"]).env("DEBIAN_FRONTEND", "noninteractive")))
+            .context("installing nginx (or pass --no-nginx)")?;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 2;\npid {pid};\nerror_log {err} warn;\ndaemon off;\nevents {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
+               upstream ref {{ server {upstream}; keepalive 64; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://ref;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
+            pid = dir.join("nginx.pid").display(),
+            err = dir.join("nginx.err").display(),
+            tmp = dir.display(),
+        ),
+    )?;
+    procs.0.push(Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir).stderr(Stdio::null()).spawn()?);
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("nginx did not start; see {}", dir.join("nginx.err").display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(port)
+}
