@@ -49,28 +49,55 @@ pub async fn handle(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, 
 
 async fn post(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failure> {
     mcp::check_post_headers(call.headers).map_err(|e| (e, None))?;
-    let version = mcp::request_version(call.headers).map_err(|e| (e, None))?;
-    let (peek, kind) = Peek::parse(&call.body, &version).map_err(|e| (e, None))?;
+    // Parse first, so that every error after this answers the request's id.
+    let version = mcp::request_version(call.headers);
+    let shown = version.as_deref().unwrap_or(mcp::DEFAULT_VERSION);
+    let (peek, kind) = Peek::parse(&call.body, shown).map_err(|e| (e, None))?;
     let id: Option<Value> = peek.id.and_then(|r| serde_json::from_str(r.get()).ok());
     let fail = |e: GatewayError| (e, id.clone());
-    ctx.method = if kind == Kind::Response { "response" } else { method_label(peek.method()) };
+    let version = version.map_err(fail)?;
+    ctx.method = if kind == Kind::Response {
+        "response"
+    } else {
+        method_label(peek.method())
+    };
     mcp::check_mirrored_headers(call.headers, &peek, kind, &version).map_err(fail)?;
     let method = peek.method().to_owned();
     drop(peek);
-    let msg: Value = serde_json::from_slice(&call.body).map_err(|e| fail(GatewayError::Parse(e.to_string())))?;
+    let msg: Value =
+        serde_json::from_slice(&call.body).map_err(|e| fail(GatewayError::Parse(e.to_string())))?;
 
+    let stateless = version == mcp::STATELESS;
+    if stateless
+        && kind == Kind::Request
+        && matches!(
+            method.as_str(),
+            "initialize"
+                | "ping"
+                | "logging/setLevel"
+                | "resources/subscribe"
+                | "resources/unsubscribe"
+        )
+    {
+        return Err(fail(GatewayError::NoMethodStateless(method)));
+    }
     if kind == Kind::Request && method == "initialize" {
         return initialize(&call, &msg, ctx).await.map_err(fail);
     }
     if kind == Kind::Request && method == "ping" {
-        return Ok(body::json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": id, "result": {}})));
+        return Ok(body::json_response(
+            StatusCode::OK,
+            &json!({"jsonrpc": "2.0", "id": id, "result": {}}),
+        ));
     }
-    let session = call.gw.open_session(call.rt, call.headers, call.key.prefix.as_str()).map_err(fail)?;
+    let session = call
+        .gw
+        .open_session(call.rt, call.headers, call.key.prefix.as_str())
+        .map_err(fail)?;
     if session.is_none() && version != mcp::STATELESS {
         return Err(fail(GatewayError::MissingSession));
     }
     let targets = targets(&call, session.as_ref(), &version);
-    let stateless = version == mcp::STATELESS;
 
     match kind {
         Kind::Notification => {
@@ -78,28 +105,49 @@ async fn post(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failur
             Ok(relay::status_only(StatusCode::ACCEPTED))
         }
         Kind::Response => {
-            let (up, orig) = msg
-                .get("id")
-                .and_then(names::split_id)
-                .ok_or_else(|| fail(GatewayError::InvalidRequest("response to an id this gateway never sent".into())))?;
+            let (up, orig) = msg.get("id").and_then(names::split_id).ok_or_else(|| {
+                fail(GatewayError::InvalidRequest(
+                    "response to an id this gateway never sent".into(),
+                ))
+            })?;
             let t = find(&targets, up).map_err(fail)?;
             let mut msg = msg.clone();
             msg["id"] = orig;
             let resp = send(&call, t, &msg, None).await.map_err(fail)?;
-            Ok(relay::status_only(if resp.status().is_success() { StatusCode::ACCEPTED } else { resp.status() }))
+            Ok(relay::status_only(if resp.status().is_success() {
+                StatusCode::ACCEPTED
+            } else {
+                resp.status()
+            }))
         }
         Kind::Request => match method.as_str() {
             "server/discover" if stateless => discover(&call, &targets, &msg).await.map_err(fail),
             "tools/list" => list(&call, &targets, &msg, List::Tools).await.map_err(fail),
-            "prompts/list" => list(&call, &targets, &msg, List::Prompts).await.map_err(fail),
-            "resources/list" => list(&call, &targets, &msg, List::Resources).await.map_err(fail),
-            "resources/templates/list" => list(&call, &targets, &msg, List::Templates).await.map_err(fail),
+            "prompts/list" => list(&call, &targets, &msg, List::Prompts)
+                .await
+                .map_err(fail),
+            "resources/list" => list(&call, &targets, &msg, List::Resources)
+                .await
+                .map_err(fail),
+            "resources/templates/list" => list(&call, &targets, &msg, List::Templates)
+                .await
+                .map_err(fail),
             "logging/setLevel" => {
                 notify_all(&call, &targets, &msg).await;
-                Ok(body::json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": id, "result": {}})))
+                Ok(body::json_response(
+                    StatusCode::OK,
+                    &json!({"jsonrpc": "2.0", "id": id, "result": {}}),
+                ))
             }
-            "tools/call" | "prompts/get" | "resources/read" | "resources/subscribe" | "resources/unsubscribe"
-            | "completion/complete" => routed(&call, &targets, msg, &method, ctx).await.map_err(fail),
+            "tools/call"
+            | "prompts/get"
+            | "resources/read"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+            | "completion/complete" => routed(&call, &targets, msg, &method, ctx)
+                .await
+                .map_err(fail),
+            other if stateless => Err(fail(GatewayError::NoMethodStateless(other.to_owned()))),
             other => Err(fail(GatewayError::MethodNotFound(other.to_owned()))),
         },
     }
@@ -116,11 +164,21 @@ fn targets(call: &Call<'_>, session: Option<&SessionState>, version: &str) -> Ve
         Some(s) => granted
             .filter_map(|(up, filter)| {
                 let us = s.upstream(up.name.as_str())?;
-                Some(Target { up, filter, session: us.session.clone(), version: us.version.clone() })
+                Some(Target {
+                    up,
+                    filter,
+                    session: us.session.clone(),
+                    version: us.version.clone(),
+                })
             })
             .collect(),
         None => granted
-            .map(|(up, filter)| Target { up, filter, session: None, version: version.to_owned() })
+            .map(|(up, filter)| Target {
+                up,
+                filter,
+                session: None,
+                version: version.to_owned(),
+            })
             .collect(),
     }
 }
@@ -135,8 +193,14 @@ fn find<'t>(targets: &'t [Target], up: &str) -> Result<&'t Target, GatewayError>
 /// Headers for a request the gateway makes to an upstream on the client's behalf.
 fn headers_for(call: &Call<'_>, t: &Target, msg: &Value, last_event: Option<&str>) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(header::ACCEPT, HeaderValue::from_static("application/json, text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
     if let Ok(v) = HeaderValue::from_str(&t.version) {
         h.insert(mcp::HDR_VERSION, v);
     }
@@ -152,7 +216,10 @@ fn headers_for(call: &Call<'_>, t: &Target, msg: &Value, last_event: Option<&str
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => p.get("uri"),
             _ => None,
         };
-        if let Some(v) = target.and_then(Value::as_str).and_then(|s| HeaderValue::from_str(s).ok()) {
+        if let Some(v) = target
+            .and_then(Value::as_str)
+            .and_then(|s| HeaderValue::from_str(s).ok())
+        {
             h.insert(mcp::HDR_NAME, v);
         }
     }
@@ -173,8 +240,16 @@ async fn send(
     msg: &Value,
     last_event: Option<&str>,
 ) -> Result<Response<hyper::body::Incoming>, GatewayError> {
-    let method = if msg.is_null() { Method::GET } else { Method::POST };
-    let body = if msg.is_null() { Bytes::new() } else { Bytes::from(msg.to_string()) };
+    let method = if msg.is_null() {
+        Method::GET
+    } else {
+        Method::POST
+    };
+    let body = if msg.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(msg.to_string())
+    };
     let headers = headers_for(call, t, msg, last_event);
     let req = upstream::upstream_request(&t.up, method, &headers, t.session.as_deref(), body)?;
     call.gw
@@ -185,11 +260,19 @@ async fn send(
 }
 
 fn count_error(call: &Call<'_>, t: &Target, e: &GatewayError) {
-    call.gw.metrics.upstream_errors.with_label_values(&[t.up.name.as_str(), e.reason()]).inc();
+    call.gw
+        .metrics
+        .upstream_errors
+        .with_label_values(&[t.up.name.as_str(), e.reason()])
+        .inc();
 }
 
 /// Sends a request and waits for its one response message.
-async fn request(call: &Call<'_>, t: &Target, msg: &Value) -> Result<(Value, HeaderMap), GatewayError> {
+async fn request(
+    call: &Call<'_>,
+    t: &Target,
+    msg: &Value,
+) -> Result<(Value, HeaderMap), GatewayError> {
     let resp = send(call, t, msg, None).await?;
     let headers = resp.headers().clone();
     let message = match upstream::classify(&t.up, &resp)? {
@@ -200,7 +283,10 @@ async fn request(call: &Call<'_>, t: &Target, msg: &Value) -> Result<(Value, Hea
                 reason: format!("invalid JSON: {e}"),
             })?
         }
-        Payload::Sse => relay::read_response_event(&t.up, resp.into_body(), msg.get("id"), &call.rt.limits).await?,
+        Payload::Sse => {
+            relay::read_response_event(&t.up, resp.into_body(), msg.get("id"), &call.rt.limits)
+                .await?
+        }
         Payload::Empty => {
             return Err(GatewayError::UpstreamBadResponse {
                 upstream: t.up.name.to_string(),
@@ -222,12 +308,22 @@ async fn notify_all(call: &Call<'_>, targets: &[Target], msg: &Value) {
     join_all(sends).await;
 }
 
-async fn initialize(call: &Call<'_>, msg: &Value, ctx: &mut ReqCtx) -> Result<Response<Body>, GatewayError> {
+async fn initialize(
+    call: &Call<'_>,
+    msg: &Value,
+    ctx: &mut ReqCtx,
+) -> Result<Response<Body>, GatewayError> {
     let requested = msg
         .pointer("/params/protocolVersion")
         .and_then(Value::as_str)
-        .ok_or_else(|| GatewayError::InvalidParams("initialize needs params.protocolVersion".into()))?;
-    let version = if mcp::is_supported(requested) { requested } else { mcp::LATEST };
+        .ok_or_else(|| {
+            GatewayError::InvalidParams("initialize needs params.protocolVersion".into())
+        })?;
+    let version = if mcp::is_supported(requested) {
+        requested
+    } else {
+        mcp::LATEST
+    };
     let mut init = msg.clone();
     init["params"]["protocolVersion"] = Value::String(version.to_owned());
     let targets = targets(call, None, version);
@@ -250,14 +346,24 @@ async fn initialize(call: &Call<'_>, msg: &Value, ctx: &mut ReqCtx) -> Result<Re
             tracing::warn!(upstream = %t.up.name, error = %message["error"], "initialize refused");
             continue;
         };
-        merge_capabilities(&mut caps, result.get("capabilities").unwrap_or(&Value::Null));
+        merge_capabilities(
+            &mut caps,
+            result.get("capabilities").unwrap_or(&Value::Null),
+        );
         if let Some(text) = result.get("instructions").and_then(Value::as_str) {
             instructions.push(format!("[{}] {text}", t.up.name));
         }
         sessions.push(UpstreamSession {
             name: t.up.name.to_string(),
-            session: headers.get(mcp::HDR_SESSION).and_then(|v| v.to_str().ok()).map(str::to_owned),
-            version: result.get("protocolVersion").and_then(Value::as_str).unwrap_or(version).to_owned(),
+            session: headers
+                .get(mcp::HDR_SESSION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            version: result
+                .get("protocolVersion")
+                .and_then(Value::as_str)
+                .unwrap_or(version)
+                .to_owned(),
         });
     }
     if sessions.is_empty()
@@ -265,7 +371,11 @@ async fn initialize(call: &Call<'_>, msg: &Value, ctx: &mut ReqCtx) -> Result<Re
     {
         return Err(e);
     }
-    ctx.upstream = sessions.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(",");
+    ctx.upstream = sessions
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
     let mut result = json!({
         "protocolVersion": version,
         "capabilities": caps,
@@ -280,23 +390,38 @@ async fn initialize(call: &Call<'_>, msg: &Value, ctx: &mut ReqCtx) -> Result<Re
         version: version.to_owned(),
         upstreams: sessions,
     };
-    let mut resp = body::json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": msg["id"], "result": result}));
+    let mut resp = body::json_response(
+        StatusCode::OK,
+        &json!({"jsonrpc": "2.0", "id": msg["id"], "result": result}),
+    );
     let sealed = call.rt.sessions.seal(&state);
     resp.headers_mut().insert(
         mcp::HDR_SESSION,
-        HeaderValue::from_str(&sealed).map_err(|_| GatewayError::Internal("sealed id is not a header value".into()))?,
+        HeaderValue::from_str(&sealed)
+            .map_err(|_| GatewayError::Internal("sealed id is not a header value".into()))?,
     );
-    call.gw.metrics.sessions.with_label_values(&["opened"]).inc();
+    call.gw
+        .metrics
+        .sessions
+        .with_label_values(&["opened"])
+        .inc();
     Ok(resp)
 }
 
 /// 2026-07-28 has no `initialize`: clients discover the virtual server.
-async fn discover(call: &Call<'_>, targets: &[Target], msg: &Value) -> Result<Response<Body>, GatewayError> {
+async fn discover(
+    call: &Call<'_>,
+    targets: &[Target],
+    msg: &Value,
+) -> Result<Response<Body>, GatewayError> {
     let answers = join_all(targets.iter().map(|t| request(call, t, msg))).await;
     let mut caps = Map::new();
     for (t, answer) in targets.iter().zip(answers) {
         match answer {
-            Ok((m, _)) => merge_capabilities(&mut caps, m.pointer("/result/capabilities").unwrap_or(&Value::Null)),
+            Ok((m, _)) => merge_capabilities(
+                &mut caps,
+                m.pointer("/result/capabilities").unwrap_or(&Value::Null),
+            ),
             Err(e) => tracing::warn!(upstream = %t.up.name, "server/discover failed: {e}"),
         }
     }
@@ -308,7 +433,10 @@ async fn discover(call: &Call<'_>, targets: &[Target], msg: &Value) -> Result<Re
         "capabilities": caps,
         "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "stoa-gateway", "version": env!("CARGO_PKG_VERSION")}},
     });
-    Ok(body::json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": msg["id"], "result": result})))
+    Ok(body::json_response(
+        StatusCode::OK,
+        &json!({"jsonrpc": "2.0", "id": msg["id"], "result": result}),
+    ))
 }
 
 /// The union of what the upstreams offer.
@@ -321,8 +449,15 @@ fn merge_capabilities(into: &mut Map<String, Value>, caps: &Value) {
             }
             "resources" => {
                 let subscribe = v.get("subscribe").and_then(Value::as_bool).unwrap_or(false)
-                    || into.get("resources").and_then(|r| r.get("subscribe")).and_then(Value::as_bool).unwrap_or(false);
-                into.insert(name.clone(), json!({"listChanged": true, "subscribe": subscribe}));
+                    || into
+                        .get("resources")
+                        .and_then(|r| r.get("subscribe"))
+                        .and_then(Value::as_bool)
+                        .unwrap_or(false);
+                into.insert(
+                    name.clone(),
+                    json!({"listChanged": true, "subscribe": subscribe}),
+                );
             }
             "logging" | "completions" => {
                 into.insert(name.clone(), json!({}));
@@ -354,7 +489,12 @@ impl List {
 /// Pages the gateway follows per upstream when merging a list.
 const MAX_PAGES: usize = 64;
 
-async fn list(call: &Call<'_>, targets: &[Target], msg: &Value, kind: List) -> Result<Response<Body>, GatewayError> {
+async fn list(
+    call: &Call<'_>,
+    targets: &[Target],
+    msg: &Value,
+    kind: List,
+) -> Result<Response<Body>, GatewayError> {
     let per_upstream = join_all(targets.iter().map(|t| list_one(call, t, msg, kind))).await;
     let mut items = Vec::new();
     let mut failures = 0;
@@ -383,14 +523,23 @@ async fn list(call: &Call<'_>, targets: &[Target], msg: &Value, kind: List) -> R
         result.insert("ttlMs".into(), json!(0));
         result.insert("cacheScope".into(), json!("private"));
     }
-    Ok(body::json_response(StatusCode::OK, &json!({"jsonrpc": "2.0", "id": msg["id"], "result": result})))
+    Ok(body::json_response(
+        StatusCode::OK,
+        &json!({"jsonrpc": "2.0", "id": msg["id"], "result": result}),
+    ))
 }
 
-async fn list_one(call: &Call<'_>, t: &Target, msg: &Value, kind: List) -> Result<Vec<Value>, GatewayError> {
+async fn list_one(
+    call: &Call<'_>,
+    t: &Target,
+    msg: &Value,
+    kind: List,
+) -> Result<Vec<Value>, GatewayError> {
     let mut out = Vec::new();
     let mut cursor: Option<Value> = None;
     for page in 0..MAX_PAGES {
-        let mut req = json!({"jsonrpc": "2.0", "id": format!("stoa-list-{page}"), "method": msg["method"]});
+        let mut req =
+            json!({"jsonrpc": "2.0", "id": format!("stoa-list-{page}"), "method": msg["method"]});
         if let Some(c) = &cursor {
             req["params"] = json!({"cursor": c});
         }
@@ -406,26 +555,39 @@ async fn list_one(call: &Call<'_>, t: &Target, msg: &Value, kind: List) -> Resul
             });
         }
         let result = &answer["result"];
-        for mut item in result.get(kind.field()).and_then(Value::as_array).cloned().unwrap_or_default() {
+        for mut item in result
+            .get(kind.field())
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
             let up = t.up.name.as_str();
             match kind {
                 List::Tools => {
-                    let Some(name) = item.get("name").and_then(Value::as_str) else { continue };
+                    let Some(name) = item.get("name").and_then(Value::as_str) else {
+                        continue;
+                    };
                     if !t.filter.allows(name) {
                         continue;
                     }
                     item["name"] = Value::String(names::virtual_name(up, name));
                 }
                 List::Prompts => {
-                    let Some(name) = item.get("name").and_then(Value::as_str) else { continue };
+                    let Some(name) = item.get("name").and_then(Value::as_str) else {
+                        continue;
+                    };
                     item["name"] = Value::String(names::virtual_name(up, name));
                 }
                 List::Resources => {
-                    let Some(uri) = item.get("uri").and_then(Value::as_str) else { continue };
+                    let Some(uri) = item.get("uri").and_then(Value::as_str) else {
+                        continue;
+                    };
                     item["uri"] = Value::String(names::virtual_uri(up, uri));
                 }
                 List::Templates => {
-                    let Some(uri) = item.get("uriTemplate").and_then(Value::as_str) else { continue };
+                    let Some(uri) = item.get("uriTemplate").and_then(Value::as_str) else {
+                        continue;
+                    };
                     item["uriTemplate"] = Value::String(names::virtual_uri(up, uri));
                 }
             }
@@ -448,7 +610,9 @@ async fn routed(
     method: &str,
     ctx: &mut ReqCtx,
 ) -> Result<Response<Body>, GatewayError> {
-    let params = msg.get_mut("params").ok_or_else(|| GatewayError::InvalidParams(format!("{method} needs params")))?;
+    let params = msg
+        .get_mut("params")
+        .ok_or_else(|| GatewayError::InvalidParams(format!("{method} needs params")))?;
     let t = match method {
         "tools/call" | "prompts/get" => {
             let v = params.get("name").and_then(Value::as_str).ok_or_else(|| {
@@ -458,30 +622,46 @@ async fn routed(
             if method == "tools/call" {
                 ctx.tool = Some(name.clone());
                 if !t.filter.allows(&name) {
-                    call.gw.metrics.tool_calls.with_label_values(&[t.up.name.as_str(), &name, "refused"]).inc();
-                    return Err(GatewayError::NotGranted(format!("tool {v:?} is not granted to this key")));
+                    call.gw
+                        .metrics
+                        .tool_calls
+                        .with_label_values(&[t.up.name.as_str(), &name, "refused"])
+                        .inc();
+                    return Err(GatewayError::NotGranted(format!(
+                        "tool {v:?} is not granted to this key"
+                    )));
                 }
             }
             params["name"] = Value::String(name);
             t
         }
         "completion/complete" => {
-            let r = params.get_mut("ref").ok_or_else(|| GatewayError::InvalidParams("completion/complete needs params.ref".into()))?;
+            let r = params.get_mut("ref").ok_or_else(|| {
+                GatewayError::InvalidParams("completion/complete needs params.ref".into())
+            })?;
             if let Some(v) = r.get("name").and_then(Value::as_str).map(str::to_owned) {
                 let (t, name) = resolve_name(call, targets, &v, "prompts/get").await?;
                 r["name"] = Value::String(name);
                 t
             } else {
-                let v = r.get("uri").and_then(Value::as_str).ok_or_else(|| GatewayError::InvalidParams("params.ref needs name or uri".into()))?;
-                let (up, uri) = names::split_uri(v).ok_or_else(|| GatewayError::InvalidParams(format!("unknown resource {v:?}")))?;
+                let v = r.get("uri").and_then(Value::as_str).ok_or_else(|| {
+                    GatewayError::InvalidParams("params.ref needs name or uri".into())
+                })?;
+                let (up, uri) = names::split_uri(v).ok_or_else(|| {
+                    GatewayError::InvalidParams(format!("unknown resource {v:?}"))
+                })?;
                 let t = find(targets, up)?.clone();
                 r["uri"] = Value::String(uri.to_owned());
                 t
             }
         }
         _ => {
-            let v = params.get("uri").and_then(Value::as_str).ok_or_else(|| GatewayError::InvalidParams(format!("{method} needs params.uri")))?;
-            let (up, uri) = names::split_uri(v).ok_or_else(|| GatewayError::InvalidParams(format!("unknown resource {v:?}")))?;
+            let v = params
+                .get("uri")
+                .and_then(Value::as_str)
+                .ok_or_else(|| GatewayError::InvalidParams(format!("{method} needs params.uri")))?;
+            let (up, uri) = names::split_uri(v)
+                .ok_or_else(|| GatewayError::InvalidParams(format!("unknown resource {v:?}")))?;
             let t = find(targets, up)?.clone();
             params["uri"] = Value::String(uri.to_owned());
             t
@@ -491,32 +671,53 @@ async fn routed(
     let resp = send(call, &t, &msg, None).await?;
     let payload = upstream::classify(&t.up, &resp).inspect_err(|e| count_error(call, &t, e))?;
     if let Some(tool) = &ctx.tool {
-        let outcome = if resp.status().is_success() { "relayed" } else { "upstream_error" };
-        call.gw.metrics.tool_calls.with_label_values(&[t.up.name.as_str(), tool, outcome]).inc();
+        let outcome = if resp.status().is_success() {
+            "relayed"
+        } else {
+            "upstream_error"
+        };
+        call.gw
+            .metrics
+            .tool_calls
+            .with_label_values(&[t.up.name.as_str(), tool, outcome])
+            .inc();
     }
     let status = resp.status();
-    let map = Rewrite { upstream: t.up.name.to_string(), request_id: msg.get("id").cloned() };
+    let map = Rewrite {
+        upstream: t.up.name.to_string(),
+        request_id: msg.get("id").cloned(),
+    };
     match payload {
         Payload::Empty => Ok(relay::status_only(status)),
         Payload::Json => {
             let bytes = upstream::read_json_body(&t.up, resp.into_body(), &call.rt.limits).await?;
-            let mut v: Value = serde_json::from_slice(&bytes).map_err(|e| GatewayError::UpstreamBadResponse {
-                upstream: t.up.name.to_string(),
-                reason: format!("invalid JSON: {e}"),
-            })?;
+            let mut v: Value =
+                serde_json::from_slice(&bytes).map_err(|e| GatewayError::UpstreamBadResponse {
+                    upstream: t.up.name.to_string(),
+                    reason: format!("invalid JSON: {e}"),
+                })?;
             map.message(&mut v);
             Ok(body::json_response(status, &v))
         }
         Payload::Sse => {
-            let guard = GaugeGuard::new(call.gw.metrics.active_streams.with_label_values(&["post"]));
+            let guard =
+                GaugeGuard::new(call.gw.metrics.active_streams.with_label_values(&["post"]));
             let cfg = relay::pump_cfg(call.rt, &t.up, None);
-            Ok(relay::sse_response(status, upstream::spawn_pump(resp.into_body(), map, cfg, guard)))
+            Ok(relay::sse_response(
+                status,
+                upstream::spawn_pump(resp.into_body(), map, cfg, guard),
+            ))
         }
     }
 }
 
 /// Finds the upstream and original name behind a virtual tool or prompt name.
-async fn resolve_name(call: &Call<'_>, targets: &[Target], v: &str, method: &str) -> Result<(Target, String), GatewayError> {
+async fn resolve_name(
+    call: &Call<'_>,
+    targets: &[Target],
+    v: &str,
+    method: &str,
+) -> Result<(Target, String), GatewayError> {
     let unknown = || GatewayError::InvalidParams(format!("unknown name {v:?}"));
     let (up, rest, exact) = names::split_name(v).ok_or_else(unknown)?;
     let t = find(targets, up).map_err(|_| unknown())?.clone();
@@ -524,7 +725,11 @@ async fn resolve_name(call: &Call<'_>, targets: &[Target], v: &str, method: &str
         return Ok((t, rest.to_owned()));
     }
     // A shortened name: list the upstream and find the one it stands for.
-    let list_method = if method == "tools/call" { "tools/list" } else { "prompts/list" };
+    let list_method = if method == "tools/call" {
+        "tools/list"
+    } else {
+        "prompts/list"
+    };
     let full = list_one_raw_names(call, &t, list_method).await?;
     let name = full
         .into_iter()
@@ -533,18 +738,32 @@ async fn resolve_name(call: &Call<'_>, targets: &[Target], v: &str, method: &str
     Ok((t, name))
 }
 
-async fn list_one_raw_names(call: &Call<'_>, t: &Target, method: &str) -> Result<Vec<String>, GatewayError> {
-    let field = if method == "tools/list" { "tools" } else { "prompts" };
+async fn list_one_raw_names(
+    call: &Call<'_>,
+    t: &Target,
+    method: &str,
+) -> Result<Vec<String>, GatewayError> {
+    let field = if method == "tools/list" {
+        "tools"
+    } else {
+        "prompts"
+    };
     let mut out = Vec::new();
     let mut cursor: Option<Value> = None;
     for page in 0..MAX_PAGES {
-        let mut req = json!({"jsonrpc": "2.0", "id": format!("stoa-resolve-{page}"), "method": method});
+        let mut req =
+            json!({"jsonrpc": "2.0", "id": format!("stoa-resolve-{page}"), "method": method});
         if let Some(c) = &cursor {
             req["params"] = json!({"cursor": c});
         }
         let (answer, _) = request(call, t, &req).await?;
         let result = &answer["result"];
-        for item in result.get(field).and_then(Value::as_array).into_iter().flatten() {
+        for item in result
+            .get(field)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(n) = item.get("name").and_then(Value::as_str) {
                 out.push(n.to_owned());
             }
@@ -589,7 +808,10 @@ impl Rewrite {
             Some(_) => {}
             None => {
                 // A response: URIs it returns must be virtual too.
-                if let Some(contents) = v.pointer_mut("/result/contents").and_then(Value::as_array_mut) {
+                if let Some(contents) = v
+                    .pointer_mut("/result/contents")
+                    .and_then(Value::as_array_mut)
+                {
                     for c in contents {
                         if let Some(uri) = c.get("uri").and_then(Value::as_str) {
                             c["uri"] = Value::String(names::virtual_uri(up, uri));
@@ -631,9 +853,15 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
         .open_session(call.rt, call.headers, call.key.prefix.as_str())?
         .ok_or(GatewayError::MissingSession)?;
     let targets = targets(&call, Some(&session), &version);
-    let last = call.headers.get(mcp::HDR_LAST_EVENT).and_then(|v| v.to_str().ok()).and_then(names::split_event_id);
+    let last = call
+        .headers
+        .get(mcp::HDR_LAST_EVENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(names::split_event_id);
     let opened = join_all(targets.iter().map(|t| {
-        let le = last.filter(|(up, _)| *up == t.up.name.as_str()).map(|(_, id)| id);
+        let le = last
+            .filter(|(up, _)| *up == t.up.name.as_str())
+            .map(|(_, id)| id);
         send(&call, t, &Value::Null, le)
     }))
     .await;
@@ -641,13 +869,21 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
     let mut streams = 0;
     for (t, r) in targets.iter().zip(opened) {
         match r {
-            Ok(resp) if resp.status().is_success() && matches!(upstream::classify(&t.up, &resp), Ok(Payload::Sse)) => {
+            Ok(resp)
+                if resp.status().is_success()
+                    && matches!(upstream::classify(&t.up, &resp), Ok(Payload::Sse)) =>
+            {
                 streams += 1;
-                let map = Rewrite { upstream: t.up.name.to_string(), request_id: None };
+                let map = Rewrite {
+                    upstream: t.up.name.to_string(),
+                    request_id: None,
+                };
                 let cfg = relay::pump_cfg(call.rt, &t.up, Some(call.gw.draining.clone()));
                 upstream::spawn_pump_into(resp.into_body(), map, cfg, (), tx.clone());
             }
-            Ok(resp) => tracing::debug!(upstream = %t.up.name, status = %resp.status(), "no GET stream"),
+            Ok(resp) => {
+                tracing::debug!(upstream = %t.up.name, status = %resp.status(), "no GET stream")
+            }
             Err(e) => tracing::warn!(upstream = %t.up.name, "GET stream failed: {e}"),
         }
     }
@@ -656,7 +892,10 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
     }
     drop(tx);
     let guard = GaugeGuard::new(call.gw.metrics.active_streams.with_label_values(&["get"]));
-    let body = GuardedBody { inner: ChannelBody::new(rx), _guard: guard };
+    let body = GuardedBody {
+        inner: ChannelBody::new(rx),
+        _guard: guard,
+    };
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -690,17 +929,35 @@ async fn delete(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gate
         .open_session(call.rt, call.headers, call.key.prefix.as_str())?
         .ok_or(GatewayError::MissingSession)?;
     let targets = targets(&call, Some(&session), &version);
-    let closes = join_all(targets.iter().filter(|t| t.session.is_some()).map(|t| async {
-        let req = upstream::upstream_request(&t.up, Method::DELETE, &headers_for(&call, t, &Value::Null, None), t.session.as_deref(), Bytes::new())?;
-        call.gw.client.send(&t.up, req, call.rt.limits.upstream_response_timeout).await
-    }))
+    let closes = join_all(
+        targets
+            .iter()
+            .filter(|t| t.session.is_some())
+            .map(|t| async {
+                let req = upstream::upstream_request(
+                    &t.up,
+                    Method::DELETE,
+                    &headers_for(&call, t, &Value::Null, None),
+                    t.session.as_deref(),
+                    Bytes::new(),
+                )?;
+                call.gw
+                    .client
+                    .send(&t.up, req, call.rt.limits.upstream_response_timeout)
+                    .await
+            }),
+    )
     .await;
     for r in closes {
         if let Err(e) = r {
             tracing::warn!("closing an upstream session failed: {e}");
         }
     }
-    call.gw.metrics.sessions.with_label_values(&["closed"]).inc();
+    call.gw
+        .metrics
+        .sessions
+        .with_label_values(&["closed"])
+        .inc();
     Ok(relay::status_only(StatusCode::OK))
 }
 
@@ -711,8 +968,14 @@ mod tests {
     #[test]
     fn capabilities_are_merged() {
         let mut caps = Map::new();
-        merge_capabilities(&mut caps, &json!({"tools": {}, "resources": {"subscribe": true}}));
-        merge_capabilities(&mut caps, &json!({"prompts": {}, "resources": {}, "logging": {}, "experimental": {"x": 1}}));
+        merge_capabilities(
+            &mut caps,
+            &json!({"tools": {}, "resources": {"subscribe": true}}),
+        );
+        merge_capabilities(
+            &mut caps,
+            &json!({"prompts": {}, "resources": {}, "logging": {}, "experimental": {"x": 1}}),
+        );
         assert_eq!(
             Value::Object(caps),
             json!({"tools": {"listChanged": true}, "prompts": {"listChanged": true},
@@ -722,16 +985,24 @@ mod tests {
 
     #[test]
     fn upstream_messages_are_rewritten() {
-        let r = Rewrite { upstream: "ev".into(), request_id: Some(json!(1)) };
-        let mut sampling = json!({"jsonrpc":"2.0","id":0,"method":"sampling/createMessage","params":{}});
+        let r = Rewrite {
+            upstream: "ev".into(),
+            request_id: Some(json!(1)),
+        };
+        let mut sampling =
+            json!({"jsonrpc":"2.0","id":0,"method":"sampling/createMessage","params":{}});
         r.message(&mut sampling);
         assert_eq!(sampling["id"], json!("stoa:ev:0"));
         let mut updated = json!({"jsonrpc":"2.0","method":"notifications/resources/updated","params":{"uri":"test://x"}});
         r.message(&mut updated);
         assert_eq!(updated["params"]["uri"], json!("stoa://ev/test://x"));
-        let mut read = json!({"jsonrpc":"2.0","id":1,"result":{"contents":[{"uri":"test://x","text":"hi"}]}});
+        let mut read =
+            json!({"jsonrpc":"2.0","id":1,"result":{"contents":[{"uri":"test://x","text":"hi"}]}});
         r.message(&mut read);
-        assert_eq!(read["result"]["contents"][0]["uri"], json!("stoa://ev/test://x"));
+        assert_eq!(
+            read["result"]["contents"][0]["uri"],
+            json!("stoa://ev/test://x")
+        );
         let mut progress = json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"t","progress":1}});
         let before = progress.clone();
         r.message(&mut progress);

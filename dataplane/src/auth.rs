@@ -41,7 +41,8 @@ fn split_key(key: &str) -> Option<(KeyPrefix, &str)> {
     let rest = key.strip_prefix("stoa_")?;
     let (prefix, secret) = rest.split_once('_')?;
     let prefix = KeyPrefix::parse(prefix).ok()?;
-    (secret.len() >= 16 && secret.bytes().all(|b| b.is_ascii_alphanumeric())).then_some((prefix, secret))
+    (secret.len() >= 16 && secret.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then_some((prefix, secret))
 }
 
 /// `sha256:<hex>` of a whole key, as stored in config and by the control plane.
@@ -96,7 +97,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -114,11 +118,20 @@ mod tests {
     fn refuses_missing_wrong_and_malformed() {
         let (key, prefix) = generate_key();
         let snap = snapshot_with(&key, &prefix);
-        assert!(matches!(authenticate(&snap, &headers(&[])), Err(GatewayError::MissingKey)));
+        assert!(matches!(
+            authenticate(&snap, &headers(&[])),
+            Err(GatewayError::MissingKey)
+        ));
         let mut wrong = key.clone();
         wrong.pop();
         wrong.push(if key.ends_with('A') { 'B' } else { 'A' });
-        for bad in [wrong.as_str(), "stoa_", "stoa_short_x", "Basic abc", "nonsense"] {
+        for bad in [
+            wrong.as_str(),
+            "stoa_",
+            "stoa_short_x",
+            "Basic abc",
+            "nonsense",
+        ] {
             let r = authenticate(&snap, &headers(&[("x-api-key", bad)]));
             assert!(matches!(r, Err(GatewayError::BadKey)), "{bad}");
         }

@@ -68,17 +68,23 @@ pub fn error_response(err: &GatewayError, id: Option<&Value>) -> Response<Body> 
     let mut resp = json_response(err.status(), &err.rpc_response(id));
     match err {
         GatewayError::MissingKey | GatewayError::BadKey => {
-            let challenge = format!(
-                "Bearer realm=\"stoa\", error=\"invalid_token\", error_description=\"{}\"",
-                err
+            // RFC 6750: no error code when the request carried no credentials.
+            let challenge = match err {
+                GatewayError::MissingKey => "Bearer realm=\"stoa\"",
+                _ => {
+                    "Bearer realm=\"stoa\", error=\"invalid_token\", error_description=\"unknown or invalid API key\""
+                }
+            };
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static(challenge),
             );
-            if let Ok(v) = challenge.parse() {
-                resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-            }
         }
         GatewayError::MethodNotAllowed(_) => {
-            resp.headers_mut()
-                .insert(header::ALLOW, http::HeaderValue::from_static("GET, POST, DELETE"));
+            resp.headers_mut().insert(
+                header::ALLOW,
+                http::HeaderValue::from_static("GET, POST, DELETE"),
+            );
         }
         _ => {}
     }
@@ -104,7 +110,9 @@ where
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             Err(GatewayError::BodyTooLarge { limit: max })
         }
-        Ok(Err(e)) => Err(GatewayError::InvalidRequest(format!("request body failed: {e}"))),
+        Ok(Err(e)) => Err(GatewayError::InvalidRequest(format!(
+            "request body failed: {e}"
+        ))),
         Ok(Ok(c)) => Ok(c.to_bytes()),
     }
 }

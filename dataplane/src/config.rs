@@ -30,7 +30,10 @@ pub struct FileConfig {
     pub allowed_origins: Vec<String>,
     /// How often the config file (and TLS files) are checked for changes.
     /// SIGHUP reloads immediately.
-    #[serde(default = "defaults::watch_interval", deserialize_with = "dur::deserialize")]
+    #[serde(
+        default = "defaults::watch_interval",
+        deserialize_with = "dur::deserialize"
+    )]
     #[schemars(with = "String")]
     pub watch_interval: Duration,
     #[serde(default)]
@@ -170,7 +173,10 @@ pub struct Sessions {
     #[serde(default)]
     pub previous_keys: Vec<String>,
     /// A session is refused after this long (the agent re-initializes).
-    #[serde(default = "defaults::session_ttl", deserialize_with = "dur::deserialize")]
+    #[serde(
+        default = "defaults::session_ttl",
+        deserialize_with = "dur::deserialize"
+    )]
     #[schemars(with = "String")]
     pub ttl: Duration,
 }
@@ -269,7 +275,9 @@ mod dur {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("invalid duration {s:?} (write e.g. 250ms, 30s, 5m): {e}"))
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} (write e.g. 250ms, 30s, 5m): {e}"
+            ))
         })
     }
 }
@@ -317,9 +325,16 @@ mod tests {
     #[test]
     fn minimal_file_gets_safe_defaults() {
         let c = FileConfig::parse("{}").unwrap();
-        assert_eq!(c.listeners.plain, Some(SocketAddr::from(([127, 0, 0, 1], 8080))));
+        assert_eq!(
+            c.listeners.plain,
+            Some(SocketAddr::from(([127, 0, 0, 1], 8080)))
+        );
         assert_eq!(c.limits.max_body_bytes, 4 << 20);
-        assert_eq!(c.sessions.ttl, Duration::from_secs(24 * 3600), "an absent section gets the field defaults");
+        assert_eq!(
+            c.sessions.ttl,
+            Duration::from_secs(24 * 3600),
+            "an absent section gets the field defaults"
+        );
         assert_eq!(c.watch_interval, Duration::from_secs(2));
         assert!(c.api_keys.is_empty());
     }
@@ -329,7 +344,10 @@ mod tests {
         let c = FileConfig::parse("limits: {request_timeout: 250ms}").unwrap();
         assert_eq!(c.limits.request_timeout, Duration::from_millis(250));
         let err = FileConfig::parse("limits: {request_timeout: soon}").unwrap_err();
-        assert!(err.to_string().contains("invalid duration \"soon\""), "{err}");
+        assert!(
+            err.to_string().contains("invalid duration \"soon\""),
+            "{err}"
+        );
         let err = FileConfig::parse("listners: {}").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
     }
@@ -346,7 +364,8 @@ mod tests {
 
     #[test]
     fn the_committed_schema_is_current() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("stoa-gateway.schema.json");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("stoa-gateway.schema.json");
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             committed.trim() == FileConfig::json_schema().trim(),

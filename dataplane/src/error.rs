@@ -75,6 +75,9 @@ pub enum GatewayError {
     UnknownSession,
     #[error("method {0:?} not found")]
     MethodNotFound(String),
+    /// The stateless revision answers unknown and removed methods with 404.
+    #[error("method {0:?} not found")]
+    NoMethodStateless(String),
     #[error("invalid params: {0}")]
     InvalidParams(String),
     #[error("no upstream named {0:?}")]
@@ -126,11 +129,13 @@ impl GatewayError {
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             NotAcceptable => StatusCode::NOT_ACCEPTABLE,
-            Parse(_) | InvalidRequest(_) | Batch(_) | ProtocolVersion(_) | HeaderMismatch { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            Parse(_)
+            | InvalidRequest(_)
+            | Batch(_)
+            | ProtocolVersion(_)
+            | HeaderMismatch { .. } => StatusCode::BAD_REQUEST,
             MissingSession => StatusCode::BAD_REQUEST,
-            UnknownSession => StatusCode::NOT_FOUND,
+            UnknownSession | NoMethodStateless(_) => StatusCode::NOT_FOUND,
             NoSuchUpstream(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             UpstreamUnavailable { .. } | UpstreamBadResponse { .. } => StatusCode::BAD_GATEWAY,
@@ -153,7 +158,7 @@ impl GatewayError {
             HeaderMismatch { .. } => code::HEADER_MISMATCH,
             ProtocolVersion(_) => code::UNSUPPORTED_VERSION,
             UnknownSession => code::SESSION_NOT_FOUND,
-            MethodNotFound(_) | NoSuchUpstream(_) => code::METHOD_NOT_FOUND,
+            MethodNotFound(_) | NoMethodStateless(_) | NoSuchUpstream(_) => code::METHOD_NOT_FOUND,
             InvalidParams(_) => code::INVALID_PARAMS,
             UpstreamUnavailable { .. } => code::UPSTREAM_UNAVAILABLE,
             UpstreamTimeout { .. } => code::UPSTREAM_TIMEOUT,
@@ -195,7 +200,7 @@ impl GatewayError {
             HeaderMismatch { .. } => "header_mismatch",
             MissingSession => "missing_session",
             UnknownSession => "unknown_session",
-            MethodNotFound(_) => "method_not_found",
+            MethodNotFound(_) | NoMethodStateless(_) => "method_not_found",
             InvalidParams(_) => "invalid_params",
             NoSuchUpstream(_) => "no_such_upstream",
             MethodNotAllowed(_) => "method_not_allowed",

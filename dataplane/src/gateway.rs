@@ -110,7 +110,8 @@ impl Gateway {
     pub fn new(runtime: Runtime) -> Arc<Self> {
         let client = UpstreamClient::new(&runtime.limits);
         let mut seed = [0u8; 4];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).expect("OS random source");
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+            .expect("OS random source");
         Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             client,
@@ -190,7 +191,10 @@ impl Gateway {
                 match r {
                     Ok(resp) => resp,
                     Err((err, id)) => {
-                        self.metrics.refusals.with_label_values(&[err.reason()]).inc();
+                        self.metrics
+                            .refusals
+                            .with_label_values(&[err.reason()])
+                            .inc();
                         if err.fault() == crate::error::Fault::Downstream {
                             tracing::debug!(parent: &span, reason = err.reason(), "refused: {err}");
                         } else {
@@ -206,7 +210,11 @@ impl Gateway {
         }
         if let Route::Mcp(_) = route {
             let status = resp.status();
-            let route_label = if ctx.upstream.is_empty() || path == "/mcp" { "aggregate" } else { "upstream" };
+            let route_label = if ctx.upstream.is_empty() || path == "/mcp" {
+                "aggregate"
+            } else {
+                "upstream"
+            };
             self.metrics
                 .requests
                 .with_label_values(&[route_label, ctx.method, &ctx.upstream, status.as_str()])
@@ -263,7 +271,12 @@ impl Gateway {
                 let up = UpstreamName::parse(name)
                     .ok()
                     .and_then(|n| key.may_use(&n).map(|f| (n, f)))
-                    .and_then(|(n, f)| rt.snapshot.upstreams.get(&n).map(|u| (u.clone(), f.clone())))
+                    .and_then(|(n, f)| {
+                        rt.snapshot
+                            .upstreams
+                            .get(&n)
+                            .map(|u| (u.clone(), f.clone()))
+                    })
                     .ok_or_else(|| (GatewayError::NoSuchUpstream(name.to_owned()), None))?;
                 ctx.upstream = up.0.name.to_string();
                 relay::handle(call, &up.0, &up.1, ctx).await
@@ -272,13 +285,20 @@ impl Gateway {
         }
     }
 
-    pub fn open_session(&self, rt: &Runtime, headers: &HeaderMap, key_prefix: &str) -> Result<Option<SessionState>, GatewayError> {
+    pub fn open_session(
+        &self,
+        rt: &Runtime,
+        headers: &HeaderMap,
+        key_prefix: &str,
+    ) -> Result<Option<SessionState>, GatewayError> {
         let Some(v) = headers.get(crate::mcp::HDR_SESSION) else {
             return Ok(None);
         };
         let id = v.to_str().map_err(|_| GatewayError::UnknownSession)?;
         let state = rt.sessions.open(id, unix_now()).map_err(|e| match e {
-            SealError::Expired | SealError::Invalid | SealError::BadKey => GatewayError::UnknownSession,
+            SealError::Expired | SealError::Invalid | SealError::BadKey => {
+                GatewayError::UnknownSession
+            }
         })?;
         if state.key != key_prefix {
             return Err(GatewayError::UnknownSession);
@@ -337,7 +357,11 @@ fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), GatewayEr
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or("<non-ASCII>");
-    if is_loopback_origin(origin) || allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+    if is_loopback_origin(origin)
+        || allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
         Ok(())
     } else {
         Err(GatewayError::ForbiddenOrigin(origin.to_owned()))
@@ -349,7 +373,11 @@ fn is_loopback_origin(origin: &str) -> bool {
         return false;
     };
     let host = match rest.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().map(|h| format!("[{h}]")).unwrap_or_default(),
+        Some(v6) => v6
+            .split(']')
+            .next()
+            .map(|h| format!("[{h}]"))
+            .unwrap_or_default(),
         None => rest.split(':').next().unwrap_or("").to_owned(),
     };
     matches!(host.as_str(), "localhost" | "127.0.0.1" | "[::1]")
@@ -384,14 +412,24 @@ mod tests {
         let mut h = HeaderMap::new();
         assert!(check_origin(&h, &[]).is_ok());
         h.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
-        assert_eq!(check_origin(&h, &[]).unwrap_err().status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            check_origin(&h, &[]).unwrap_err().status(),
+            StatusCode::FORBIDDEN
+        );
         assert!(check_origin(&h, &["https://evil.example".into()]).is_ok());
         assert!(check_origin(&h, &["*".into()]).is_ok());
-        for local in ["http://127.0.0.1:8080", "http://localhost", "http://[::1]:9"] {
+        for local in [
+            "http://127.0.0.1:8080",
+            "http://localhost",
+            "http://[::1]:9",
+        ] {
             h.insert(header::ORIGIN, local.parse().unwrap());
             assert!(check_origin(&h, &[]).is_ok(), "{local}");
         }
-        h.insert(header::ORIGIN, "http://127.0.0.1.evil.example".parse().unwrap());
+        h.insert(
+            header::ORIGIN,
+            "http://127.0.0.1.evil.example".parse().unwrap(),
+        );
         assert!(check_origin(&h, &[]).is_err());
     }
 }

@@ -99,7 +99,12 @@ pub async fn serve_tcp(
             match tls {
                 None => serve_conn(s2, stream, None, kind).await,
                 Some((acceptor, alt_svc)) => {
-                    match tokio::time::timeout(s2.limits.header_read_timeout, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(
+                        s2.limits.header_read_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
                         Ok(Ok(tls_stream)) => serve_conn(s2, tls_stream, alt_svc, kind).await,
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -115,7 +120,10 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let io = Tracked { inner: io, activity: activity.clone() };
+    let io = Tracked {
+        inner: io,
+        activity: activity.clone(),
+    };
     let gw = s.gw.clone();
     let act = activity.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -169,10 +177,15 @@ struct Activity {
 
 impl Activity {
     fn new() -> Self {
-        Activity { start: Instant::now(), last_ms: AtomicU64::new(0), in_flight: AtomicUsize::new(0) }
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
     }
     fn touch(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
     fn idle_for(&self) -> Duration {
         let now = self.start.elapsed().as_millis() as u64;
@@ -187,7 +200,11 @@ struct Tracked<IO> {
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
@@ -198,14 +215,22 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
         }
         r
     }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -224,7 +249,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
 }
 
 /// A QUIC endpoint serving HTTP/3 with the same resolver as the TLS listener.
-pub fn quic_endpoint(addr: SocketAddr, tls: Arc<rustls::ServerConfig>, limits: &Limits) -> anyhow::Result<quinn::Endpoint> {
+pub fn quic_endpoint(
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    limits: &Limits,
+) -> anyhow::Result<quinn::Endpoint> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -278,9 +307,8 @@ async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
             r = h3.accept() => match r {
                 Ok(Some(resolver)) => {
                     let gw = s.gw.clone();
-                    let limits = s.limits.clone();
                     s.tracker.spawn(async move {
-                        if let Err(e) = serve_h3_request(gw, resolver, limits).await {
+                        if let Err(e) = serve_h3_request(gw, resolver).await {
                             tracing::debug!("HTTP/3 request failed: {e}");
                         }
                     });
@@ -303,7 +331,6 @@ async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
 async fn serve_h3_request(
     gw: Arc<Gateway>,
     resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
-    limits: Limits,
 ) -> anyhow::Result<()> {
     let (req, stream) = resolver.resolve_request().await?;
     let (mut send, mut recv) = stream.split();
@@ -328,7 +355,6 @@ async fn serve_h3_request(
     };
     tokio::spawn(reader);
     let req = req.map(|()| ChannelBody::new(rx));
-    let _ = limits;
     let resp: Response<Body> = gw.handle(req, Listener::Public).await;
     let (parts, body) = resp.into_parts();
     send.send_response(Response::from_parts(parts, ())).await?;

@@ -7,12 +7,21 @@ use clap::{Parser, Subcommand};
 use stoa_gateway::{auth, config::FileConfig, model::Snapshot, run};
 
 #[derive(Parser)]
-#[command(name = "stoa-gateway", version, about = "STOA gateway: authenticated, metered MCP relay")]
+#[command(
+    name = "stoa-gateway",
+    version,
+    about = "STOA gateway: authenticated, metered MCP relay"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     /// Config file (YAML). `stoa-gateway schema` prints its JSON Schema.
-    #[arg(long, env = "STOA_CONFIG", default_value = "stoa-gateway.yaml", global = true)]
+    #[arg(
+        long,
+        env = "STOA_CONFIG",
+        default_value = "stoa-gateway.yaml",
+        global = true
+    )]
     config: PathBuf,
     /// Log format: `text` or `json`.
     #[arg(long, env = "STOA_LOG_FORMAT", default_value = "text", global = true)]
@@ -42,7 +51,10 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd.unwrap_or(Cmd::Run { ready_file: None }) {
         Cmd::GenKey => {
             let (key, prefix) = auth::generate_key();
-            println!("key:    {key}\nprefix: {prefix}\nhash:   {}", auth::hash_key(&key));
+            println!(
+                "key:    {key}\nprefix: {prefix}\nhash:   {}",
+                auth::hash_key(&key)
+            );
             Ok(())
         }
         Cmd::HashKey => {
@@ -69,15 +81,24 @@ fn main() -> anyhow::Result<()> {
                 snap.keys.len(),
                 rejected.len()
             );
-            if rejected.is_empty() { Ok(()) } else { std::process::exit(1) }
+            if rejected.is_empty() {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
         }
         Cmd::Run { ready_file } => {
             init_tracing(&cli.log_format);
             rustls::crypto::ring::default_provider()
                 .install_default()
                 .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(run::run(run::Options { config: cli.config, ready_file }))
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(run::run(run::Options {
+                config: cli.config,
+                ready_file,
+            }))
         }
     }
 }
@@ -85,9 +106,15 @@ fn main() -> anyhow::Result<()> {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
-        builder.json().flatten_event(true).with_current_span(true).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
     } else {
         builder.init();
     }

@@ -89,7 +89,11 @@ impl<'a> Peek<'a> {
                 "\"jsonrpc\" must be \"2.0\"".into(),
             ));
         }
-        let kind = match (&peek.method, &peek.id, peek.result.is_some() || peek.error.is_some()) {
+        let kind = match (
+            &peek.method,
+            &peek.id,
+            peek.result.is_some() || peek.error.is_some(),
+        ) {
             (Some(_), Some(id), false) => {
                 check_id(id)?;
                 Kind::Request
@@ -205,7 +209,10 @@ pub fn check_mirrored_headers(
 
 /// A mirrored header's value: surrounding whitespace trimmed, and the
 /// `=?base64?…?=` form (used for values that are not plain ASCII) decoded.
-fn header_str<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<Cow<'h, str>>, GatewayError> {
+fn header_str<'h>(
+    headers: &'h HeaderMap,
+    name: &'static str,
+) -> Result<Option<Cow<'h, str>>, GatewayError> {
     let bad = |found: &str| GatewayError::HeaderMismatch {
         header: name,
         found: found.to_owned(),
@@ -214,14 +221,22 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &'static str) -> Result<Option<C
     let Some(v) = headers.get(name) else {
         return Ok(None);
     };
-    let s = v.to_str().map_err(|_| bad("<non-ASCII>"))?.trim_matches([' ', '\t']);
-    match s.strip_prefix("=?base64?").and_then(|r| r.strip_suffix("?=")) {
+    let s = v
+        .to_str()
+        .map_err(|_| bad("<non-ASCII>"))?
+        .trim_matches([' ', '\t']);
+    match s
+        .strip_prefix("=?base64?")
+        .and_then(|r| r.strip_suffix("?="))
+    {
         Some(b64) => {
             use base64::Engine;
             let raw = base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .map_err(|_| bad(s))?;
-            String::from_utf8(raw).map(|d| Some(Cow::Owned(d))).map_err(|_| bad(s))
+            String::from_utf8(raw)
+                .map(|d| Some(Cow::Owned(d)))
+                .map_err(|_| bad(s))
         }
         None => Ok(Some(Cow::Borrowed(s))),
     }
@@ -276,22 +291,48 @@ mod tests {
     fn classify_messages() {
         let v = "2025-11-25";
         let cases: &[(&str, Result<Kind, &str>)] = &[
-            (r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#, Ok(Kind::Request)),
-            (r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, Ok(Kind::Notification)),
-            (r#"{"jsonrpc":"2.0","id":"a","result":{}}"#, Ok(Kind::Response)),
-            (r#"{"jsonrpc":"2.0","id":"a","error":{"code":1,"message":"x"}}"#, Ok(Kind::Response)),
-            (r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#, Err("batch_unsupported")),
-            (r#"{"jsonrpc":"2.0","id":1,"method":"x""#, Err("parse_error")),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+                Ok(Kind::Request),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                Ok(Kind::Notification),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":"a","result":{}}"#,
+                Ok(Kind::Response),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":"a","error":{"code":1,"message":"x"}}"#,
+                Ok(Kind::Response),
+            ),
+            (
+                r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+                Err("batch_unsupported"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"x""#,
+                Err("parse_error"),
+            ),
             (r#"not json"#, Err("invalid_request")),
             (r#""#, Err("parse_error")),
             (r#"{"id":1,"method":"ping"}"#, Err("invalid_request")),
-            (r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#, Err("invalid_request")),
-            (r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#, Err("invalid_request")),
+            (
+                r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
+                Err("invalid_request"),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":{},"method":"ping"}"#,
+                Err("invalid_request"),
+            ),
             (r#"{"jsonrpc":"2.0","id":1}"#, Err("invalid_request")),
             (r#"{"jsonrpc":"2.0","method":7}"#, Err("invalid_request")),
         ];
         for (body, want) in cases {
-            let got = Peek::parse(body.as_bytes(), v).map(|(_, k)| k).map_err(|e| e.reason());
+            let got = Peek::parse(body.as_bytes(), v)
+                .map(|(_, k)| k)
+                .map_err(|e| e.reason());
             assert_eq!(&got, want, "{body}");
         }
     }
@@ -312,9 +353,15 @@ mod tests {
             assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
         }
         // Whitespace around a value is not part of it; base64 values are decoded.
-        let padded = headers(&[("mcp-method", " tools/call "), ("mcp-name", "=?base64?ZWNobw==?=")]);
+        let padded = headers(&[
+            ("mcp-method", " tools/call "),
+            ("mcp-name", "=?base64?ZWNobw==?="),
+        ]);
         assert!(check_mirrored_headers(&padded, &p, k, STATELESS).is_ok());
-        let broken = headers(&[("mcp-method", "tools/call"), ("mcp-name", "=?base64?ZWNobw?=")]);
+        let broken = headers(&[
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "=?base64?ZWNobw?="),
+        ]);
         assert!(check_mirrored_headers(&broken, &p, k, STATELESS).is_err());
         let upper = headers(&[("mcp-method", "TOOLS/CALL"), ("mcp-name", "echo")]);
         assert!(check_mirrored_headers(&upper, &p, k, STATELESS).is_err());
@@ -334,11 +381,23 @@ mod tests {
         let star = headers(&[("content-type", "application/json"), ("accept", "*/*")]);
         assert!(check_post_headers(&star).is_ok());
         let form = headers(&[("content-type", "text/plain"), ("accept", "*/*")]);
-        assert_eq!(check_post_headers(&form).unwrap_err().reason(), "content_type");
-        let json_only = headers(&[("content-type", "application/json"), ("accept", "application/json")]);
-        assert_eq!(check_post_headers(&json_only).unwrap_err().reason(), "not_acceptable");
+        assert_eq!(
+            check_post_headers(&form).unwrap_err().reason(),
+            "content_type"
+        );
+        let json_only = headers(&[
+            ("content-type", "application/json"),
+            ("accept", "application/json"),
+        ]);
+        assert_eq!(
+            check_post_headers(&json_only).unwrap_err().reason(),
+            "not_acceptable"
+        );
         assert_eq!(request_version(&headers(&[])).unwrap(), DEFAULT_VERSION);
-        assert_eq!(request_version(&headers(&[("mcp-protocol-version", "2025-06-18")])).unwrap(), "2025-06-18");
+        assert_eq!(
+            request_version(&headers(&[("mcp-protocol-version", "2025-06-18")])).unwrap(),
+            "2025-06-18"
+        );
         assert!(request_version(&headers(&[("mcp-protocol-version", "1999-01-01")])).is_err());
     }
 }

@@ -55,7 +55,10 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("stoa_requests_total", "MCP HTTP requests by route, JSON-RPC method, upstream and HTTP status"),
+            Opts::new(
+                "stoa_requests_total",
+                "MCP HTTP requests by route, JSON-RPC method, upstream and HTTP status",
+            ),
             &["route", "method", "upstream", "status"],
         )
         .expect("valid metric");
@@ -65,24 +68,33 @@ impl Metrics {
                 "Time from request head to response head (streams: to the start of the stream)",
             )
             .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                2.5, 5.0, 10.0, 30.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
             &["route", "method", "upstream"],
         )
         .expect("valid metric");
         let tool_calls = IntCounterVec::new(
-            Opts::new("stoa_tool_calls_total", "tools/call requests by upstream, tool and outcome"),
+            Opts::new(
+                "stoa_tool_calls_total",
+                "tools/call requests by upstream, tool and outcome",
+            ),
             &["upstream", "tool", "outcome"],
         )
         .expect("valid metric");
         let active_streams = IntGaugeVec::new(
-            Opts::new("stoa_active_streams", "Open SSE streams relayed to clients, by kind (post, get)"),
+            Opts::new(
+                "stoa_active_streams",
+                "Open SSE streams relayed to clients, by kind (post, get)",
+            ),
             &["kind"],
         )
         .expect("valid metric");
         let connections = IntGaugeVec::new(
-            Opts::new("stoa_active_connections", "Open client connections by transport (tcp, tls, quic)"),
+            Opts::new(
+                "stoa_active_connections",
+                "Open client connections by transport (tcp, tls, quic)",
+            ),
             &["transport"],
         )
         .expect("valid metric");
@@ -95,12 +107,18 @@ impl Metrics {
         )
         .expect("valid metric");
         let refusals = IntCounterVec::new(
-            Opts::new("stoa_refusals_total", "Requests refused by the gateway, by reason"),
+            Opts::new(
+                "stoa_refusals_total",
+                "Requests refused by the gateway, by reason",
+            ),
             &["reason"],
         )
         .expect("valid metric");
         let upstream_errors = IntCounterVec::new(
-            Opts::new("stoa_upstream_errors_total", "Upstream failures by upstream and reason"),
+            Opts::new(
+                "stoa_upstream_errors_total",
+                "Upstream failures by upstream and reason",
+            ),
             &["upstream", "reason"],
         )
         .expect("valid metric");

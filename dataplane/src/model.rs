@@ -27,7 +27,8 @@ impl UpstreamName {
     pub fn parse(s: &str) -> Result<Self, String> {
         let ok = !s.is_empty()
             && s.len() <= Self::MAX_LEN
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !s.starts_with('-')
             && !s.ends_with('-')
             && !s.contains("--");
@@ -58,7 +59,8 @@ impl TenantId {
     pub fn parse(s: &str) -> Result<Self, String> {
         if !s.is_empty()
             && s.len() <= 63
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             Ok(TenantId(s.into()))
         } else {
@@ -128,7 +130,10 @@ impl fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("name", &self.name)
             .field("url", &self.url)
-            .field("headers", &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -302,13 +307,15 @@ fn lower_upstream(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Upstream, String> {
     let name = UpstreamName::parse(&u.name)?;
-    let url: Uri = u
-        .url
-        .parse()
-        .map_err(|e| format!("url {:?}: {e}", u.url))?;
+    let url: Uri = u.url.parse().map_err(|e| format!("url {:?}: {e}", u.url))?;
     match url.scheme_str() {
         Some("http") | Some("https") if url.authority().is_some() => {}
-        _ => return Err(format!("url {:?} must be absolute http:// or https://", u.url)),
+        _ => {
+            return Err(format!(
+                "url {:?} must be absolute http:// or https://",
+                u.url
+            ));
+        }
     }
     let tenant = match &u.tenant {
         None => None,
@@ -322,9 +329,12 @@ fn lower_upstream(
     };
     let mut headers = Vec::new();
     for (k, v) in &u.headers {
-        let hn = HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("bad header name {k:?}"))?;
-        let value = expand_env(v, env).map_err(|var| format!("header {k:?}: environment variable {var} is not set"))?;
-        let mut hv = HeaderValue::from_str(&value).map_err(|_| format!("header {k:?} has an invalid value"))?;
+        let hn =
+            HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("bad header name {k:?}"))?;
+        let value = expand_env(v, env)
+            .map_err(|var| format!("header {k:?}: environment variable {var} is not set"))?;
+        let mut hv = HeaderValue::from_str(&value)
+            .map_err(|_| format!("header {k:?} has an invalid value"))?;
         hv.set_sensitive(true);
         headers.push((hn, hv));
     }
@@ -398,7 +408,10 @@ api_keys:
         let key = &snap.keys[&KeyPrefix::parse("AAAAbbbb").unwrap()];
         let f = key.may_use(&UpstreamName::parse("ref").unwrap()).unwrap();
         assert!(f.allows("echo") && f.allows("add") && !f.allows("rm"));
-        assert!(key.may_use(&UpstreamName::parse("private").unwrap()).is_none());
+        assert!(
+            key.may_use(&UpstreamName::parse("private").unwrap())
+                .is_none()
+        );
         // s3 refers to another tenant's upstream: refused, the rest stands.
         assert_eq!(rejected.len(), 1, "{rejected:?}");
         assert_eq!(rejected[0].name, "s3");

@@ -41,7 +41,9 @@ pub fn split_name(v: &str) -> Option<(&str, &str, bool)> {
     let shortened = v.len() >= MAX_NAME - 8
         && v.len() > HASH_HEX + 1
         && v.as_bytes()[v.len() - HASH_HEX - 1] == b'_'
-        && v[v.len() - HASH_HEX..].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        && v[v.len() - HASH_HEX..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
     Some((up, rest, !shortened))
 }
 
@@ -120,6 +122,9 @@ mod tests {
         assert_eq!(split_id(&json!(5)), None);
         assert_eq!(split_id(&json!("stoa:x:{}")), None);
 
-        assert_eq!(split_event_id(&virtual_event_id("ref", "12:3")), Some(("ref", "12:3")));
+        assert_eq!(
+            split_event_id(&virtual_event_id("ref", "12:3")),
+            Some(("ref", "12:3"))
+        );
     }
 }

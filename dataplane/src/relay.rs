@@ -13,10 +13,10 @@ use serde_json::Value;
 use crate::{
     body::{self, Body},
     error::GatewayError,
-    gateway::{Call, ReqCtx, unix_now},
+    gateway::{Call, Gateway, ReqCtx, Runtime, unix_now},
     mcp::{self, Kind, Peek},
     metrics::{GaugeGuard, method_label},
-    model::{ToolFilter, Upstream},
+    model::{ApiKey, ToolFilter, Upstream},
     session::{SessionState, UpstreamSession},
     sse,
     upstream::{self, EventMap, Payload, PumpConfig, Unchanged},
@@ -38,20 +38,45 @@ pub async fn handle(
     }
 }
 
-async fn post(call: Call<'_>, up: &Arc<Upstream>, filter: &ToolFilter, ctx: &mut ReqCtx) -> Result<Response<Body>, Failure> {
-    let Call { gw, rt, key, headers, body, .. } = call;
+async fn post(
+    call: Call<'_>,
+    up: &Arc<Upstream>,
+    filter: &ToolFilter,
+    ctx: &mut ReqCtx,
+) -> Result<Response<Body>, Failure> {
+    let Call {
+        gw,
+        rt,
+        key,
+        headers,
+        body,
+        ..
+    } = call;
     // Accept is the upstream's to judge: this endpoint relays unchanged.
     mcp::check_content_type(headers).map_err(|e| (e, None))?;
-    let version = mcp::request_version(headers).map_err(|e| (e, None))?;
-    let (peek, kind) = Peek::parse(&body, &version).map_err(|e| (e, None))?;
+    // Parse first, so that every error after this answers the request's id.
+    let version = mcp::request_version(headers);
+    let shown = version.as_deref().unwrap_or(mcp::DEFAULT_VERSION);
+    let (peek, kind) = Peek::parse(&body, shown).map_err(|e| (e, None))?;
     let id: Option<Value> = peek.id.and_then(|r| serde_json::from_str(r.get()).ok());
     let fail = |e: GatewayError| (e, id.clone());
-    ctx.method = if kind == Kind::Response { "response" } else { method_label(peek.method()) };
+    let version = version.map_err(fail)?;
+    ctx.method = if kind == Kind::Response {
+        "response"
+    } else {
+        method_label(peek.method())
+    };
     mcp::check_mirrored_headers(headers, &peek, kind, &version).map_err(fail)?;
 
-    let session = gw.open_session(rt, headers, key.prefix.as_str()).map_err(fail)?;
+    let session = gw
+        .open_session(rt, headers, key.prefix.as_str())
+        .map_err(fail)?;
     let up_session = match &session {
-        Some(s) => Some(s.upstream(up.name.as_str()).ok_or(GatewayError::UnknownSession).map_err(fail)?),
+        Some(s) => Some(
+            s.upstream(up.name.as_str())
+                .ok_or(GatewayError::UnknownSession)
+                .map_err(fail)?,
+        ),
         None => None,
     };
     let is_init = kind == Kind::Request && peek.method() == "initialize";
@@ -63,10 +88,17 @@ async fn post(call: Call<'_>, up: &Arc<Upstream>, filter: &ToolFilter, ctx: &mut
                     .params
                     .as_ref()
                     .and_then(|p| p.name.as_deref())
-                    .ok_or_else(|| fail(GatewayError::InvalidParams("tools/call needs params.name".into())))?;
+                    .ok_or_else(|| {
+                        fail(GatewayError::InvalidParams(
+                            "tools/call needs params.name".into(),
+                        ))
+                    })?;
                 ctx.tool = Some(tool.to_owned());
                 if !filter.allows(tool) {
-                    gw.metrics.tool_calls.with_label_values(&[up.name.as_str(), tool, "refused"]).inc();
+                    gw.metrics
+                        .tool_calls
+                        .with_label_values(&[up.name.as_str(), tool, "refused"])
+                        .inc();
                     return Err(fail(GatewayError::NotGranted(format!(
                         "tool {tool:?} of upstream {:?} is not granted to this key",
                         up.name.as_str()
@@ -78,7 +110,12 @@ async fn post(call: Call<'_>, up: &Arc<Upstream>, filter: &ToolFilter, ctx: &mut
         }
     }
     let init_version = is_init
-        .then(|| peek.params.as_ref().and_then(|p| p.protocol_version.as_deref()).map(str::to_owned))
+        .then(|| {
+            peek.params
+                .as_ref()
+                .and_then(|p| p.protocol_version.as_deref())
+                .map(str::to_owned)
+        })
         .flatten();
     drop(peek);
 
@@ -100,12 +137,19 @@ async fn post(call: Call<'_>, up: &Arc<Upstream>, filter: &ToolFilter, ctx: &mut
         .inspect_err(|e| count_upstream_error(ctx, gw, e))
         .map_err(fail)?;
     if let Some(tool) = &ctx.tool {
-        let outcome = if resp.status().is_success() { "relayed" } else { "upstream_error" };
-        gw.metrics.tool_calls.with_label_values(&[up.name.as_str(), tool, outcome]).inc();
+        let outcome = if resp.status().is_success() {
+            "relayed"
+        } else {
+            "upstream_error"
+        };
+        gw.metrics
+            .tool_calls
+            .with_label_values(&[up.name.as_str(), tool, outcome])
+            .inc();
     }
 
     if is_init && resp.status().is_success() {
-        return initialize(call_parts(gw, rt, key), up, resp, payload, init_version, id.clone(), ctx)
+        return initialize(gw, rt, key, up, resp, payload, init_version, id.clone())
             .await
             .map_err(fail);
     }
@@ -114,9 +158,14 @@ async fn post(call: Call<'_>, up: &Arc<Upstream>, filter: &ToolFilter, ctx: &mut
         Payload::Empty => Ok(status_only(status)),
         Payload::Json => {
             if let Some(f) = list_filter {
-                let bytes = upstream::read_json_body(up, resp.into_body(), &rt.limits).await.map_err(fail)?;
+                let bytes = upstream::read_json_body(up, resp.into_body(), &rt.limits)
+                    .await
+                    .map_err(fail)?;
                 let mut v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                    fail(GatewayError::UpstreamBadResponse { upstream: up.name.to_string(), reason: format!("invalid JSON: {e}") })
+                    fail(GatewayError::UpstreamBadResponse {
+                        upstream: up.name.to_string(),
+                        reason: format!("invalid JSON: {e}"),
+                    })
                 })?;
                 filter_tools(&mut v, &f);
                 return Ok(body::json_response(status, &v));
@@ -132,36 +181,30 @@ async fn post(call: Call<'_>, up: &Arc<Upstream>, filter: &ToolFilter, ctx: &mut
         }
         Payload::Sse => {
             let guard = GaugeGuard::new(gw.metrics.active_streams.with_label_values(&["post"]));
-            let map = PostStream { id: id.clone(), filter: list_filter };
-            Ok(sse_response(status, upstream::spawn_pump(resp.into_body(), map, pump_cfg(rt, up, None), guard)))
+            let map = PostStream {
+                id: id.clone(),
+                filter: list_filter,
+            };
+            Ok(sse_response(
+                status,
+                upstream::spawn_pump(resp.into_body(), map, pump_cfg(rt, up, None), guard),
+            ))
         }
     }
 }
 
-struct CallParts<'a> {
-    gw: &'a Arc<crate::gateway::Gateway>,
-    rt: &'a crate::gateway::Runtime,
-    key: &'a Arc<crate::model::ApiKey>,
-}
-
-fn call_parts<'a>(
-    gw: &'a Arc<crate::gateway::Gateway>,
-    rt: &'a crate::gateway::Runtime,
-    key: &'a Arc<crate::model::ApiKey>,
-) -> CallParts<'a> {
-    CallParts { gw, rt, key }
-}
-
 /// The upstream accepted `initialize`: keep its session id and version in a
 /// sealed session id of our own, and hand the client the upstream's answer.
+#[allow(clippy::too_many_arguments)]
 async fn initialize(
-    c: CallParts<'_>,
+    gw: &Arc<Gateway>,
+    rt: &Runtime,
+    key: &ApiKey,
     up: &Arc<Upstream>,
     resp: Response<Incoming>,
     payload: Payload,
     requested: Option<String>,
     id: Option<Value>,
-    ctx: &mut ReqCtx,
 ) -> Result<Response<Body>, GatewayError> {
     let up_session = resp
         .headers()
@@ -171,13 +214,15 @@ async fn initialize(
     let status = resp.status();
     let message = match payload {
         Payload::Json => {
-            let bytes = upstream::read_json_body(up, resp.into_body(), &c.rt.limits).await?;
-            serde_json::from_slice::<Value>(&bytes).map_err(|e| GatewayError::UpstreamBadResponse {
-                upstream: up.name.to_string(),
-                reason: format!("invalid JSON: {e}"),
+            let bytes = upstream::read_json_body(up, resp.into_body(), &rt.limits).await?;
+            serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+                GatewayError::UpstreamBadResponse {
+                    upstream: up.name.to_string(),
+                    reason: format!("invalid JSON: {e}"),
+                }
             })?
         }
-        Payload::Sse => read_response_event(up, resp.into_body(), id.as_ref(), &c.rt.limits).await?,
+        Payload::Sse => read_response_event(up, resp.into_body(), id.as_ref(), &rt.limits).await?,
         Payload::Empty => {
             return Err(GatewayError::UpstreamBadResponse {
                 upstream: up.name.to_string(),
@@ -186,9 +231,12 @@ async fn initialize(
         }
     };
     let mut out = body::json_response(status, &message);
-    if let Some(version) = message.pointer("/result/protocolVersion").and_then(Value::as_str) {
+    if let Some(version) = message
+        .pointer("/result/protocolVersion")
+        .and_then(Value::as_str)
+    {
         let state = SessionState {
-            key: c.key.prefix.as_str().to_owned(),
+            key: key.prefix.as_str().to_owned(),
             issued: unix_now(),
             version: version.to_owned(),
             upstreams: vec![UpstreamSession {
@@ -197,15 +245,16 @@ async fn initialize(
                 version: version.to_owned(),
             }],
         };
-        let sealed = c.rt.sessions.seal(&state);
+        let sealed = rt.sessions.seal(&state);
         out.headers_mut().insert(
             mcp::HDR_SESSION,
-            sealed.parse().map_err(|_| GatewayError::Internal("sealed id is not a header value".into()))?,
+            sealed
+                .parse()
+                .map_err(|_| GatewayError::Internal("sealed id is not a header value".into()))?,
         );
-        c.gw.metrics.sessions.with_label_values(&["opened"]).inc();
+        gw.metrics.sessions.with_label_values(&["opened"]).inc();
         tracing::debug!(upstream = %up.name, requested = requested.as_deref().unwrap_or(""), version, "session opened");
     }
-    let _ = ctx;
     Ok(out)
 }
 
@@ -216,18 +265,28 @@ pub async fn read_response_event(
     id: Option<&Value>,
     limits: &crate::config::Limits,
 ) -> Result<Value, GatewayError> {
-    let bad = |reason: String| GatewayError::UpstreamBadResponse { upstream: up.name.to_string(), reason };
+    let bad = |reason: String| GatewayError::UpstreamBadResponse {
+        upstream: up.name.to_string(),
+        reason,
+    };
     let work = async {
         let mut body = std::pin::pin!(body);
         let mut parser = sse::Parser::new(limits.max_sse_event_bytes);
         let mut events = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| bad(format!("stream failed: {e}")))?;
-            let Ok(data) = frame.into_data() else { continue };
-            parser.feed(&data, &mut events).map_err(|e| bad(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            parser
+                .feed(&data, &mut events)
+                .map_err(|e| bad(e.to_string()))?;
             for ev in events.drain(..) {
-                let Ok(v) = serde_json::from_str::<Value>(&ev.data) else { continue };
-                let is_response = v.get("method").is_none() && (v.get("result").is_some() || v.get("error").is_some());
+                let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
+                    continue;
+                };
+                let is_response = v.get("method").is_none()
+                    && (v.get("result").is_some() || v.get("error").is_some());
                 if is_response && (id.is_none() || v.get("id") == id) {
                     return Ok(v);
                 }
@@ -237,59 +296,122 @@ pub async fn read_response_event(
     };
     tokio::time::timeout(limits.request_timeout, work)
         .await
-        .map_err(|_| GatewayError::UpstreamTimeout { upstream: up.name.to_string(), after_ms: limits.request_timeout.as_millis() as u64 })?
+        .map_err(|_| GatewayError::UpstreamTimeout {
+            upstream: up.name.to_string(),
+            after_ms: limits.request_timeout.as_millis() as u64,
+        })?
 }
 
-async fn get(call: Call<'_>, up: &Arc<Upstream>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failure> {
-    let Call { gw, rt, key, headers, .. } = call;
+async fn get(
+    call: Call<'_>,
+    up: &Arc<Upstream>,
+    ctx: &mut ReqCtx,
+) -> Result<Response<Body>, Failure> {
+    let Call {
+        gw,
+        rt,
+        key,
+        headers,
+        ..
+    } = call;
     ctx.method = "GET";
     if !mcp::accepts(headers, "text/event-stream") {
         return Err((GatewayError::NotAcceptable, None));
     }
     mcp::request_version(headers).map_err(|e| (e, None))?;
-    let session = gw.open_session(rt, headers, key.prefix.as_str()).map_err(|e| (e, None))?;
-    let up_session = session_for(&session, up).map_err(|e| (e, None))?;
-    let req = upstream::upstream_request(up, Method::GET, headers, up_session.as_deref(), Bytes::new())
+    let session = gw
+        .open_session(rt, headers, key.prefix.as_str())
         .map_err(|e| (e, None))?;
-    let resp = gw.client.send(up, req, rt.limits.upstream_response_timeout).await.map_err(|e| (e, None))?;
+    let up_session = session_for(&session, up).map_err(|e| (e, None))?;
+    let req = upstream::upstream_request(
+        up,
+        Method::GET,
+        headers,
+        up_session.as_deref(),
+        Bytes::new(),
+    )
+    .map_err(|e| (e, None))?;
+    let resp = gw
+        .client
+        .send(up, req, rt.limits.upstream_response_timeout)
+        .await
+        .map_err(|e| (e, None))?;
     let status = resp.status();
     match upstream::classify(up, &resp).map_err(|e| (e, None))? {
         Payload::Sse if status.is_success() => {
             let guard = GaugeGuard::new(gw.metrics.active_streams.with_label_values(&["get"]));
             let cfg = pump_cfg(rt, up, Some(gw.draining.clone()));
-            Ok(sse_response(status, upstream::spawn_pump(resp.into_body(), Unchanged, cfg, guard)))
+            Ok(sse_response(
+                status,
+                upstream::spawn_pump(resp.into_body(), Unchanged, cfg, guard),
+            ))
         }
-        _ => passthrough(up, resp, &rt.limits).await.map_err(|e| (e, None)),
+        _ => passthrough(up, resp, &rt.limits)
+            .await
+            .map_err(|e| (e, None)),
     }
 }
 
-async fn delete(call: Call<'_>, up: &Arc<Upstream>, ctx: &mut ReqCtx) -> Result<Response<Body>, GatewayError> {
-    let Call { gw, rt, key, headers, .. } = call;
+async fn delete(
+    call: Call<'_>,
+    up: &Arc<Upstream>,
+    ctx: &mut ReqCtx,
+) -> Result<Response<Body>, GatewayError> {
+    let Call {
+        gw,
+        rt,
+        key,
+        headers,
+        ..
+    } = call;
     ctx.method = "DELETE";
     let session = gw
         .open_session(rt, headers, key.prefix.as_str())?
         .ok_or(GatewayError::MissingSession)?;
     let up_session = session_for(&Some(session), up)?;
-    let req = upstream::upstream_request(up, Method::DELETE, headers, up_session.as_deref(), Bytes::new())?;
-    let resp = gw.client.send(up, req, rt.limits.upstream_response_timeout).await?;
+    let req = upstream::upstream_request(
+        up,
+        Method::DELETE,
+        headers,
+        up_session.as_deref(),
+        Bytes::new(),
+    )?;
+    let resp = gw
+        .client
+        .send(up, req, rt.limits.upstream_response_timeout)
+        .await?;
     if resp.status().is_success() {
         gw.metrics.sessions.with_label_values(&["closed"]).inc();
     }
     passthrough(up, resp, &rt.limits).await
 }
 
-fn session_for(session: &Option<SessionState>, up: &Upstream) -> Result<Option<String>, GatewayError> {
+fn session_for(
+    session: &Option<SessionState>,
+    up: &Upstream,
+) -> Result<Option<String>, GatewayError> {
     match session {
         None => Ok(None),
-        Some(s) => Ok(s.upstream(up.name.as_str()).ok_or(GatewayError::UnknownSession)?.session.clone()),
+        Some(s) => Ok(s
+            .upstream(up.name.as_str())
+            .ok_or(GatewayError::UnknownSession)?
+            .session
+            .clone()),
     }
 }
 
 /// Relays a short upstream answer (status, type, bounded body).
-async fn passthrough(up: &Upstream, resp: Response<Incoming>, limits: &crate::config::Limits) -> Result<Response<Body>, GatewayError> {
+async fn passthrough(
+    up: &Upstream,
+    resp: Response<Incoming>,
+    limits: &crate::config::Limits,
+) -> Result<Response<Body>, GatewayError> {
     let (parts, incoming) = resp.into_parts();
     if parts.status.is_server_error() {
-        return Err(GatewayError::UpstreamBadResponse { upstream: up.name.to_string(), reason: format!("answered HTTP {}", parts.status) });
+        return Err(GatewayError::UpstreamBadResponse {
+            upstream: up.name.to_string(),
+            reason: format!("answered HTTP {}", parts.status),
+        });
     }
     let bytes = upstream::read_json_body(up, incoming, limits).await?;
     let mut out = Response::new(body::full(bytes));
@@ -299,7 +421,11 @@ async fn passthrough(up: &Upstream, resp: Response<Incoming>, limits: &crate::co
     Ok(out)
 }
 
-pub fn pump_cfg(rt: &crate::gateway::Runtime, up: &Upstream, end_on: Option<tokio_util::sync::CancellationToken>) -> PumpConfig {
+pub fn pump_cfg(
+    rt: &Runtime,
+    up: &Upstream,
+    end_on: Option<tokio_util::sync::CancellationToken>,
+) -> PumpConfig {
     PumpConfig {
         upstream: up.name.to_string(),
         max_event: rt.limits.max_sse_event_bytes,
@@ -331,14 +457,24 @@ fn copy_header(from: &http::HeaderMap, to: &mut http::HeaderMap, name: header::H
     }
 }
 
-fn count_upstream_error(ctx: &ReqCtx, gw: &crate::gateway::Gateway, e: &GatewayError) {
-    gw.metrics.upstream_errors.with_label_values(&[&ctx.upstream, e.reason()]).inc();
+fn count_upstream_error(ctx: &ReqCtx, gw: &Gateway, e: &GatewayError) {
+    gw.metrics
+        .upstream_errors
+        .with_label_values(&[&ctx.upstream, e.reason()])
+        .inc();
 }
 
 /// Keeps only granted tools in a `tools/list` result.
 pub fn filter_tools(msg: &mut Value, filter: &ToolFilter) {
-    if let Some(tools) = msg.pointer_mut("/result/tools").and_then(Value::as_array_mut) {
-        tools.retain(|t| t.get("name").and_then(Value::as_str).is_some_and(|n| filter.allows(n)));
+    if let Some(tools) = msg
+        .pointer_mut("/result/tools")
+        .and_then(Value::as_array_mut)
+    {
+        tools.retain(|t| {
+            t.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| filter.allows(n))
+        });
     }
 }
 
@@ -376,8 +512,16 @@ mod tests {
     #[test]
     fn tool_lists_are_filtered() {
         let mut msg = json!({"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"rm"},{"name":"add"}]}});
-        filter_tools(&mut msg, &ToolFilter::Only(["echo".to_owned(), "add".to_owned()].into()));
-        let names: Vec<_> = msg["result"]["tools"].as_array().unwrap().iter().map(|t| t["name"].clone()).collect();
+        filter_tools(
+            &mut msg,
+            &ToolFilter::Only(["echo".to_owned(), "add".to_owned()].into()),
+        );
+        let names: Vec<_> = msg["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].clone())
+            .collect();
         assert_eq!(names, vec![json!("echo"), json!("add")]);
     }
 }

@@ -58,9 +58,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut cert_watch: Option<(Arc<Resolver>, CertFiles)> = None;
 
     if let Some(addr) = cfg.listeners.plain {
-        let l = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         bound.plain = Some(l.local_addr()?);
-        serve.tracker.spawn(listen::serve_tcp(serve.clone(), l, None, Listener::Public));
+        serve
+            .tracker
+            .spawn(listen::serve_tcp(serve.clone(), l, None, Listener::Public));
     }
     if let Some(t) = &cfg.listeners.tls {
         let mut files = match (&t.cert, &t.key) {
@@ -70,20 +74,32 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         };
         let resolver = Resolver::load(&mut files)?;
         let (tcp_tls, quic_tls) = tls::server_configs(resolver.clone());
-        let l = TcpListener::bind(t.addr).await.with_context(|| format!("binding {}", t.addr))?;
+        let l = TcpListener::bind(t.addr)
+            .await
+            .with_context(|| format!("binding {}", t.addr))?;
         let addr = l.local_addr()?;
         bound.tls = Some(addr);
         let alt_svc = if t.http3 {
             let endpoint = listen::quic_endpoint(addr, quic_tls, &cfg.limits)
                 .with_context(|| format!("binding QUIC on udp {addr}"))?;
             bound.h3 = Some(endpoint.local_addr()?);
-            serve.tracker.spawn(listen::serve_h3(serve.clone(), endpoint));
-            Some(HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", addr.port()))?)
+            serve
+                .tracker
+                .spawn(listen::serve_h3(serve.clone(), endpoint));
+            Some(HeaderValue::from_str(&format!(
+                "h3=\":{}\"; ma=86400",
+                addr.port()
+            ))?)
         } else {
             None
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(tcp_tls);
-        serve.tracker.spawn(listen::serve_tcp(serve.clone(), l, Some((acceptor, alt_svc)), Listener::Public));
+        serve.tracker.spawn(listen::serve_tcp(
+            serve.clone(),
+            l,
+            Some((acceptor, alt_svc)),
+            Listener::Public,
+        ));
         if let Some(ca) = &files.dev_ca {
             let ca = std::fs::canonicalize(ca).unwrap_or(ca.clone());
             tracing::info!(ca = %ca.display(), "serving a development certificate; clients should trust this CA");
@@ -92,9 +108,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         cert_watch = Some((resolver, files));
     }
     if let Some(addr) = cfg.listeners.admin {
-        let l = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         bound.admin = Some(l.local_addr()?);
-        serve.tracker.spawn(listen::serve_tcp(serve.clone(), l, None, Listener::Admin));
+        serve
+            .tracker
+            .spawn(listen::serve_tcp(serve.clone(), l, None, Listener::Admin));
     }
     if bound.plain.is_none() && bound.tls.is_none() {
         anyhow::bail!("no listener configured: set listeners.plain and/or listeners.tls");
@@ -142,7 +162,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     if listen::within(drain_timeout, serve.tracker.wait()).await {
         tracing::info!("drained");
     } else {
-        tracing::warn!(left = serve.tracker.len(), "drain timeout reached; closing what is left");
+        tracing::warn!(
+            left = serve.tracker.len(),
+            "drain timeout reached; closing what is left"
+        );
     }
     Ok(())
 }
@@ -152,14 +175,26 @@ fn mtime(p: &Path) -> Option<SystemTime> {
 }
 
 /// Loads the file again and swaps it in whole, or keeps the running config.
-fn reload(gw: &Gateway, path: &Path, running: &mut FileConfig, stamp: &mut Option<SystemTime>, why: &str) {
+fn reload(
+    gw: &Gateway,
+    path: &Path,
+    running: &mut FileConfig,
+    stamp: &mut Option<SystemTime>,
+    why: &str,
+) {
     *stamp = mtime(path);
     let env = |n: &str| std::env::var(n).ok();
     let cfg = match FileConfig::load(path) {
         Ok(c) => c,
         Err(e) => {
-            gw.metrics.config_reloads.with_label_values(&["error"]).inc();
-            tracing::error!(trigger = why, "config not reloaded, keeping the running one: {e}");
+            gw.metrics
+                .config_reloads
+                .with_label_values(&["error"])
+                .inc();
+            tracing::error!(
+                trigger = why,
+                "config not reloaded, keeping the running one: {e}"
+            );
             return;
         }
     };
@@ -179,8 +214,14 @@ fn reload(gw: &Gateway, path: &Path, running: &mut FileConfig, stamp: &mut Optio
             *running = cfg;
         }
         Err(e) => {
-            gw.metrics.config_reloads.with_label_values(&["error"]).inc();
-            tracing::error!(trigger = why, "config not reloaded, keeping the running one: {e}");
+            gw.metrics
+                .config_reloads
+                .with_label_values(&["error"])
+                .inc();
+            tracing::error!(
+                trigger = why,
+                "config not reloaded, keeping the running one: {e}"
+            );
         }
     }
 }

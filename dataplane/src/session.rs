@@ -81,7 +81,9 @@ impl SessionKeys {
 
     pub fn random(ttl_secs: u64) -> Self {
         let mut k = [0u8; 32];
-        SystemRandom::new().fill(&mut k).expect("the OS random source works");
+        SystemRandom::new()
+            .fill(&mut k)
+            .expect("the OS random source works");
         Self::new(k, &[], ttl_secs)
     }
 
@@ -97,9 +99,15 @@ impl SessionKeys {
     pub fn seal(&self, state: &SessionState) -> String {
         let mut buf = serde_json::to_vec(state).expect("session state serializes");
         let mut nonce = [0u8; aead::NONCE_LEN];
-        self.rng.fill(&mut nonce).expect("the OS random source works");
+        self.rng
+            .fill(&mut nonce)
+            .expect("the OS random source works");
         self.keys[0]
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(AAD), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(AAD),
+                &mut buf,
+            )
             .expect("sealing cannot fail for in-memory buffers");
         let mut out = Vec::with_capacity(nonce.len() + buf.len());
         out.extend_from_slice(&nonce);
@@ -155,7 +163,10 @@ mod tests {
         let a = SessionKeys::new([7; 32], &[], 60);
         let b = SessionKeys::new([7; 32], &[], 60);
         let id = a.seal(&state());
-        assert!(id.bytes().all(|c| (0x21..=0x7e).contains(&c)), "visible ASCII only");
+        assert!(
+            id.bytes().all(|c| (0x21..=0x7e).contains(&c)),
+            "visible ASCII only"
+        );
         assert_eq!(b.open(&id, 1010).unwrap(), state());
         assert_ne!(a.seal(&state()), id, "fresh nonce every time");
     }
@@ -172,7 +183,10 @@ mod tests {
         let mut bytes = id.clone().into_bytes();
         let last = bytes.len() - 1;
         bytes[last] = if bytes[last] == b'A' { b'B' } else { b'A' };
-        assert_eq!(old.open(&String::from_utf8(bytes).unwrap(), 1000), Err(SealError::Invalid));
+        assert_eq!(
+            old.open(&String::from_utf8(bytes).unwrap(), 1000),
+            Err(SealError::Invalid)
+        );
         for junk in ["", "s1.", "s1.!!!", "plain-upstream-id"] {
             assert_eq!(old.open(junk, 1000), Err(SealError::Invalid), "{junk}");
         }

@@ -209,10 +209,7 @@ mod tests {
     fn oversized_events_are_refused_even_without_newlines() {
         let mut p = Parser::new(16);
         let mut out = vec![];
-        assert_eq!(
-            p.feed(&[b'x'; 64], &mut out),
-            Err(SseError::TooLarge(16))
-        );
+        assert_eq!(p.feed(&[b'x'; 64], &mut out), Err(SseError::TooLarge(16)));
         let mut p = Parser::new(16);
         assert_eq!(
             p.feed(b"data: 0123456789\ndata: 0123456789\n", &mut out),

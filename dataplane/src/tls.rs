@@ -74,7 +74,10 @@ fn stamps(files: &CertFiles) -> Option<(SystemTime, SystemTime)> {
 
 fn load_key(files: &mut CertFiles) -> Result<CertifiedKey, TlsError> {
     let stamp = stamps(files);
-    let file_err = |path: &Path, reason: String| TlsError::File { path: path.to_owned(), reason };
+    let file_err = |path: &Path, reason: String| TlsError::File {
+        path: path.to_owned(),
+        reason,
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| file_err(&files.cert, e.to_string()))?
         .collect::<Result<_, _>>()
@@ -82,53 +85,94 @@ fn load_key(files: &mut CertFiles) -> Result<CertifiedKey, TlsError> {
     if certs.is_empty() {
         return Err(file_err(&files.cert, "no CERTIFICATE in file".into()));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_err(&files.key, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| file_err(&files.key, e.to_string()))?;
     let signer = any_supported_type(&key).map_err(|e| file_err(&files.key, e.to_string()))?;
     let ck = CertifiedKey::new(certs, signer);
-    ck.keys_match().map_err(|e| file_err(&files.cert, format!("certificate and key do not match: {e}")))?;
+    ck.keys_match().map_err(|e| {
+        file_err(
+            &files.cert,
+            format!("certificate and key do not match: {e}"),
+        )
+    })?;
     files.stamp = stamp;
     Ok(ck)
 }
 
 impl CertFiles {
     pub fn given(cert: PathBuf, key: PathBuf) -> Self {
-        CertFiles { cert, key, dev_ca: None, stamp: None }
+        CertFiles {
+            cert,
+            key,
+            dev_ca: None,
+            stamp: None,
+        }
     }
 
     /// Reuses or creates `dir/{ca,cert,key}.pem`: a development CA (clients
     /// trust `ca.pem`) and a leaf for localhost and 127.0.0.1 signed by it.
     pub fn development(dir: &Path) -> Result<Self, TlsError> {
-        let (ca, cert, key) = (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+        let (ca, cert, key) = (
+            dir.join("ca.pem"),
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+        );
         if !(ca.exists() && cert.exists() && key.exists()) {
             generate_dev(dir, &ca, &cert, &key)?;
         }
-        Ok(CertFiles { cert, key, dev_ca: Some(ca), stamp: None })
+        Ok(CertFiles {
+            cert,
+            key,
+            dev_ca: Some(ca),
+            stamp: None,
+        })
     }
 }
 
-fn generate_dev(dir: &Path, ca_path: &Path, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+fn generate_dev(
+    dir: &Path,
+    ca_path: &Path,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), TlsError> {
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-        KeyUsagePurpose,
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
     };
     let g = |e: rcgen::Error| TlsError::Generate(e.to_string());
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(g)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "STOA development CA");
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.distinguished_name
+        .push(DnType::CommonName, "STOA development CA");
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_key = KeyPair::generate().map_err(g)?;
     let ca_cert = ca.self_signed(&ca_key).map_err(g)?;
     let issuer = Issuer::new(ca, ca_key);
 
-    let mut leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()])
-        .map_err(g)?;
-    leaf.distinguished_name.push(DnType::CommonName, "stoa-gateway (development)");
+    let mut leaf = CertificateParams::new(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ])
+    .map_err(g)?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "stoa-gateway (development)");
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     let leaf_key = KeyPair::generate().map_err(g)?;
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(g)?;
 
-    let io = |p: &Path, e: std::io::Error| TlsError::File { path: p.to_owned(), reason: e.to_string() };
+    let io = |p: &Path, e: std::io::Error| TlsError::File {
+        path: p.to_owned(),
+        reason: e.to_string(),
+    };
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     std::fs::write(key_path, leaf_key.serialize_pem()).map_err(|e| io(key_path, e))?;
     std::fs::write(cert_path, leaf_cert.pem()).map_err(|e| io(cert_path, e))?;
@@ -137,13 +181,17 @@ fn generate_dev(dir: &Path, ca_path: &Path, cert_path: &Path, key_path: &Path) -
 }
 
 /// rustls configs for TCP (ALPN h2, http/1.1) and QUIC (ALPN h3).
-pub fn server_configs(resolver: Arc<Resolver>) -> (Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>) {
+pub fn server_configs(
+    resolver: Arc<Resolver>,
+) -> (Arc<rustls::ServerConfig>, Arc<rustls::ServerConfig>) {
     let make = |alpn: Vec<Vec<u8>>| {
-        let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .expect("ring supports TLS 1.2 and 1.3")
-            .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
+        let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
         c.alpn_protocols = alpn;
         c.max_early_data_size = 0;
         Arc::new(c)
@@ -165,10 +213,17 @@ mod tests {
         let mut files = CertFiles::development(&dir).unwrap();
         let first = std::fs::read(&files.cert).unwrap();
         let resolver = Resolver::load(&mut files).unwrap();
-        assert!(!resolver.reload_if_changed(&mut files).unwrap(), "unchanged files are not reloaded");
+        assert!(
+            !resolver.reload_if_changed(&mut files).unwrap(),
+            "unchanged files are not reloaded"
+        );
         let again = CertFiles::development(&dir).unwrap();
         assert_eq!(std::fs::read(&again.cert).unwrap(), first);
-        assert!(std::fs::read_to_string(files.dev_ca.unwrap()).unwrap().contains("BEGIN CERTIFICATE"));
+        assert!(
+            std::fs::read_to_string(files.dev_ca.unwrap())
+                .unwrap()
+                .contains("BEGIN CERTIFICATE")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

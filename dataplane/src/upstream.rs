@@ -119,8 +119,9 @@ pub fn upstream_request(
         }
     }
     if let Some(s) = upstream_session {
-        let v = HeaderValue::from_str(s)
-            .map_err(|_| GatewayError::Internal("sealed upstream session id is not a header value".into()))?;
+        let v = HeaderValue::from_str(s).map_err(|_| {
+            GatewayError::Internal("sealed upstream session id is not a header value".into())
+        })?;
         h.insert(mcp::HDR_SESSION, v);
     }
     for (k, v) in &up.headers {
@@ -154,7 +155,12 @@ pub fn classify(up: &Upstream, resp: &Response<Incoming>) -> Result<Payload, Gat
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "application/json" => Ok(Payload::Json),
         "text/event-stream" => Ok(Payload::Sse),
@@ -222,7 +228,12 @@ pub struct PumpConfig {
 
 /// Relays one upstream SSE body into a client body, via a bounded channel
 /// (back-pressure reaches the upstream). Ends when either side does.
-pub fn spawn_pump(body: Incoming, map: impl EventMap, cfg: PumpConfig, guard: impl Send + 'static) -> ChannelBody {
+pub fn spawn_pump(
+    body: Incoming,
+    map: impl EventMap,
+    cfg: PumpConfig,
+    guard: impl Send + 'static,
+) -> ChannelBody {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
     spawn_pump_into(body, map, cfg, guard, tx);
     ChannelBody::new(rx)
@@ -231,7 +242,13 @@ pub fn spawn_pump(body: Incoming, map: impl EventMap, cfg: PumpConfig, guard: im
 pub type FrameSender = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
 
 /// Like `spawn_pump`, into a channel that other pumps may share (merged streams).
-pub fn spawn_pump_into(body: Incoming, mut map: impl EventMap, cfg: PumpConfig, guard: impl Send + 'static, tx: FrameSender) {
+pub fn spawn_pump_into(
+    body: Incoming,
+    mut map: impl EventMap,
+    cfg: PumpConfig,
+    guard: impl Send + 'static,
+    tx: FrameSender,
+) {
     tokio::spawn(async move {
         let _guard = guard;
         let mut body = pin!(body);

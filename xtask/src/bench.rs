@@ -51,7 +51,15 @@ struct Run {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    sh(cargo().args(["build", "--release", "--quiet", "-p", "stoa-gateway", "-p", "stoa-loadtest"]))?;
+    sh(cargo().args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "stoa-gateway",
+        "-p",
+        "stoa-loadtest",
+    ]))?;
     let bin = target_dir().join("release");
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -64,13 +72,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .spawn()?;
     let mut line = String::new();
     BufReader::new(reference.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let direct = line.trim().rsplit(' ').next().context("reference URL")?.to_owned();
+    let direct = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .context("reference URL")?
+        .to_owned();
     procs.0.push(reference);
-    let upstream_addr = direct.trim_start_matches("http://").trim_end_matches("/mcp").to_owned();
+    let upstream_addr = direct
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned();
 
-    let out = Command::new(bin.join("stoa-gateway")).arg("gen-key").output()?;
+    let out = Command::new(bin.join("stoa-gateway"))
+        .arg("gen-key")
+        .output()?;
     let text = String::from_utf8(out.stdout)?;
-    let field = |n: &str| text.lines().find_map(|l| l.strip_prefix(n).map(|v| v.trim().to_owned())).context("gen-key");
+    let field = |n: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(n).map(|v| v.trim().to_owned()))
+            .context("gen-key")
+    };
     let (key, prefix, hash) = (field("key:")?, field("prefix:")?, field("hash:")?);
     let config = dir.join("gateway.yaml");
     std::fs::write(
@@ -97,33 +119,86 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let bound = wait_file(&ready)?;
     let field_of = |k: &str| -> anyhow::Result<String> {
-        let tail = bound.split(&format!("\"{k}\":\"")).nth(1).with_context(|| format!("{k} in {bound}"))?;
+        let tail = bound
+            .split(&format!("\"{k}\":\""))
+            .nth(1)
+            .with_context(|| format!("{k} in {bound}"))?;
         Ok(tail.split('"').next().unwrap_or_default().to_owned())
     };
     let plain = field_of("plain")?;
-    let tls_port = field_of("tls")?.rsplit(':').next().unwrap_or_default().to_owned();
+    let tls_port = field_of("tls")?
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let ca = PathBuf::from(field_of("ca")?);
 
-    let nginx = if args.no_nginx { None } else { Some(start_nginx(&dir, &upstream_addr, &mut procs)?) };
+    let nginx = if args.no_nginx {
+        None
+    } else {
+        Some(start_nginx(&dir, &upstream_addr, &mut procs)?)
+    };
 
     let mut paths: Vec<(String, String, u8, Option<&str>)> = vec![
         ("direct h1".into(), direct.clone(), 1, None),
-        ("gateway h1".into(), format!("http://{plain}/mcp/reference"), 1, Some(key.as_str())),
+        (
+            "gateway h1".into(),
+            format!("http://{plain}/mcp/reference"),
+            1,
+            Some(key.as_str()),
+        ),
         ("direct h2c".into(), direct.clone(), 2, None),
-        ("gateway h2c".into(), format!("http://{plain}/mcp/reference"), 2, Some(key.as_str())),
-        ("gateway h2 (TLS)".into(), format!("https://localhost:{tls_port}/mcp/reference"), 2, Some(key.as_str())),
-        ("gateway h3".into(), format!("https://127.0.0.1:{tls_port}/mcp/reference"), 3, Some(key.as_str())),
+        (
+            "gateway h2c".into(),
+            format!("http://{plain}/mcp/reference"),
+            2,
+            Some(key.as_str()),
+        ),
+        (
+            "gateway h2 (TLS)".into(),
+            format!("https://localhost:{tls_port}/mcp/reference"),
+            2,
+            Some(key.as_str()),
+        ),
+        (
+            "gateway h3".into(),
+            format!("https://127.0.0.1:{tls_port}/mcp/reference"),
+            3,
+            Some(key.as_str()),
+        ),
     ];
     if let Some(port) = nginx {
-        paths.insert(2, ("nginx h1".into(), format!("http://127.0.0.1:{port}/mcp"), 1, None));
+        paths.insert(
+            2,
+            (
+                "nginx h1".into(),
+                format!("http://127.0.0.1:{port}/mcp"),
+                1,
+                None,
+            ),
+        );
     }
 
     let secs = format!("{}s", args.seconds);
-    let load = |url: &str, http: u8, key: Option<&str>, conc: usize, rate: Option<f64>| -> anyhow::Result<Run> {
+    let load = |url: &str,
+                http: u8,
+                key: Option<&str>,
+                conc: usize,
+                rate: Option<f64>|
+     -> anyhow::Result<Run> {
         let mut cmd = Command::new(bin.join("stoa-load"));
-        cmd.args(["--url", url, "--http", &http.to_string(), "--concurrency", &conc.to_string(), "--duration", &secs])
-            .arg("--ca")
-            .arg(&ca);
+        cmd.args([
+            "--url",
+            url,
+            "--http",
+            &http.to_string(),
+            "--concurrency",
+            &conc.to_string(),
+            "--duration",
+            &secs,
+        ])
+        .arg("--ca")
+        .arg(&ca);
         if let Some(k) = key {
             cmd.args(["--key", k]);
         }
@@ -132,17 +207,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         let out = cmd.output()?;
         if !out.status.success() {
-            bail!("stoa-load {url} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "stoa-load {url} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let s = String::from_utf8(out.stdout)?;
         let num = |k: &str| -> f64 {
-            s.split(&format!("\"{k}\":")).nth(1).and_then(|t| t.split([',', '}']).next()).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN)
+            s.split(&format!("\"{k}\":"))
+                .nth(1)
+                .and_then(|t| t.split([',', '}']).next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN)
         };
-        Ok(Run { rate: num("rate"), p50: num("p50_us"), p99: num("p99_us"), errors: num("errors") as u64 })
+        Ok(Run {
+            rate: num("rate"),
+            p50: num("p50_us"),
+            p99: num("p99_us"),
+            errors: num("errors") as u64,
+        })
     };
 
-    println!("\nSTOA bench: tools/call echo, {}s per measurement, saturation with {} workers\n", args.seconds, args.concurrency);
-    println!("{:<18} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10}", "path", "c1 p50µs", "c1 p99µs", "sat req/s", "half p50", "half p99", "errors");
+    println!(
+        "\nSTOA bench: tools/call echo, {}s per measurement, saturation with {} workers\n",
+        args.seconds, args.concurrency
+    );
+    println!(
+        "{:<18} {:>10} {:>10} {:>12} {:>10} {:>10} {:>10}",
+        "path", "c1 p50µs", "c1 p99µs", "sat req/s", "half p50", "half p99", "errors"
+    );
     let mut results = Vec::new();
     for (name, url, http, key) in &paths {
         let c1 = load(url, *http, *key, 1, None)?;
@@ -150,13 +243,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let half = load(url, *http, *key, args.concurrency, Some(sat.rate / 2.0))?;
         println!(
             "{:<18} {:>10.0} {:>10.0} {:>12.0} {:>10.0} {:>10.0} {:>10}",
-            name, c1.p50, c1.p99, sat.rate, half.p50, half.p99, c1.errors + sat.errors + half.errors
+            name,
+            c1.p50,
+            c1.p99,
+            sat.rate,
+            half.p50,
+            half.p99,
+            c1.errors + sat.errors + half.errors
         );
         results.push((name.clone(), c1, sat, half));
     }
     let find = |n: &str| results.iter().find(|r| r.0 == n).cloned();
     println!("\nAgainst the upstream called directly, same run:");
-    for (path, base) in [("gateway h1", "direct h1"), ("nginx h1", "direct h1"), ("gateway h2c", "direct h2c"), ("gateway h2 (TLS)", "direct h2c"), ("gateway h3", "direct h2c")] {
+    for (path, base) in [
+        ("gateway h1", "direct h1"),
+        ("nginx h1", "direct h1"),
+        ("gateway h2c", "direct h2c"),
+        ("gateway h2 (TLS)", "direct h2c"),
+        ("gateway h3", "direct h2c"),
+    ] {
         if let (Some(p), Some(b)) = (find(path), find(base)) {
             println!(
                 "  {path:<18} vs {base:<10}: added p50 {:>6.0} µs, p99 {:>6.0} µs at c=1; added p50 {:>6.0} µs, p99 {:>6.0} µs at half load; throughput {:.2}x",
@@ -184,12 +289,25 @@ fn wait_file(p: &Path) -> anyhow::Result<String> {
 
 /// nginx from Debian, as a keep-alive reverse proxy to the reference upstream.
 fn start_nginx(dir: &Path, upstream: &str, procs: &mut Procs) -> anyhow::Result<u16> {
-    if Command::new("nginx").arg("-v").stderr(Stdio::null()).status().is_err() {
-        sh(Command::new("apt-get").args(["install", "-y", "-qq", "nginx-light"]).env("DEBIAN_FRONTEND", "noninteractive"))
-            .or_else(|_| sh(Command::new("apt-get").args(["install", "-y", "-qq", "nginx"]).env("DEBIAN_FRONTEND", "noninteractive")))
-            .context("installing nginx (or pass --no-nginx)")?;
+    if Command::new("nginx")
+        .arg("-v")
+        .stderr(Stdio::null())
+        .status()
+        .is_err()
+    {
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "nginx-light"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+        .or_else(|_| {
+            sh(Command::new("apt-get")
+                .args(["install", "-y", "-qq", "nginx"])
+                .env("DEBIAN_FRONTEND", "noninteractive"))
+        })
+        .context("installing nginx (or pass --no-nginx)")?;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -203,11 +321,22 @@ fn start_nginx(dir: &Path, upstream: &str, procs: &mut Procs) -> anyhow::Result<
             tmp = dir.display(),
         ),
     )?;
-    procs.0.push(Command::new("nginx").arg("-c").arg(&conf).arg("-p").arg(dir).stderr(Stdio::null()).spawn()?);
+    procs.0.push(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir)
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
     let start = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if start.elapsed() > Duration::from_secs(10) {
-            bail!("nginx did not start; see {}", dir.join("nginx.err").display());
+            bail!(
+                "nginx did not start; see {}",
+                dir.join("nginx.err").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -30,6 +30,18 @@ pub struct Args {
     once: bool,
 }
 
+impl Args {
+    /// Free-standing ports, start, call, stop: what CI runs.
+    pub fn once(port: u16, tls_port: u16) -> Args {
+        Args {
+            upstreams: Vec::new(),
+            port,
+            tls_port,
+            once: true,
+        }
+    }
+}
+
 struct Children(Vec<(String, Child)>);
 
 impl Drop for Children {
@@ -46,7 +58,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .upstreams
         .iter()
         .map(|u| {
-            let (name, url) = u.split_once('=').with_context(|| format!("--upstream {u:?}: expected NAME=URL"))?;
+            let (name, url) = u
+                .split_once('=')
+                .with_context(|| format!("--upstream {u:?}: expected NAME=URL"))?;
             Ok((name.to_owned(), url.to_owned()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -77,7 +91,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     children.0.push(("stoa-reference".into(), reference));
 
     // A key, shown once, stored hashed.
-    let out = Command::new(bin.join("stoa-gateway")).arg("gen-key").output()?;
+    let out = Command::new(bin.join("stoa-gateway"))
+        .arg("gen-key")
+        .output()?;
     let text = String::from_utf8(out.stdout)?;
     let field = |name: &str| -> anyhow::Result<String> {
         text.lines()
@@ -89,7 +105,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut upstreams = vec![("reference".to_owned(), reference_url.clone())];
     upstreams.extend(extra);
     let config = demo.join("gateway.yaml");
-    std::fs::write(&config, config_yaml(&args, &demo, &upstreams, &prefix, &hash))?;
+    std::fs::write(
+        &config,
+        config_yaml(&args, &demo, &upstreams, &prefix, &hash),
+    )?;
 
     let ready = demo.join("ready.json");
     let _ = std::fs::remove_file(&ready);
@@ -105,13 +124,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     children.0.push(("stoa-gateway".into(), gateway));
     std::fs::write(
         demo.join("pids"),
-        children.0.iter().map(|(_, c)| c.id().to_string()).collect::<Vec<_>>().join("\n"),
+        children
+            .0
+            .iter()
+            .map(|(_, c)| c.id().to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
     )?;
     let bound = wait_ready(&ready, &mut children)?;
 
     let base = format!("http://127.0.0.1:{}", args.port);
     let h3 = format!("https://127.0.0.1:{}", args.tls_port);
-    let ca = bound.split("\"ca\":\"").nth(1).and_then(|s| s.split('"').next()).unwrap_or("").to_owned();
+    let ca = bound
+        .split("\"ca\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or("")
+        .to_owned();
     let answer = demo_call(&format!("127.0.0.1:{}", args.port), &key)?;
 
     let env = format!(
@@ -129,7 +158,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
          \n\nA real tool call just went through the gateway:\n  tools/call reference__echo -> {answer}\n\
          \nVariables for scripts: target/demo/demo.env. Logs: target/demo/*.log.\n\
          \nTry it:\n  curl -s {base}/mcp -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    -H 'Accept: application/json, text/event-stream' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"2025-11-25\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"curl\",\"version\":\"0\"}}}}}}' -i\n",
-        upstreams.iter().map(|(n, u)| format!("{n}={u}")).collect::<Vec<_>>().join(" ")
+        upstreams
+            .iter()
+            .map(|(n, u)| format!("{n}={u}"))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     if args.once {
         return Ok(());
@@ -146,22 +179,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn run_cmd_build() -> anyhow::Result<()> {
-    sh(cargo().args(["build", "--quiet", "-p", "stoa-gateway", "-p", "stoa-loadtest"]))
+    sh(cargo().args([
+        "build",
+        "--quiet",
+        "-p",
+        "stoa-gateway",
+        "-p",
+        "stoa-loadtest",
+    ]))
 }
 
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
 }
 
 fn stop_previous(demo: &Path) {
     if let Ok(pids) = std::fs::read_to_string(demo.join("pids")) {
         for pid in pids.lines().filter(|p| !p.trim().is_empty()) {
-            let _ = Command::new("kill").arg(pid.trim()).stderr(Stdio::null()).status();
+            let _ = Command::new("kill")
+                .arg(pid.trim())
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
 
-fn config_yaml(args: &Args, demo: &Path, upstreams: &[(String, String)], prefix: &str, hash: &str) -> String {
+fn config_yaml(
+    args: &Args,
+    demo: &Path,
+    upstreams: &[(String, String)],
+    prefix: &str,
+    hash: &str,
+) -> String {
     let mut y = format!(
         "# Written by `cargo xtask demo`.\nlisteners:\n  plain: 127.0.0.1:{}\n  tls: {{addr: 127.0.0.1:{}, dev_cert_dir: {:?}}}\n",
         args.port,
@@ -174,7 +225,9 @@ fn config_yaml(args: &Args, demo: &Path, upstreams: &[(String, String)], prefix:
     }
     y.push_str("subscriptions:\n");
     for (n, _) in upstreams {
-        y.push_str(&format!("  - {{name: demo-{n}, tenant: demo, upstream: {n}, tools: [\"*\"]}}\n"));
+        y.push_str(&format!(
+            "  - {{name: demo-{n}, tenant: demo, upstream: {n}, tools: [\"*\"]}}\n"
+        ));
     }
     let subs: Vec<String> = upstreams.iter().map(|(n, _)| format!("demo-{n}")).collect();
     y.push_str(&format!(
@@ -211,9 +264,18 @@ fn demo_call(addr: &str, key: &str) -> anyhow::Result<String> {
     }
     let session = headers
         .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("mcp-session-id")).map(|(_, v)| v.trim().to_owned()))
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("mcp-session-id"))
+                .map(|(_, v)| v.trim().to_owned())
+        })
         .context("no Mcp-Session-Id")?;
-    post(addr, key, Some(&session), r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)?;
+    post(
+        addr,
+        key,
+        Some(&session),
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    )?;
     let call = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"reference__echo","arguments":{"message":"hello from the STOA demo"}}}"#;
     let (status, _, body) = post(addr, key, Some(&session), call)?;
     if status != 200 || !body.contains("hello from the STOA demo") {
@@ -222,10 +284,17 @@ fn demo_call(addr: &str, key: &str) -> anyhow::Result<String> {
     Ok(body)
 }
 
-fn post(addr: &str, key: &str, session: Option<&str>, body: &str) -> anyhow::Result<(u16, String, String)> {
+fn post(
+    addr: &str,
+    key: &str,
+    session: Option<&str>,
+    body: &str,
+) -> anyhow::Result<(u16, String, String)> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let session = session.map(|v| format!("Mcp-Session-Id: {v}\r\nMCP-Protocol-Version: 2025-11-25\r\n")).unwrap_or_default();
+    let session = session
+        .map(|v| format!("Mcp-Session-Id: {v}\r\nMCP-Protocol-Version: 2025-11-25\r\n"))
+        .unwrap_or_default();
     write!(
         s,
         "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{session}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -233,7 +302,13 @@ fn post(addr: &str, key: &str, session: Option<&str>, body: &str) -> anyhow::Res
     )?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").context("malformed HTTP answer")?;
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).context("no status")?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP answer")?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status")?;
     Ok((status, head.to_owned(), body.to_owned()))
 }

@@ -42,7 +42,9 @@ pub fn cache() -> PathBuf {
 }
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 pub fn install() -> anyhow::Result<Tools> {
@@ -50,14 +52,18 @@ pub fn install() -> anyhow::Result<Tools> {
     std::fs::create_dir_all(&cache)?;
 
     let clients = root().join("dataplane/tests/clients");
-    let lock = std::fs::read(clients.join("package-lock.json")).context("dataplane/tests/clients/package-lock.json")?;
+    let lock = std::fs::read(clients.join("package-lock.json"))
+        .context("dataplane/tests/clients/package-lock.json")?;
     if stale(&clients.join("node_modules/.stoa-stamp"), &lock) {
-        sh(Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&clients))?;
+        sh(Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&clients))?;
         stamp(&clients.join("node_modules/.stoa-stamp"), &lock)?;
     }
 
     let venv = cache.join("venv");
-    let reqs = std::fs::read(clients.join("requirements.txt")).context("dataplane/tests/clients/requirements.txt")?;
+    let reqs = std::fs::read(clients.join("requirements.txt"))
+        .context("dataplane/tests/clients/requirements.txt")?;
     if stale(&venv.join(".stoa-stamp"), &reqs) {
         sh(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
         sh(Command::new(venv.join("bin/pip"))
@@ -71,11 +77,22 @@ pub fn install() -> anyhow::Result<Tools> {
     if stale(&conf.join(".stoa-stamp"), want.as_bytes()) {
         std::fs::create_dir_all(&conf)?;
         if !conf.join("package.json").exists() {
-            std::fs::write(conf.join("package.json"), "{\"name\":\"stoa-conformance\",\"private\":true}\n")?;
+            std::fs::write(
+                conf.join("package.json"),
+                "{\"name\":\"stoa-conformance\",\"private\":true}\n",
+            )?;
         }
         sh(Command::new("npm")
-            .args(["install", "--no-audit", "--no-fund", "--loglevel=error", NODE22])
-            .arg(format!("@modelcontextprotocol/conformance@{CONFORMANCE_VERSION}"))
+            .args([
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                NODE22,
+            ])
+            .arg(format!(
+                "@modelcontextprotocol/conformance@{CONFORMANCE_VERSION}"
+            ))
             .current_dir(&conf))?;
         stamp(&conf.join(".stoa-stamp"), want.as_bytes())?;
     }
@@ -89,7 +106,9 @@ pub fn install() -> anyhow::Result<Tools> {
 }
 
 fn stale(stamp_file: &Path, content: &[u8]) -> bool {
-    std::fs::read(stamp_file).map(|s| s != digest(content)).unwrap_or(true)
+    std::fs::read(stamp_file)
+        .map(|s| s != digest(content))
+        .unwrap_or(true)
 }
 
 fn stamp(stamp_file: &Path, content: &[u8]) -> anyhow::Result<()> {

@@ -52,7 +52,11 @@ impl Key {
     pub fn new() -> Self {
         let (secret, prefix) = auth::generate_key();
         let hash = auth::hash_key(&secret);
-        Key { secret, prefix, hash }
+        Key {
+            secret,
+            prefix,
+            hash,
+        }
     }
     pub fn bearer(&self) -> String {
         format!("Bearer {}", self.secret)
@@ -67,7 +71,9 @@ pub struct Reference {
 
 impl Reference {
     pub fn start(force_version: Option<&str>) -> Reference {
-        let opts = stoa_loadtest::reference::Options { force_version: force_version.map(str::to_owned) };
+        let opts = stoa_loadtest::reference::Options {
+            force_version: force_version.map(str::to_owned),
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -76,13 +82,18 @@ impl Reference {
                 .build()
                 .expect("runtime");
             rt.block_on(async move {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
                 tx.send(l.local_addr().expect("addr")).expect("send addr");
                 let _ = stoa_loadtest::reference::serve(l, opts).await;
             });
         });
         let addr = rx.recv().expect("reference upstream started");
-        Reference { url: format!("http://{addr}/mcp"), _rt: handle }
+        Reference {
+            url: format!("http://{addr}/mcp"),
+            _rt: handle,
+        }
     }
 }
 
@@ -137,11 +148,16 @@ pub async fn everything() -> (Proc, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("node server-everything (run `cargo xtask tools`)");
-    let proc = Proc { child, name: "server-everything".into() };
+    let proc = Proc {
+        child,
+        name: "server-everything".into(),
+    };
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    eventually("server-everything to listen", Duration::from_secs(30), || async move {
-        tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
-    })
+    eventually(
+        "server-everything to listen",
+        Duration::from_secs(30),
+        || async move { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) },
+    )
     .await;
     (proc, format!("http://127.0.0.1:{port}/mcp"))
 }
@@ -158,18 +174,29 @@ pub fn node_clients() -> PathBuf {
 }
 
 pub fn python() -> PathBuf {
-    let p = std::env::var_os("STOA_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
-        home.join(".cache/stoa-tools/venv/bin/python")
-    });
-    assert!(p.exists(), "Python with the MCP SDK is missing at {}: run `cargo xtask tools`", p.display());
+    let p = std::env::var_os("STOA_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "/root".into());
+            home.join(".cache/stoa-tools/venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "Python with the MCP SDK is missing at {}: run `cargo xtask tools`",
+        p.display()
+    );
     p
 }
+
+/// Upstream name → granted tool names (`*` for all).
+pub type Grants = Vec<(String, Vec<String>)>;
 
 /// What a test puts in the gateway's config.
 pub struct GatewaySpec {
     pub upstreams: Vec<(String, String)>,
-    pub keys: Vec<(Key, Vec<(String, Vec<String>)>)>,
+    pub keys: Vec<(Key, Grants)>,
     pub tls: bool,
     pub extra: String,
     pub session_key: Option<String>,
@@ -179,10 +206,16 @@ impl GatewaySpec {
     /// One key granted every tool of every upstream.
     pub fn open(upstreams: &[(&str, &str)]) -> (GatewaySpec, Key) {
         let key = Key::new();
-        let grants = upstreams.iter().map(|(n, _)| (n.to_string(), vec!["*".to_string()])).collect();
+        let grants = upstreams
+            .iter()
+            .map(|(n, _)| (n.to_string(), vec!["*".to_string()]))
+            .collect();
         (
             GatewaySpec {
-                upstreams: upstreams.iter().map(|(n, u)| (n.to_string(), u.to_string())).collect(),
+                upstreams: upstreams
+                    .iter()
+                    .map(|(n, u)| (n.to_string(), u.to_string()))
+                    .collect(),
                 keys: vec![(key.clone(), grants)],
                 tls: false,
                 extra: String::new(),
@@ -195,7 +228,10 @@ impl GatewaySpec {
     pub fn yaml(&self, dir: &Path) -> String {
         let mut y = String::from("listeners:\n  plain: 127.0.0.1:0\n");
         if self.tls {
-            y.push_str(&format!("  tls: {{addr: 127.0.0.1:0, dev_cert_dir: {:?}}}\n", dir.join("tls")));
+            y.push_str(&format!(
+                "  tls: {{addr: 127.0.0.1:0, dev_cert_dir: {:?}}}\n",
+                dir.join("tls")
+            ));
         }
         y.push_str("watch_interval: 100ms\n");
         if let Some(k) = &self.session_key {
@@ -210,7 +246,10 @@ impl GatewaySpec {
         for (i, (_, grants)) in self.keys.iter().enumerate() {
             for (up, tools) in grants {
                 let tools: Vec<String> = tools.iter().map(|t| format!("{t:?}")).collect();
-                y.push_str(&format!("  - {{name: k{i}-{up}, tenant: acme, upstream: {up}, tools: [{}]}}\n", tools.join(", ")));
+                y.push_str(&format!(
+                    "  - {{name: k{i}-{up}, tenant: acme, upstream: {up}, tools: [{}]}}\n",
+                    tools.join(", ")
+                ));
             }
         }
         y.push_str("api_keys:\n");
@@ -262,26 +301,43 @@ impl Gateway {
             .stderr(log)
             .spawn()
             .expect("spawn stoa-gateway");
-        let mut proc = Proc { child, name: "stoa-gateway".into() };
+        let mut proc = Proc {
+            child,
+            name: "stoa-gateway".into(),
+        };
         let ready2 = ready.clone();
         let bound = eventually("the gateway to be ready", Duration::from_secs(20), || {
             let exited = proc.child.try_wait().expect("try_wait");
             let log = std::fs::read_to_string(dir.join("gateway.log")).unwrap_or_default();
             assert!(exited.is_none(), "gateway exited: {exited:?}\n{log}");
-            let r = std::fs::read_to_string(&ready2).ok().and_then(|s| serde_json::from_str::<Value>(&s).ok());
+            let r = std::fs::read_to_string(&ready2)
+                .ok()
+                .and_then(|s| serde_json::from_str::<Value>(&s).ok());
             async move { r }
         })
         .await;
         let _ = &mut proc;
-        Gateway { proc, dir, config, bound }
+        Gateway {
+            proc,
+            dir,
+            config,
+            bound,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.bound["plain"].as_str().expect("plain listener"))
+        format!(
+            "http://{}",
+            self.bound["plain"].as_str().expect("plain listener")
+        )
     }
 
     pub fn tls_url(&self) -> String {
-        let addr: SocketAddr = self.bound["tls"].as_str().expect("tls listener").parse().expect("addr");
+        let addr: SocketAddr = self.bound["tls"]
+            .as_str()
+            .expect("tls listener")
+            .parse()
+            .expect("addr");
         format!("https://localhost:{}", addr.port())
     }
 

@@ -44,8 +44,14 @@ impl Reply {
         self.body
             .split("\n\n")
             .filter_map(|ev| {
-                let data: Vec<&str> = ev.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim_start).collect();
-                (!data.is_empty()).then(|| serde_json::from_str(&data.join("\n")).ok()).flatten()
+                let data: Vec<&str> = ev
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                (!data.is_empty())
+                    .then(|| serde_json::from_str(&data.join("\n")).ok())
+                    .flatten()
             })
             .collect()
     }
@@ -59,7 +65,9 @@ impl Http {
     fn build(connector: Connector, h2_only: bool) -> Http {
         let mut b = Client::builder(TokioExecutor::new());
         b.http2_only(h2_only);
-        Http { client: b.build(connector) }
+        Http {
+            client: b.build(connector),
+        }
     }
 
     pub fn h1() -> Http {
@@ -78,17 +86,31 @@ impl Http {
         for c in CertificateDer::pem_file_iter(ca).expect("CA file") {
             roots.add(c.expect("CA cert")).expect("add CA");
         }
-        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(cfg).https_only();
-        let connector = if h2 { b.enable_http2().build() } else { b.enable_http1().build() };
+        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let b = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(cfg)
+            .https_only();
+        let connector = if h2 {
+            b.enable_http2().build()
+        } else {
+            b.enable_http1().build()
+        };
         Self::build(connector, h2)
     }
 
-    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Reply {
         let resp = self.open(method, url, headers, body).await;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.expect("body").to_bytes();
@@ -101,12 +123,20 @@ impl Http {
     }
 
     /// Sends and returns the response without reading the body (streams).
-    pub async fn open(&self, method: Method, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> http::Response<Incoming> {
+    pub async fn open(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> http::Response<Incoming> {
         let mut req = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req.body(Full::new(Bytes::from(body.unwrap_or("").to_owned()))).expect("request");
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+            .expect("request");
         self.client.request(req).await.expect("request sent")
     }
 }
@@ -136,7 +166,14 @@ pub const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 
 impl<'a> Session<'a> {
     pub fn new(http: &'a Http, url: &str, auth: &str) -> Self {
-        Session { http, url: url.into(), auth: auth.into(), id: None, version: "2025-11-25".into(), next: 1 }
+        Session {
+            http,
+            url: url.into(),
+            auth: auth.into(),
+            id: None,
+            version: "2025-11-25".into(),
+            next: 1,
+        }
     }
 
     pub fn headers(&self) -> Vec<(&str, &str)> {
@@ -154,15 +191,30 @@ impl<'a> Session<'a> {
 
     pub async fn initialize(&mut self) -> Value {
         let body = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": self.version, "capabilities": {}, "clientInfo": {"name": "stoa-it", "version": "0"}}});
-        let headers: Vec<(&str, &str)> =
-            vec![("authorization", self.auth.as_str()), ("content-type", "application/json"), ("accept", ACCEPT_BOTH)];
-        let r = self.http.send(Method::POST, &self.url, &headers, Some(&body.to_string())).await;
+            "protocolVersion": self.version, "capabilities": {"sampling": {}, "elicitation": {}},
+            "clientInfo": {"name": "stoa-it", "version": "0"}}});
+        let headers: Vec<(&str, &str)> = vec![
+            ("authorization", self.auth.as_str()),
+            ("content-type", "application/json"),
+            ("accept", ACCEPT_BOTH),
+        ];
+        let r = self
+            .http
+            .send(Method::POST, &self.url, &headers, Some(&body.to_string()))
+            .await;
         assert_eq!(r.status, StatusCode::OK, "initialize: {}", r.body);
         self.id = r.header("mcp-session-id").map(str::to_owned);
         let v = r.json();
         let n = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
-        let r2 = self.http.send(Method::POST, &self.url, &self.headers(), Some(&n.to_string())).await;
+        let r2 = self
+            .http
+            .send(
+                Method::POST,
+                &self.url,
+                &self.headers(),
+                Some(&n.to_string()),
+            )
+            .await;
         assert_eq!(r2.status, StatusCode::ACCEPTED, "initialized: {}", r2.body);
         v
     }
@@ -171,7 +223,14 @@ impl<'a> Session<'a> {
         let id = self.next;
         self.next += 1;
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        self.http.send(Method::POST, &self.url, &self.headers(), Some(&body.to_string())).await
+        self.http
+            .send(
+                Method::POST,
+                &self.url,
+                &self.headers(),
+                Some(&body.to_string()),
+            )
+            .await
     }
 
     pub async fn call(&mut self, method: &str, params: Value) -> Value {

@@ -3,11 +3,15 @@
 //! servers (the reference upstream, `@modelcontextprotocol/server-everything`).
 //! `cargo xtask tools` installs the third-party parts.
 
+// A panic in a test is a failure with a location: unwrap freely here.
+#![allow(clippy::unwrap_used)]
+
 mod clients;
 mod harness;
 mod http;
 
 mod aggregate;
+mod conformance;
 mod lifecycle;
 mod refusals;
 mod relay;

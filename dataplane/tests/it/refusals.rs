@@ -28,7 +28,11 @@ async fn bad_requests_are_refused_with_reasons() {
     let url = format!("{}/mcp/reference", gw.url());
     let http = Http::h1();
     let auth = key.bearer();
-    let good = [("authorization", auth.as_str()), ("content-type", "application/json"), ("accept", ACCEPT_BOTH)];
+    let good = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+        ("accept", ACCEPT_BOTH),
+    ];
     let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}).to_string();
 
     // Authentication.
@@ -37,19 +41,120 @@ async fn bad_requests_are_refused_with_reasons() {
     assert!(r.header("www-authenticate").unwrap().starts_with("Bearer"));
     assert_eq!(reason(&r.body), "missing_key");
     let wrong = format!("{}x", key.bearer());
-    let r = http.send(Method::POST, &url, &[("authorization", &wrong), good[1], good[2]], Some(&ping)).await;
-    assert_eq!((r.status, reason(&r.body)), (StatusCode::UNAUTHORIZED, json!("bad_key")));
+    let r = http
+        .send(
+            Method::POST,
+            &url,
+            &[("authorization", &wrong), good[1], good[2]],
+            Some(&ping),
+        )
+        .await;
+    assert_eq!(
+        (r.status, reason(&r.body)),
+        (StatusCode::UNAUTHORIZED, json!("bad_key"))
+    );
 
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, StatusCode, &str, i64)> = vec![
-        ("batch", good.to_vec(), format!("[{ping}]"), StatusCode::BAD_REQUEST, "batch_unsupported", -32600),
-        ("malformed", good.to_vec(), "{\"jsonrpc\":".into(), StatusCode::BAD_REQUEST, "parse_error", -32700),
-        ("not json-rpc", good.to_vec(), "{\"hello\":1}".into(), StatusCode::BAD_REQUEST, "invalid_request", -32600),
-        ("content type", vec![good[0], ("content-type", "text/plain"), good[2]], ping.clone(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "content_type", -32600),
-        ("too large", good.to_vec(), format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"pad\":\"{}\"}}", "x".repeat(4096)), StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", -32013),
-        ("origin", vec![good[0], good[1], good[2], ("origin", "https://evil.example")], ping.clone(), StatusCode::FORBIDDEN, "forbidden_origin", -32003),
-        ("version", vec![good[0], good[1], good[2], ("mcp-protocol-version", "1999-01-01")], ping.clone(), StatusCode::BAD_REQUEST, "protocol_version", -32022),
-        ("mirror", vec![good[0], good[1], good[2], ("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")], ping.clone(), StatusCode::BAD_REQUEST, "header_mismatch", -32020),
-        ("session", vec![good[0], good[1], good[2], ("mcp-session-id", "forged")], ping.clone(), StatusCode::NOT_FOUND, "unknown_session", -32004),
+    // (case, headers, body, status, reason, JSON-RPC code)
+    type Case<'a> = (
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        String,
+        StatusCode,
+        &'a str,
+        i64,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "batch",
+            good.to_vec(),
+            format!("[{ping}]"),
+            StatusCode::BAD_REQUEST,
+            "batch_unsupported",
+            -32600,
+        ),
+        (
+            "malformed",
+            good.to_vec(),
+            "{\"jsonrpc\":".into(),
+            StatusCode::BAD_REQUEST,
+            "parse_error",
+            -32700,
+        ),
+        (
+            "not json-rpc",
+            good.to_vec(),
+            "{\"hello\":1}".into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            -32600,
+        ),
+        (
+            "content type",
+            vec![good[0], ("content-type", "text/plain"), good[2]],
+            ping.clone(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content_type",
+            -32600,
+        ),
+        (
+            "too large",
+            good.to_vec(),
+            format!(
+                "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"pad\":\"{}\"}}",
+                "x".repeat(4096)
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            -32013,
+        ),
+        (
+            "origin",
+            vec![
+                good[0],
+                good[1],
+                good[2],
+                ("origin", "https://evil.example"),
+            ],
+            ping.clone(),
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            -32003,
+        ),
+        (
+            "version",
+            vec![
+                good[0],
+                good[1],
+                good[2],
+                ("mcp-protocol-version", "1999-01-01"),
+            ],
+            ping.clone(),
+            StatusCode::BAD_REQUEST,
+            "protocol_version",
+            -32022,
+        ),
+        (
+            "mirror",
+            vec![
+                good[0],
+                good[1],
+                good[2],
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/list"),
+            ],
+            ping.clone(),
+            StatusCode::BAD_REQUEST,
+            "header_mismatch",
+            -32020,
+        ),
+        (
+            "session",
+            vec![good[0], good[1], good[2], ("mcp-session-id", "forged")],
+            ping.clone(),
+            StatusCode::NOT_FOUND,
+            "unknown_session",
+            -32004,
+        ),
     ];
     for (name, headers, body, status, why, code) in cases {
         let r = http.send(Method::POST, &url, &headers, Some(&body)).await;
@@ -64,7 +169,12 @@ async fn bad_requests_are_refused_with_reasons() {
     // Still serving after all that.
     let mut s = Session::new(&http, &url, &auth);
     s.initialize().await;
-    let ok = s.call("tools/call", json!({"name": "echo", "arguments": {"message": "alive"}})).await;
+    let ok = s
+        .call(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": "alive"}}),
+        )
+        .await;
     assert_eq!(ok["result"]["content"][0]["text"], "alive");
 }
 
@@ -74,7 +184,9 @@ async fn broken_upstream(kind: &'static str) -> String {
     let url = format!("http://{}/mcp", l.local_addr().unwrap());
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 65536];
                 let _ = s.read(&mut buf).await;
@@ -111,7 +223,11 @@ async fn broken_upstreams_get_named_errors() {
     let gw = Gateway::start(&spec).await;
     let http = Http::h1();
     let auth = key.bearer();
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json"), ("accept", ACCEPT_BOTH)];
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+        ("accept", ACCEPT_BOTH),
+    ];
     let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "x", "arguments": {}}}).to_string();
     let expect = [
         ("hang", StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
@@ -119,21 +235,49 @@ async fn broken_upstreams_get_named_errors() {
         ("garbage", StatusCode::BAD_GATEWAY, "upstream_bad_response"),
     ];
     for (kind, status, why) in expect {
-        let r = http.send(Method::POST, &format!("{}/mcp/{kind}", gw.url()), &headers, Some(&call)).await;
+        let r = http
+            .send(
+                Method::POST,
+                &format!("{}/mcp/{kind}", gw.url()),
+                &headers,
+                Some(&call),
+            )
+            .await;
         assert_eq!(r.status, status, "{kind}: {}", r.body);
         let v: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["id"], 9, "{kind}: the error answers the request");
         assert_eq!(v["error"]["data"]["reason"], why, "{kind}: {}", r.body);
-        assert_eq!(v["error"]["data"]["retryable"], why != "upstream_bad_response", "{kind}");
+        assert_eq!(
+            v["error"]["data"]["retryable"],
+            why != "upstream_bad_response",
+            "{kind}"
+        );
     }
     // An SSE event beyond the limit: the stream ends with an error for the request.
-    let r = http.send(Method::POST, &format!("{}/mcp/huge-event", gw.url()), &headers, Some(&call)).await;
+    let r = http
+        .send(
+            Method::POST,
+            &format!("{}/mcp/huge-event", gw.url()),
+            &headers,
+            Some(&call),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     let v = r.json();
     assert_eq!(v["id"], 9);
-    assert_eq!(v["error"]["data"]["reason"], "upstream_bad_response", "{}", r.body);
-    assert!(v["error"]["message"].as_str().unwrap().contains("1024"), "{v}");
-    assert!(!r.body.contains("xxxxxxxx"), "the oversized event never reaches the client");
+    assert_eq!(
+        v["error"]["data"]["reason"], "upstream_bad_response",
+        "{}",
+        r.body
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("1024"),
+        "{v}"
+    );
+    assert!(
+        !r.body.contains("xxxxxxxx"),
+        "the oversized event never reaches the client"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -144,7 +288,9 @@ async fn slow_headers_are_cut_off() {
     let gw = Gateway::start(&spec).await;
     let addr = gw.bound["plain"].as_str().unwrap().to_owned();
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    s.write_all(b"POST /mcp/reference HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    s.write_all(b"POST /mcp/reference HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
     // The gateway gives up on the head (header_read_timeout 300ms) and closes.
     let mut buf = [0u8; 1024];
     let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;

@@ -21,13 +21,28 @@ async fn typescript_and_python_sdks_list_and_call_through_one_upstream() {
 
     let listed = clients::ts(&url, &key.bearer(), "list", None).await;
     let tools = tool_names(&listed);
-    assert!(tools.contains(&"echo".to_string()) && tools.contains(&"test_simple_text".to_string()), "{tools:?}");
-    let called = clients::ts(&url, &key.bearer(), "call", Some(("echo", json!({"message": "hello through stoa"})))).await;
+    assert!(
+        tools.contains(&"echo".to_string()) && tools.contains(&"test_simple_text".to_string()),
+        "{tools:?}"
+    );
+    let called = clients::ts(
+        &url,
+        &key.bearer(),
+        "call",
+        Some(("echo", json!({"message": "hello through stoa"}))),
+    )
+    .await;
     assert_eq!(text_of(&called["result"]), "hello through stoa");
 
     let listed = clients::py(&url, &key.bearer(), "list", None).await;
     assert!(tool_names(&listed).contains(&"add".to_string()));
-    let called = clients::py(&url, &key.bearer(), "call", Some(("add", json!({"a": 2, "b": 40})))).await;
+    let called = clients::py(
+        &url,
+        &key.bearer(),
+        "call",
+        Some(("add", json!({"a": 2, "b": 40}))),
+    )
+    .await;
     assert_eq!(text_of(&called["result"]), "42");
 }
 
@@ -51,20 +66,44 @@ async fn a_key_sees_and_calls_only_granted_tools() {
     let http = Http::h1();
     let mut s = Session::new(&http, &url, &key.bearer());
     s.initialize().await;
-    let ok = s.call("tools/call", json!({"name": "echo", "arguments": {"message": "yes"}})).await;
+    let ok = s
+        .call(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": "yes"}}),
+        )
+        .await;
     assert_eq!(text_of(&ok["result"]), "yes");
-    let refused = s.call("tools/call", json!({"name": "add", "arguments": {"a": 1, "b": 2}})).await;
+    let refused = s
+        .call(
+            "tools/call",
+            json!({"name": "add", "arguments": {"a": 1, "b": 2}}),
+        )
+        .await;
     assert_eq!(refused["error"]["code"], -32003, "{refused}");
     assert_eq!(refused["error"]["data"]["reason"], "not_granted");
-    assert!(refused["error"]["message"].as_str().unwrap().contains("add"));
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("add")
+    );
 
     // An upstream the key has no subscription to does not exist for it.
-    let r = http.send(Method::POST, &format!("{}/mcp/other", gw.url()), &s.headers(), Some("{}")).await;
+    let r = http
+        .send(
+            Method::POST,
+            &format!("{}/mcp/other", gw.url()),
+            &s.headers(),
+            Some("{}"),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
 
 /// Accepts one HTTP request, hands back its head, answers with `answer`.
-async fn capture_upstream(answer: &'static str) -> (String, tokio::sync::oneshot::Receiver<String>) {
+async fn capture_upstream(
+    answer: &'static str,
+) -> (String, tokio::sync::oneshot::Receiver<String>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/mcp", l.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -109,22 +148,41 @@ api_keys: [{{name: k, tenant: acme, prefix: {}, hash: "{}", subscriptions: [s]}}
         key.prefix, key.hash
     );
     std::fs::write(&config, yaml).unwrap();
-    let gw = Gateway::start_with_env(dir, config, &[("STOA_IT_UPSTREAM_TOKEN", "upstream-secret")]).await;
+    let gw = Gateway::start_with_env(
+        dir,
+        config,
+        &[("STOA_IT_UPSTREAM_TOKEN", "upstream-secret")],
+    )
+    .await;
     let http = Http::h1();
     let body = json!({"jsonrpc": "2.0", "id": 7, "method": "ping"}).to_string();
     let r = http
         .send(
             Method::POST,
             &format!("{}/mcp/captured", gw.url()),
-            &[("x-api-key", &key.secret), ("content-type", "application/json"), ("accept", "application/json, text/event-stream"), ("cookie", "c=1")],
+            &[
+                ("x-api-key", &key.secret),
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("cookie", "c=1"),
+            ],
             Some(&body),
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let head = head.await.unwrap().to_ascii_lowercase();
-    assert!(head.contains("authorization: bearer upstream-secret"), "{head}");
+    assert!(
+        head.contains("authorization: bearer upstream-secret"),
+        "{head}"
+    );
     assert!(head.contains("x-tenant: acme"), "{head}");
-    assert!(!head.contains(&key.secret.to_ascii_lowercase()), "client key leaked upstream: {head}");
-    assert!(!head.contains("x-api-key") && !head.contains("cookie"), "{head}");
+    assert!(
+        !head.contains(&key.secret.to_ascii_lowercase()),
+        "client key leaked upstream: {head}"
+    );
+    assert!(
+        !head.contains("x-api-key") && !head.contains("cookie"),
+        "{head}"
+    );
     assert!(!gw.log().contains("upstream-secret"), "secret in logs");
 }

@@ -12,7 +12,12 @@ use crate::{
 async fn echo_over(http: &Http, url: &str, auth: &str) -> (Version, String) {
     let mut s = Session::new(http, url, auth);
     s.initialize().await;
-    let r = s.request("tools/call", json!({"name": "echo", "arguments": {"message": "over the wire"}})).await;
+    let r = s
+        .request(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"message": "over the wire"}}),
+        )
+        .await;
     (r.version, text_of(&r.json()["result"]))
 }
 
@@ -26,19 +31,47 @@ async fn every_http_version_reaches_the_upstream() {
     let plain = format!("{}/mcp/reference", gw.url());
     let tls = format!("{}/mcp/reference", gw.tls_url());
 
-    assert_eq!(echo_over(&Http::h1(), &plain, &auth).await, (Version::HTTP_11, "over the wire".into()));
-    assert_eq!(echo_over(&Http::h2c(), &plain, &auth).await, (Version::HTTP_2, "over the wire".into()));
-    assert_eq!(echo_over(&Http::tls(&gw.ca(), false), &tls, &auth).await, (Version::HTTP_11, "over the wire".into()));
-    assert_eq!(echo_over(&Http::tls(&gw.ca(), true), &tls, &auth).await, (Version::HTTP_2, "over the wire".into()));
+    assert_eq!(
+        echo_over(&Http::h1(), &plain, &auth).await,
+        (Version::HTTP_11, "over the wire".into())
+    );
+    assert_eq!(
+        echo_over(&Http::h2c(), &plain, &auth).await,
+        (Version::HTTP_2, "over the wire".into())
+    );
+    assert_eq!(
+        echo_over(&Http::tls(&gw.ca(), false), &tls, &auth).await,
+        (Version::HTTP_11, "over the wire".into())
+    );
+    assert_eq!(
+        echo_over(&Http::tls(&gw.ca(), true), &tls, &auth).await,
+        (Version::HTTP_2, "over the wire".into())
+    );
 
     // TLS answers advertise HTTP/3 on the same port number.
-    let r = Http::tls(&gw.ca(), true).send(http::Method::GET, &format!("{}/healthz", gw.tls_url()), &[], None).await;
+    let r = Http::tls(&gw.ca(), true)
+        .send(
+            http::Method::GET,
+            &format!("{}/healthz", gw.tls_url()),
+            &[],
+            None,
+        )
+        .await;
     let port = gw.tls_url().rsplit(':').next().unwrap().to_owned();
-    assert_eq!(r.header("alt-svc"), Some(format!("h3=\":{port}\"; ma=86400").as_str()));
+    assert_eq!(
+        r.header("alt-svc"),
+        Some(format!("h3=\":{port}\"; ma=86400").as_str())
+    );
 
     // A real third-party QUIC client (niquests/qh3), HTTP/3 only.
     let h3_url = format!("https://127.0.0.1:{port}/mcp/reference");
-    let out = clients::h3(&h3_url, &gw.ca(), &auth, ("echo", json!({"message": "over quic"}))).await;
+    let out = clients::h3(
+        &h3_url,
+        &gw.ca(),
+        &auth,
+        ("echo", json!({"message": "over quic"})),
+    )
+    .await;
     assert_eq!(out["http_version"], 30, "{out}");
     assert!(clients::tool_names(&out).contains(&"echo".to_string()));
     assert_eq!(text_of(&out["result"]), "over quic");

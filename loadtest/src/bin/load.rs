@@ -56,7 +56,10 @@ struct Args {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let (n, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
     let n: f64 = n.parse().map_err(|_| format!("bad duration {s:?}"))?;
     Ok(Duration::from_secs_f64(match unit {
         "ms" => n / 1000.0,
@@ -68,27 +71,57 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// One way to send a request and read the whole answer.
 #[derive(Clone)]
 enum Transport {
-    Hyper(Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>),
+    Hyper(
+        Box<
+            Client<
+                hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+                Full<Bytes>,
+            >,
+        >,
+    ),
     H3(Arc<Mutex<h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>>>),
 }
 
 impl Transport {
     async fn new(a: &Args) -> anyhow::Result<Transport> {
-        let tls = tls_config(a.ca.as_deref(), if a.http == 3 { b"h3" } else if a.http == 2 { b"h2" } else { b"http/1.1" })?;
+        let tls = tls_config(
+            a.ca.as_deref(),
+            if a.http == 3 {
+                b"h3"
+            } else if a.http == 2 {
+                b"h2"
+            } else {
+                b"http/1.1"
+            },
+        )?;
         if a.http == 3 {
-            return h3_connect(&a.url, tls).await.map(|s| Transport::H3(Arc::new(Mutex::new(s))));
+            return h3_connect(&a.url, tls)
+                .await
+                .map(|s| Transport::H3(Arc::new(Mutex::new(s))));
         }
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
         http.set_nodelay(true);
         http.enforce_http(false);
-        let b = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
-        let conn = if a.http == 2 { b.enable_http2().wrap_connector(http) } else { b.enable_http1().wrap_connector(http) };
+        let b = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http();
+        let conn = if a.http == 2 {
+            b.enable_http2().wrap_connector(http)
+        } else {
+            b.enable_http1().wrap_connector(http)
+        };
         let mut cb = Client::builder(TokioExecutor::new());
-        cb.http2_only(a.http == 2).pool_max_idle_per_host(a.concurrency.max(1) * 2);
-        Ok(Transport::Hyper(cb.build(conn)))
+        cb.http2_only(a.http == 2)
+            .pool_max_idle_per_host(a.concurrency.max(1) * 2);
+        Ok(Transport::Hyper(Box::new(cb.build(conn))))
     }
 
-    async fn post(&self, url: &Uri, headers: &[(String, String)], body: Bytes) -> anyhow::Result<(u16, Option<String>, Bytes)> {
+    async fn post(
+        &self,
+        url: &Uri,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> anyhow::Result<(u16, Option<String>, Bytes)> {
         let mut req = Request::builder().method("POST").uri(url.clone());
         for (k, v) in headers {
             req = req.header(k, v);
@@ -96,7 +129,11 @@ impl Transport {
         match self {
             Transport::Hyper(c) => {
                 let resp = c.request(req.body(Full::new(body))?).await?;
-                let session = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let session = resp
+                    .headers()
+                    .get("mcp-session-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 let status = resp.status().as_u16();
                 let bytes = resp.into_body().collect().await?.to_bytes();
                 Ok((status, session, bytes))
@@ -106,7 +143,11 @@ impl Transport {
                 stream.send_data(body).await?;
                 stream.finish().await?;
                 let resp = stream.recv_response().await?;
-                let session = resp.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let session = resp
+                    .headers()
+                    .get("mcp-session-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 let mut out = Vec::new();
                 while let Some(mut chunk) = stream.recv_data().await? {
                     out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
@@ -125,23 +166,35 @@ fn tls_config(ca: Option<&std::path::Path>, alpn: &[u8]) -> anyhow::Result<rustl
             roots.add(c?)?;
         }
     }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(cfg)
 }
 
-async fn h3_connect(url: &str, tls: rustls::ClientConfig) -> anyhow::Result<h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>> {
+async fn h3_connect(
+    url: &str,
+    tls: rustls::ClientConfig,
+) -> anyhow::Result<h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>> {
     let uri: Uri = url.parse()?;
     let host = uri.host().context("host")?.to_owned();
     let port = uri.port_u16().unwrap_or(443);
-    let addr = tokio::net::lookup_host((host.as_str(), port)).await?.next().context("resolve")?;
+    let addr = tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .next()
+        .context("resolve")?;
     let mut endpoint = quinn::Endpoint::client("0.0.0.0:0".parse()?)?;
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let server_name = if host.parse::<std::net::IpAddr>().is_ok() { "localhost" } else { host.as_str() };
+    let server_name = if host.parse::<std::net::IpAddr>().is_ok() {
+        "localhost"
+    } else {
+        host.as_str()
+    };
     let conn = endpoint.connect(addr, server_name)?.await?;
     let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
     tokio::spawn(async move {
@@ -153,7 +206,10 @@ async fn h3_connect(url: &str, tls: rustls::ClientConfig) -> anyhow::Result<h3::
 fn base_headers(a: &Args) -> Vec<(String, String)> {
     let mut h = vec![
         ("content-type".into(), "application/json".into()),
-        ("accept".into(), "application/json, text/event-stream".into()),
+        (
+            "accept".into(),
+            "application/json, text/event-stream".into(),
+        ),
     ];
     if let Some(k) = &a.key {
         h.push(("authorization".into(), format!("Bearer {k}")));
@@ -167,7 +223,10 @@ async fn open_session(t: &Transport, a: &Args, url: &Uri) -> anyhow::Result<Vec<
     let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"stoa-load","version":"0"}}}"#;
     let (status, session, body) = t.post(url, &h, Bytes::from_static(init.as_bytes())).await?;
     if status != 200 {
-        bail!("initialize answered {status}: {}", String::from_utf8_lossy(&body));
+        bail!(
+            "initialize answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
     h.push(("mcp-protocol-version".into(), "2025-11-25".into()));
     if let Some(s) = session {
@@ -192,10 +251,8 @@ async fn main() -> anyhow::Result<()> {
         let url = url.clone();
         let body = body.clone();
         async move {
-            match t.post(&url, &h, body).await {
-                Ok((200, _, b)) if !b.is_empty() && !contains(&b, b"\"error\"") => true,
-                _ => false,
-            }
+            matches!(t.post(&url, &h, body).await,
+                Ok((200, _, b)) if !b.is_empty() && !contains(&b, b"\"error\""))
         }
     };
     // Warm up connections and caches; not recorded.
@@ -204,7 +261,9 @@ async fn main() -> anyhow::Result<()> {
         call(transport.clone(), headers.clone()).await;
     }
 
-    let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?));
+    let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
     let errors = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -219,7 +278,13 @@ async fn main() -> anyhow::Result<()> {
                 let due = start + Duration::from_secs_f64(i as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
                 let permit = permits.clone().acquire_owned().await?;
-                let (t, h, hist, errors, done) = (transport.clone(), headers.clone(), hist.clone(), errors.clone(), done.clone());
+                let (t, h, hist, errors, done) = (
+                    transport.clone(),
+                    headers.clone(),
+                    hist.clone(),
+                    errors.clone(),
+                    done.clone(),
+                );
                 let fut = call(t, h);
                 tasks.push(tokio::spawn(async move {
                     let ok = fut.await;
@@ -241,14 +306,23 @@ async fn main() -> anyhow::Result<()> {
             let until = start + a.duration;
             let mut workers = Vec::new();
             for _ in 0..a.concurrency.max(1) {
-                let (t, h, hist, errors, done) = (transport.clone(), headers.clone(), hist.clone(), errors.clone(), done.clone());
+                let (t, h, hist, errors, done) = (
+                    transport.clone(),
+                    headers.clone(),
+                    hist.clone(),
+                    errors.clone(),
+                    done.clone(),
+                );
                 let call = call.clone();
                 workers.push(tokio::spawn(async move {
-                    let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+                    let mut local =
+                        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
                     while Instant::now() < until {
                         let sent = Instant::now();
                         if call(t.clone(), h.clone()).await {
-                            local.record((sent.elapsed().as_micros() as u64).max(1)).ok();
+                            local
+                                .record((sent.elapsed().as_micros() as u64).max(1))
+                                .ok();
                             done.fetch_add(1, Ordering::Relaxed);
                         } else {
                             errors.fetch_add(1, Ordering::Relaxed);
