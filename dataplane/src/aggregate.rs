@@ -535,63 +535,67 @@ async fn list_one(
     msg: &Value,
     kind: List,
 ) -> Result<Vec<Value>, GatewayError> {
+    let method = msg["method"].as_str().unwrap_or_default();
+    let up = t.up.name.as_str();
+    let mut out = Vec::new();
+    for mut item in pages(call, t, method, kind.field()).await? {
+        let (field, renamed) = match kind {
+            List::Tools | List::Prompts => {
+                let Some(name) = item.get("name").and_then(Value::as_str) else {
+                    continue;
+                };
+                if matches!(kind, List::Tools) && !t.filter.allows(name) {
+                    continue;
+                }
+                ("name", names::virtual_name(up, name))
+            }
+            List::Resources | List::Templates => {
+                let field = if matches!(kind, List::Resources) {
+                    "uri"
+                } else {
+                    "uriTemplate"
+                };
+                let Some(uri) = item.get(field).and_then(Value::as_str) else {
+                    continue;
+                };
+                (field, names::virtual_uri(up, uri))
+            }
+        };
+        item[field] = Value::String(renamed);
+        out.push(item);
+    }
+    Ok(out)
+}
+
+/// Every item of one upstream's list, following `nextCursor` (bounded).
+/// An upstream without the feature contributes nothing.
+async fn pages(
+    call: &Call<'_>,
+    t: &Target,
+    method: &str,
+    field: &str,
+) -> Result<Vec<Value>, GatewayError> {
     let mut out = Vec::new();
     let mut cursor: Option<Value> = None;
     for page in 0..MAX_PAGES {
         let mut req =
-            json!({"jsonrpc": "2.0", "id": format!("stoa-list-{page}"), "method": msg["method"]});
+            json!({"jsonrpc": "2.0", "id": format!("stoa-list-{page}"), "method": method});
         if let Some(c) = &cursor {
             req["params"] = json!({"cursor": c});
         }
         let (answer, _) = request(call, t, &req).await?;
         if let Some(err) = answer.get("error") {
-            // An upstream without this feature simply contributes nothing.
             if err.get("code").and_then(Value::as_i64) == Some(code::METHOD_NOT_FOUND) {
                 return Ok(out);
             }
             return Err(GatewayError::UpstreamBadResponse {
                 upstream: t.up.name.to_string(),
-                reason: format!("{} refused: {err}", kind.field()),
+                reason: format!("{method} refused: {err}"),
             });
         }
-        let result = &answer["result"];
-        for mut item in result
-            .get(kind.field())
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-        {
-            let up = t.up.name.as_str();
-            match kind {
-                List::Tools => {
-                    let Some(name) = item.get("name").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    if !t.filter.allows(name) {
-                        continue;
-                    }
-                    item["name"] = Value::String(names::virtual_name(up, name));
-                }
-                List::Prompts => {
-                    let Some(name) = item.get("name").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    item["name"] = Value::String(names::virtual_name(up, name));
-                }
-                List::Resources => {
-                    let Some(uri) = item.get("uri").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    item["uri"] = Value::String(names::virtual_uri(up, uri));
-                }
-                List::Templates => {
-                    let Some(uri) = item.get("uriTemplate").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    item["uriTemplate"] = Value::String(names::virtual_uri(up, uri));
-                }
-            }
-            out.push(item);
+        let mut result = answer.get("result").cloned().unwrap_or_default();
+        if let Some(items) = result.get_mut(field).and_then(Value::as_array_mut) {
+            out.append(items);
         }
         match result.get("nextCursor") {
             Some(c) if !c.is_null() => cursor = Some(c.clone()),
@@ -730,50 +734,19 @@ async fn resolve_name(
     } else {
         "prompts/list"
     };
-    let full = list_one_raw_names(call, &t, list_method).await?;
-    let name = full
-        .into_iter()
-        .find(|n| names::virtual_name(up, n) == v)
-        .ok_or_else(unknown)?;
-    Ok((t, name))
-}
-
-async fn list_one_raw_names(
-    call: &Call<'_>,
-    t: &Target,
-    method: &str,
-) -> Result<Vec<String>, GatewayError> {
-    let field = if method == "tools/list" {
+    let field = if method == "tools/call" {
         "tools"
     } else {
         "prompts"
     };
-    let mut out = Vec::new();
-    let mut cursor: Option<Value> = None;
-    for page in 0..MAX_PAGES {
-        let mut req =
-            json!({"jsonrpc": "2.0", "id": format!("stoa-resolve-{page}"), "method": method});
-        if let Some(c) = &cursor {
-            req["params"] = json!({"cursor": c});
-        }
-        let (answer, _) = request(call, t, &req).await?;
-        let result = &answer["result"];
-        for item in result
-            .get(field)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(n) = item.get("name").and_then(Value::as_str) {
-                out.push(n.to_owned());
-            }
-        }
-        match result.get("nextCursor") {
-            Some(c) if !c.is_null() => cursor = Some(c.clone()),
-            _ => break,
-        }
-    }
-    Ok(out)
+    let full = pages(call, &t, list_method, field).await?;
+    let name = full
+        .iter()
+        .filter_map(|item| item.get("name").and_then(Value::as_str))
+        .find(|n| names::virtual_name(up, n) == v)
+        .ok_or_else(unknown)?
+        .to_owned();
+    Ok((t, name))
 }
 
 /// Rewrites what one upstream sends so the client sees the virtual server.

@@ -32,7 +32,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, Failure> {
     match call.method {
         Method::POST => post(call, up, filter, ctx).await,
-        Method::GET => get(call, up, ctx).await,
+        Method::GET => get(call, up, ctx).await.map_err(|e| (e, None)),
         Method::DELETE => delete(call, up, ctx).await.map_err(|e| (e, None)),
         ref m => Err((GatewayError::MethodNotAllowed(m.clone()), None)),
     }
@@ -306,7 +306,7 @@ async fn get(
     call: Call<'_>,
     up: &Arc<Upstream>,
     ctx: &mut ReqCtx,
-) -> Result<Response<Body>, Failure> {
+) -> Result<Response<Body>, GatewayError> {
     let Call {
         gw,
         rt,
@@ -316,28 +316,24 @@ async fn get(
     } = call;
     ctx.method = "GET";
     if !mcp::accepts(headers, "text/event-stream") {
-        return Err((GatewayError::NotAcceptable, None));
+        return Err(GatewayError::NotAcceptable);
     }
-    mcp::request_version(headers).map_err(|e| (e, None))?;
-    let session = gw
-        .open_session(rt, headers, key.prefix.as_str())
-        .map_err(|e| (e, None))?;
-    let up_session = session_for(&session, up).map_err(|e| (e, None))?;
+    mcp::request_version(headers)?;
+    let session = gw.open_session(rt, headers, key.prefix.as_str())?;
+    let up_session = session_for(&session, up)?;
     let req = upstream::upstream_request(
         up,
         Method::GET,
         headers,
         up_session.as_deref(),
         Bytes::new(),
-    )
-    .map_err(|e| (e, None))?;
+    )?;
     let resp = gw
         .client
         .send(up, req, rt.limits.upstream_response_timeout)
-        .await
-        .map_err(|e| (e, None))?;
+        .await?;
     let status = resp.status();
-    match upstream::classify(up, &resp).map_err(|e| (e, None))? {
+    match upstream::classify(up, &resp)? {
         Payload::Sse if status.is_success() => {
             let guard = GaugeGuard::new(gw.metrics.active_streams.with_label_values(&["get"]));
             let cfg = pump_cfg(rt, up, Some(gw.draining.clone()));
@@ -346,9 +342,7 @@ async fn get(
                 upstream::spawn_pump(resp.into_body(), Unchanged, cfg, guard),
             ))
         }
-        _ => passthrough(up, resp, &rt.limits)
-            .await
-            .map_err(|e| (e, None)),
+        _ => passthrough(up, resp, &rt.limits).await,
     }
 }
 
