@@ -105,33 +105,44 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             dir.join("tls")
         ),
     )?;
-    let ready = dir.join("ready.json");
-    let _ = std::fs::remove_file(&ready);
-    procs.0.push(
-        Command::new(bin.join("stoa-gateway"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .arg("--ready-file")
-            .arg(&ready)
-            .env("RUST_LOG", "warn")
-            .stderr(std::fs::File::create(dir.join("gateway.log"))?)
-            .spawn()?,
-    );
-    let bound = wait_file(&ready)?;
-    let field_of = |k: &str| -> anyhow::Result<String> {
+    let start_gateway =
+        |name: &str, threads: Option<&str>, procs: &mut Procs| -> anyhow::Result<String> {
+            let ready = dir.join(format!("{name}.ready.json"));
+            let _ = std::fs::remove_file(&ready);
+            let mut cmd = Command::new(bin.join("stoa-gateway"));
+            cmd.args(["run", "--config"])
+                .arg(&config)
+                .arg("--ready-file")
+                .arg(&ready)
+                .env("RUST_LOG", "warn");
+            if let Some(t) = threads {
+                cmd.env("TOKIO_WORKER_THREADS", t);
+            }
+            procs.0.push(
+                cmd.stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
+                    .spawn()?,
+            );
+            wait_file(&ready)
+        };
+    let bound = start_gateway("gateway", None, &mut procs)?;
+    let field_of = |bound: &str, k: &str| -> anyhow::Result<String> {
         let tail = bound
             .split(&format!("\"{k}\":\""))
             .nth(1)
             .with_context(|| format!("{k} in {bound}"))?;
         Ok(tail.split('"').next().unwrap_or_default().to_owned())
     };
-    let plain = field_of("plain")?;
-    let tls_port = field_of("tls")?
+    let plain = field_of(&bound, "plain")?;
+    let tls_port = field_of(&bound, "tls")?
         .rsplit(':')
         .next()
         .unwrap_or_default()
         .to_owned();
-    let ca = PathBuf::from(field_of("ca")?);
+    let ca = PathBuf::from(field_of(&bound, "ca")?);
+    // The same gateway on one worker thread: on a 2-core machine shared with
+    // the load generator and the upstream, fewer cross-thread wake-ups.
+    let one = start_gateway("gateway-1t", Some("1"), &mut procs)?;
+    let plain_one = field_of(&one, "plain")?;
 
     let nginx = if args.no_nginx {
         None
@@ -144,6 +155,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         (
             "gateway h1".into(),
             format!("http://{plain}/mcp/reference"),
+            1,
+            Some(key.as_str()),
+        ),
+        (
+            "gateway h1 1-thr".into(),
+            format!("http://{plain_one}/mcp/reference"),
             1,
             Some(key.as_str()),
         ),
@@ -257,6 +274,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("\nAgainst the upstream called directly, same run:");
     for (path, base) in [
         ("gateway h1", "direct h1"),
+        ("gateway h1 1-thr", "direct h1"),
         ("nginx h1", "direct h1"),
         ("gateway h2c", "direct h2c"),
         ("gateway h2 (TLS)", "direct h2c"),
@@ -315,7 +333,7 @@ fn start_nginx(dir: &Path, upstream: &str, procs: &mut Procs) -> anyhow::Result<
             "worker_processes 2;\npid {pid};\nerror_log {err} warn;\ndaemon off;\nevents {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {tmp};\n  proxy_temp_path {tmp};\n  fastcgi_temp_path {tmp};\n  uwsgi_temp_path {tmp};\n  scgi_temp_path {tmp};\n\
                upstream ref {{ server {upstream}; keepalive 64; }}\n\
-               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://ref;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://ref;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host $http_host;\n      proxy_buffering off;\n    }}\n  }}\n}}\n",
             pid = dir.join("nginx.pid").display(),
             err = dir.join("nginx.err").display(),
             tmp = dir.display(),

@@ -122,6 +122,19 @@ impl Http {
         }
     }
 
+    /// Like `send`, but a connection or TLS failure is a value, not a panic.
+    pub async fn try_send(&self, method: Method, url: &str) -> Result<StatusCode, String> {
+        let req = Request::builder()
+            .method(method)
+            .uri(url)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        match self.client.request(req).await {
+            Ok(resp) => Ok(resp.status()),
+            Err(e) => Err(format!("{e:?}")),
+        }
+    }
+
     /// Sends and returns the response without reading the body (streams).
     pub async fn open(
         &self,

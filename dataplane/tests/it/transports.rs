@@ -76,3 +76,48 @@ async fn every_http_version_reaches_the_upstream() {
     assert!(clients::tool_names(&out).contains(&"echo".to_string()));
     assert_eq!(text_of(&out["result"]), "over quic");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let reference = Reference::start(None);
+    let (mut spec, _key) = GatewaySpec::open(&[("reference", &reference.url)]);
+    spec.tls = true;
+    let gw = Gateway::start(&spec).await;
+    let health = format!("{}/healthz", gw.tls_url());
+    let old_ca = crate::harness::temp_dir("old-ca").join("ca.pem");
+    std::fs::copy(gw.ca(), &old_ca).unwrap();
+    assert_eq!(
+        Http::tls(&old_ca, false)
+            .try_send(http::Method::GET, &health)
+            .await,
+        Ok(http::StatusCode::OK)
+    );
+
+    // A new CA and leaf, written over the files the gateway serves.
+    let renewed = crate::harness::temp_dir("renewed");
+    let files = stoa_gateway::tls::CertFiles::development(&renewed).unwrap();
+    let served = gw.ca().parent().unwrap().to_owned();
+    std::fs::copy(&files.key, served.join("key.pem")).unwrap();
+    std::fs::copy(&files.cert, served.join("cert.pem")).unwrap();
+    let new_ca = files.dev_ca.unwrap();
+    crate::harness::eventually(
+        "the renewed certificate to be served",
+        std::time::Duration::from_secs(10),
+        || async {
+            let ok = Http::tls(&new_ca, false)
+                .try_send(http::Method::GET, &health)
+                .await
+                == Ok(http::StatusCode::OK);
+            ok.then_some(())
+        },
+    )
+    .await;
+    assert!(
+        Http::tls(&old_ca, false)
+            .try_send(http::Method::GET, &health)
+            .await
+            .is_err(),
+        "the old certificate is gone"
+    );
+    assert!(gw.log().contains("TLS certificate reloaded"));
+}

@@ -84,16 +84,8 @@ enum Transport {
 
 impl Transport {
     async fn new(a: &Args) -> anyhow::Result<Transport> {
-        let tls = tls_config(
-            a.ca.as_deref(),
-            if a.http == 3 {
-                b"h3"
-            } else if a.http == 2 {
-                b"h2"
-            } else {
-                b"http/1.1"
-            },
-        )?;
+        // hyper-rustls sets ALPN itself; QUIC needs h3 named here.
+        let tls = tls_config(a.ca.as_deref(), (a.http == 3).then_some(b"h3".as_slice()))?;
         if a.http == 3 {
             return h3_connect(&a.url, tls)
                 .await
@@ -158,7 +150,10 @@ impl Transport {
     }
 }
 
-fn tls_config(ca: Option<&std::path::Path>, alpn: &[u8]) -> anyhow::Result<rustls::ClientConfig> {
+fn tls_config(
+    ca: Option<&std::path::Path>,
+    alpn: Option<&[u8]>,
+) -> anyhow::Result<rustls::ClientConfig> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
     let mut roots = rustls::RootCertStore::empty();
     if let Some(ca) = ca {
@@ -172,7 +167,7 @@ fn tls_config(ca: Option<&std::path::Path>, alpn: &[u8]) -> anyhow::Result<rustl
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    cfg.alpn_protocols = vec![alpn.to_vec()];
+    cfg.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
     Ok(cfg)
 }
 
@@ -269,34 +264,44 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     match a.rate {
         Some(rate) => {
-            // Open loop: a dispatcher releases requests on schedule; a
-            // semaphore bounds what is in flight so memory stays bounded.
+            // Open loop: a dispatcher releases every request that is due
+            // (timers tick in milliseconds, so it releases them in batches),
+            // and `concurrency` permits model the client's connections. A
+            // request's latency counts from when it was due, so waiting for
+            // a permit is counted too.
             let total = (rate * a.duration.as_secs_f64()) as u64;
-            let permits = Arc::new(tokio::sync::Semaphore::new(a.concurrency.max(1) * 64));
+            let permits = Arc::new(tokio::sync::Semaphore::new(a.concurrency.max(1)));
             let mut tasks = Vec::with_capacity(total as usize);
-            for i in 0..total {
-                let due = start + Duration::from_secs_f64(i as f64 / rate);
-                tokio::time::sleep_until(due.into()).await;
-                let permit = permits.clone().acquire_owned().await?;
-                let (t, h, hist, errors, done) = (
-                    transport.clone(),
-                    headers.clone(),
-                    hist.clone(),
-                    errors.clone(),
-                    done.clone(),
-                );
-                let fut = call(t, h);
-                tasks.push(tokio::spawn(async move {
-                    let ok = fut.await;
-                    let us = due.elapsed().as_micros() as u64;
-                    drop(permit);
-                    if ok {
-                        hist.lock().expect("histogram").record(us.max(1)).ok();
-                        done.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }));
+            let mut i = 0;
+            while i < total {
+                let due_now = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
+                while i < due_now {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate);
+                    let (t, h, hist, errors, done) = (
+                        transport.clone(),
+                        headers.clone(),
+                        hist.clone(),
+                        errors.clone(),
+                        done.clone(),
+                    );
+                    let permits = permits.clone();
+                    let fut = call(t, h);
+                    tasks.push(tokio::spawn(async move {
+                        let permit = permits.acquire_owned().await.expect("never closed");
+                        let ok = fut.await;
+                        let us = due.elapsed().as_micros() as u64;
+                        drop(permit);
+                        if ok {
+                            hist.lock().expect("histogram").record(us.max(1)).ok();
+                            done.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }));
+                    i += 1;
+                }
+                let next = start + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(next.into()).await;
             }
             for t in tasks {
                 t.await?;
