@@ -12,7 +12,7 @@ use crate::{
     http::{ACCEPT_BOTH, Http, Session},
 };
 
-const TIGHT: &str = "limits: {max_body_bytes: 2048, header_read_timeout: 300ms, upstream_response_timeout: 500ms, max_sse_event_bytes: 1024}\n";
+const TIGHT: &str = "limits: {max_body_bytes: 2048, header_read_timeout: 300ms, upstream_response_timeout: 500ms, max_sse_event_bytes: 1024, max_header_bytes: 8192, idle_timeout: 400ms}\n";
 
 fn reason(body: &str) -> Value {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
@@ -166,6 +166,18 @@ async fn bad_requests_are_refused_with_reasons() {
     let r = http.send(Method::PUT, &url, &good, Some(&ping)).await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
 
+    // A request head beyond max_header_bytes.
+    let huge = "x".repeat(16 * 1024);
+    let r = http
+        .send(
+            Method::POST,
+            &url,
+            &[good[0], good[1], good[2], ("x-padding", &huge)],
+            Some(&ping),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+
     // Still serving after all that.
     let mut s = Session::new(&http, &url, &auth);
     s.initialize().await;
@@ -295,4 +307,26 @@ async fn slow_headers_are_cut_off() {
     let mut buf = [0u8; 1024];
     let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
     assert!(r.is_ok(), "the gateway kept a slowloris connection open");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keep_alive_connections_are_closed() {
+    let reference = Reference::start(None);
+    let (mut spec, _key) = GatewaySpec::open(&[("reference", &reference.url)]);
+    spec.extra = TIGHT.into();
+    let gw = Gateway::start(&spec).await;
+    let addr = gw.bound["plain"].as_str().unwrap().to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Kept alive, then closed once idle for idle_timeout (400ms).
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection still open: {r:?}"
+    );
 }
