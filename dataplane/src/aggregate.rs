@@ -97,7 +97,7 @@ async fn post(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failur
     if session.is_none() && version != mcp::STATELESS {
         return Err(fail(GatewayError::MissingSession));
     }
-    let targets = targets(&call, session.as_ref(), &version);
+    let targets = targets(&call, session.as_deref(), &version);
 
     match kind {
         Kind::Notification => {

@@ -183,11 +183,13 @@ impl Gateway {
                 &json!({"error": "not found", "hint": "the MCP endpoint is /mcp (every granted upstream) or /mcp/<upstream>"}),
             ),
             Route::Mcp(target) => {
-                let r = self
-                    .clone()
-                    .mcp(&rt, req, target, &mut ctx)
-                    .instrument(span.clone())
-                    .await;
+                let fut = self.clone().mcp(&rt, req, target, &mut ctx);
+                // With info logging off the span is disabled: skip the wrapper.
+                let r = if span.is_disabled() {
+                    fut.await
+                } else {
+                    fut.instrument(span.clone()).await
+                };
                 match r {
                     Ok(resp) => resp,
                     Err((err, id)) => {
@@ -290,7 +292,7 @@ impl Gateway {
         rt: &Runtime,
         headers: &HeaderMap,
         key_prefix: &str,
-    ) -> Result<Option<SessionState>, GatewayError> {
+    ) -> Result<Option<Arc<SessionState>>, GatewayError> {
         let Some(v) = headers.get(crate::mcp::HDR_SESSION) else {
             return Ok(None);
         };

@@ -320,7 +320,7 @@ async fn get(
     }
     mcp::request_version(headers)?;
     let session = gw.open_session(rt, headers, key.prefix.as_str())?;
-    let up_session = session_for(&session, up)?;
+    let up_session = session_for(session.as_deref(), up)?;
     let req = upstream::upstream_request(
         up,
         Method::GET,
@@ -362,7 +362,7 @@ async fn delete(
     let session = gw
         .open_session(rt, headers, key.prefix.as_str())?
         .ok_or(GatewayError::MissingSession)?;
-    let up_session = session_for(&Some(session), up)?;
+    let up_session = session_for(Some(&session), up)?;
     let req = upstream::upstream_request(
         up,
         Method::DELETE,
@@ -381,7 +381,7 @@ async fn delete(
 }
 
 fn session_for(
-    session: &Option<SessionState>,
+    session: Option<&SessionState>,
     up: &Upstream,
 ) -> Result<Option<String>, GatewayError> {
     match session {

@@ -4,6 +4,11 @@
 //! with ChaCha20-Poly1305 under a key all replicas share. No replica keeps
 //! session state, so any replica can serve any request of any session.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use ring::{
     aead::{self, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey},
@@ -64,7 +69,15 @@ pub struct SessionKeys {
     keys: Vec<LessSafeKey>,
     ttl_secs: u64,
     rng: SystemRandom,
+    /// Session ids this process already opened: a session's requests skip
+    /// decryption and parsing after the first. Only a cache: a replica that
+    /// has not seen an id opens it the long way. It lives and dies with the
+    /// keys, so a rotation never serves a stale entry.
+    opened: Mutex<HashMap<Box<str>, Arc<SessionState>>>,
 }
+
+/// Entries the cache holds before it starts over.
+const CACHE_MAX: usize = 8192;
 
 impl SessionKeys {
     pub fn new(current: [u8; 32], previous: &[[u8; 32]], ttl_secs: u64) -> Self {
@@ -76,6 +89,7 @@ impl SessionKeys {
             keys,
             ttl_secs,
             rng: SystemRandom::new(),
+            opened: Mutex::new(HashMap::new()),
         }
     }
 
@@ -116,7 +130,34 @@ impl SessionKeys {
     }
 
     /// Opens a session id presented by a client at unix time `now`.
-    pub fn open(&self, id: &str, now: u64) -> Result<SessionState, SealError> {
+    pub fn open(&self, id: &str, now: u64) -> Result<Arc<SessionState>, SealError> {
+        let cached = self.cache().get(id).cloned();
+        let state = match cached {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(self.open_sealed(id)?);
+                let mut cache = self.cache();
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(id.into(), s.clone());
+                s
+            }
+        };
+        if now.saturating_sub(state.issued) > self.ttl_secs {
+            return Err(SealError::Expired);
+        }
+        Ok(state)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<SessionState>>> {
+        // A panic while holding the lock cannot leave the map inconsistent.
+        self.opened
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn open_sealed(&self, id: &str) -> Result<SessionState, SealError> {
         let raw = id
             .strip_prefix(TAG)
             .and_then(|b| URL_SAFE_NO_PAD.decode(b).ok())
@@ -129,12 +170,7 @@ impl SessionKeys {
             let mut buf = sealed.to_vec();
             let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Invalid)?;
             if let Ok(plain) = key.open_in_place(nonce, Aad::from(AAD), &mut buf) {
-                let state: SessionState =
-                    serde_json::from_slice(plain).map_err(|_| SealError::Invalid)?;
-                if now.saturating_sub(state.issued) > self.ttl_secs {
-                    return Err(SealError::Expired);
-                }
-                return Ok(state);
+                return serde_json::from_slice(plain).map_err(|_| SealError::Invalid);
             }
         }
         Err(SealError::Invalid)
@@ -167,7 +203,12 @@ mod tests {
             id.bytes().all(|c| (0x21..=0x7e).contains(&c)),
             "visible ASCII only"
         );
-        assert_eq!(b.open(&id, 1010).unwrap(), state());
+        assert_eq!(*b.open(&id, 1010).unwrap(), state());
+        assert_eq!(
+            *b.open(&id, 1011).unwrap(),
+            state(),
+            "a second open (cached) agrees"
+        );
         assert_ne!(a.seal(&state()), id, "fresh nonce every time");
     }
 
@@ -179,6 +220,11 @@ mod tests {
         let id = old.seal(&state());
         assert!(rotated.open(&id, 1000).is_ok());
         assert_eq!(stranger.open(&id, 1000), Err(SealError::Invalid));
+        assert_eq!(old.open(&id, 1061), Err(SealError::Expired));
+        assert!(
+            old.open(&id, 1000).is_ok(),
+            "expiry is checked on cached sessions too"
+        );
         assert_eq!(old.open(&id, 1061), Err(SealError::Expired));
         let mut bytes = id.clone().into_bytes();
         let last = bytes.len() - 1;

@@ -107,14 +107,11 @@ pub fn upstream_request(
 ) -> Result<Request<Full<Bytes>>, GatewayError> {
     let mut req = Request::builder().method(method).uri(up.url.clone());
     let h = req.headers_mut().expect("builder is valid");
-    for name in FORWARDED {
-        for v in client_headers.get_all(*name) {
-            h.append(*name, v.clone());
-        }
-    }
-    // 2026-07-28 mirrors tool arguments into `Mcp-Param-*`; the upstream checks them.
+    // One pass over what the client sent. 2026-07-28 also mirrors tool
+    // arguments into `Mcp-Param-*`, which the upstream checks.
     for (name, v) in client_headers {
-        if name.as_str().starts_with("mcp-param-") {
+        let n = name.as_str();
+        if FORWARDED.contains(&n) || n.starts_with("mcp-param-") {
             h.append(name.clone(), v.clone());
         }
     }
