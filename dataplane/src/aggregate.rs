@@ -675,16 +675,9 @@ async fn routed(
     let resp = send(call, &t, &msg, None).await?;
     let payload = upstream::classify(&t.up, &resp).inspect_err(|e| count_error(call, &t, e))?;
     if let Some(tool) = &ctx.tool {
-        let outcome = if resp.status().is_success() {
-            "relayed"
-        } else {
-            "upstream_error"
-        };
         call.gw
             .metrics
-            .tool_calls
-            .with_label_values(&[t.up.name.as_str(), tool, outcome])
-            .inc();
+            .tool_relayed(t.up.name.as_str(), tool, resp.status());
     }
     let status = resp.status();
     let map = Rewrite {

@@ -161,6 +161,18 @@ impl Metrics {
         }
     }
 
+    /// Counts a `tools/call` the gateway relayed, by how the upstream answered.
+    pub fn tool_relayed(&self, upstream: &str, tool: &str, status: http::StatusCode) {
+        let outcome = if status.is_success() {
+            "relayed"
+        } else {
+            "upstream_error"
+        };
+        self.tool_calls
+            .with_label_values(&[upstream, tool, outcome])
+            .inc();
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new()

@@ -137,15 +137,8 @@ async fn post(
         .inspect_err(|e| count_upstream_error(ctx, gw, e))
         .map_err(fail)?;
     if let Some(tool) = &ctx.tool {
-        let outcome = if resp.status().is_success() {
-            "relayed"
-        } else {
-            "upstream_error"
-        };
         gw.metrics
-            .tool_calls
-            .with_label_values(&[up.name.as_str(), tool, outcome])
-            .inc();
+            .tool_relayed(up.name.as_str(), tool, resp.status());
     }
 
     if is_init && resp.status().is_success() {
