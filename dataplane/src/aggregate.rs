@@ -19,11 +19,11 @@ use crate::{
     body::{self, Body, ChannelBody},
     error::{GatewayError, code},
     gateway::{Call, ReqCtx, unix_now},
-    mcp::{self, Kind, Peek},
-    metrics::{GaugeGuard, method_label},
+    mcp::{self, Kind},
+    metrics::GaugeGuard,
     model::{ToolFilter, Upstream},
     names,
-    relay::{self, Failure},
+    relay::{self, Failure, Parsed},
     session::{SessionState, UpstreamSession},
     sse,
     upstream::{self, EventMap, Payload},
@@ -49,19 +49,13 @@ pub async fn handle(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, 
 
 async fn post(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failure> {
     mcp::check_post_headers(call.headers).map_err(|e| (e, None))?;
-    // Parse first, so that every error after this answers the request's id.
-    let version = mcp::request_version(call.headers);
-    let shown = version.as_deref().unwrap_or(mcp::DEFAULT_VERSION);
-    let (peek, kind) = Peek::parse(&call.body, shown).map_err(|e| (e, None))?;
-    let id: Option<Value> = peek.id.and_then(|r| serde_json::from_str(r.get()).ok());
+    let Parsed {
+        peek,
+        kind,
+        id,
+        version,
+    } = relay::parse_post(call.headers, &call.body, ctx)?;
     let fail = |e: GatewayError| (e, id.clone());
-    let version = version.map_err(fail)?;
-    ctx.method = if kind == Kind::Response {
-        "response"
-    } else {
-        method_label(peek.method())
-    };
-    mcp::check_mirrored_headers(call.headers, &peek, kind, &version).map_err(fail)?;
     let method = peek.method().to_owned();
     drop(peek);
     let msg: Value =
@@ -183,6 +177,16 @@ fn targets(call: &Call<'_>, session: Option<&SessionState>, version: &str) -> Ve
     }
 }
 
+/// The upstreams of the session a GET or DELETE names (it must name one).
+fn session_targets(call: &Call<'_>) -> Result<Vec<Target>, GatewayError> {
+    let version = mcp::request_version(call.headers)?;
+    let session = call
+        .gw
+        .open_session(call.rt, call.headers, call.key.prefix.as_str())?
+        .ok_or(GatewayError::MissingSession)?;
+    Ok(targets(call, Some(&session), &version))
+}
+
 fn find<'t>(targets: &'t [Target], up: &str) -> Result<&'t Target, GatewayError> {
     targets
         .iter()
@@ -275,25 +279,9 @@ async fn request(
 ) -> Result<(Value, HeaderMap), GatewayError> {
     let resp = send(call, t, msg, None).await?;
     let headers = resp.headers().clone();
-    let message = match upstream::classify(&t.up, &resp)? {
-        Payload::Json => {
-            let bytes = upstream::read_json_body(&t.up, resp.into_body(), &call.rt.limits).await?;
-            serde_json::from_slice(&bytes).map_err(|e| GatewayError::UpstreamBadResponse {
-                upstream: t.up.name.to_string(),
-                reason: format!("invalid JSON: {e}"),
-            })?
-        }
-        Payload::Sse => {
-            relay::read_response_event(&t.up, resp.into_body(), msg.get("id"), &call.rt.limits)
-                .await?
-        }
-        Payload::Empty => {
-            return Err(GatewayError::UpstreamBadResponse {
-                upstream: t.up.name.to_string(),
-                reason: "no answer to a request".into(),
-            });
-        }
-    };
+    let payload = upstream::classify(&t.up, &resp)?;
+    let message =
+        upstream::read_message(&t.up, resp, payload, msg.get("id"), &call.rt.limits).await?;
     Ok((message, headers))
 }
 
@@ -687,12 +675,7 @@ async fn routed(
     match payload {
         Payload::Empty => Ok(relay::status_only(status)),
         Payload::Json => {
-            let bytes = upstream::read_json_body(&t.up, resp.into_body(), &call.rt.limits).await?;
-            let mut v: Value =
-                serde_json::from_slice(&bytes).map_err(|e| GatewayError::UpstreamBadResponse {
-                    upstream: t.up.name.to_string(),
-                    reason: format!("invalid JSON: {e}"),
-                })?;
+            let mut v = upstream::read_json(&t.up, resp.into_body(), &call.rt.limits).await?;
             map.message(&mut v);
             Ok(body::json_response(status, &v))
         }
@@ -813,12 +796,7 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
     if !mcp::accepts(call.headers, "text/event-stream") {
         return Err(GatewayError::NotAcceptable);
     }
-    let version = mcp::request_version(call.headers)?;
-    let session = call
-        .gw
-        .open_session(call.rt, call.headers, call.key.prefix.as_str())?
-        .ok_or(GatewayError::MissingSession)?;
-    let targets = targets(&call, Some(&session), &version);
+    let targets = session_targets(&call)?;
     let last = call
         .headers
         .get(mcp::HDR_LAST_EVENT)
@@ -889,12 +867,7 @@ impl http_body::Body for GuardedBody {
 
 async fn delete(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, GatewayError> {
     ctx.method = "DELETE";
-    let version = mcp::request_version(call.headers)?;
-    let session = call
-        .gw
-        .open_session(call.rt, call.headers, call.key.prefix.as_str())?
-        .ok_or(GatewayError::MissingSession)?;
-    let targets = targets(&call, Some(&session), &version);
+    let targets = session_targets(&call)?;
     let closes = join_all(
         targets
             .iter()

@@ -5,7 +5,6 @@
 
 use std::{
     convert::Infallible,
-    future::Future,
     net::SocketAddr,
     pin::{Pin, pin},
     sync::{
@@ -371,9 +370,4 @@ async fn serve_h3_request(
     }
     send.finish().await?;
     Ok(())
-}
-
-/// Resolves when `fut` does or after `limit`, whichever is first.
-pub async fn within<F: Future>(limit: Duration, fut: F) -> bool {
-    tokio::time::timeout(limit, fut).await.is_ok()
 }

@@ -2,10 +2,10 @@
 //! gateway owns: the session id (sealed), credentials (injected), and what
 //! the key may see and call (tools filtered, calls refused).
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use bytes::Bytes;
-use http::{Method, Response, StatusCode, header};
+use http::{HeaderMap, Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
@@ -23,6 +23,41 @@ use crate::{
 };
 
 pub type Failure = (GatewayError, Option<Value>);
+
+/// A POST body as both MCP endpoints see it before routing.
+pub struct Parsed<'b> {
+    pub peek: Peek<'b>,
+    pub kind: Kind,
+    /// The request's id, for error responses.
+    pub id: Option<Value>,
+    pub version: Cow<'static, str>,
+}
+
+/// Classifies a POST body and checks the version and mirrored headers. It
+/// parses first, so that every error after parsing answers the request's id.
+pub fn parse_post<'b>(
+    headers: &HeaderMap,
+    body: &'b [u8],
+    ctx: &mut ReqCtx,
+) -> Result<Parsed<'b>, Failure> {
+    let version = mcp::request_version(headers);
+    let shown = version.as_deref().unwrap_or(mcp::DEFAULT_VERSION);
+    let (peek, kind) = Peek::parse(body, shown).map_err(|e| (e, None))?;
+    let id: Option<Value> = peek.id.and_then(|r| serde_json::from_str(r.get()).ok());
+    let version = version.map_err(|e| (e, id.clone()))?;
+    ctx.method = if kind == Kind::Response {
+        "response"
+    } else {
+        method_label(peek.method())
+    };
+    mcp::check_mirrored_headers(headers, &peek, kind, &version).map_err(|e| (e, id.clone()))?;
+    Ok(Parsed {
+        peek,
+        kind,
+        id,
+        version,
+    })
+}
 
 pub async fn handle(
     call: Call<'_>,
@@ -54,19 +89,8 @@ async fn post(
     } = call;
     // Accept is the upstream's to judge: this endpoint relays unchanged.
     mcp::check_content_type(headers).map_err(|e| (e, None))?;
-    // Parse first, so that every error after this answers the request's id.
-    let version = mcp::request_version(headers);
-    let shown = version.as_deref().unwrap_or(mcp::DEFAULT_VERSION);
-    let (peek, kind) = Peek::parse(&body, shown).map_err(|e| (e, None))?;
-    let id: Option<Value> = peek.id.and_then(|r| serde_json::from_str(r.get()).ok());
+    let Parsed { peek, kind, id, .. } = parse_post(headers, &body, ctx)?;
     let fail = |e: GatewayError| (e, id.clone());
-    let version = version.map_err(fail)?;
-    ctx.method = if kind == Kind::Response {
-        "response"
-    } else {
-        method_label(peek.method())
-    };
-    mcp::check_mirrored_headers(headers, &peek, kind, &version).map_err(fail)?;
 
     let session = gw
         .open_session(rt, headers, key.prefix.as_str())
@@ -151,15 +175,9 @@ async fn post(
         Payload::Empty => Ok(status_only(status)),
         Payload::Json => {
             if let Some(f) = list_filter {
-                let bytes = upstream::read_json_body(up, resp.into_body(), &rt.limits)
+                let mut v = upstream::read_json(up, resp.into_body(), &rt.limits)
                     .await
                     .map_err(fail)?;
-                let mut v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                    fail(GatewayError::UpstreamBadResponse {
-                        upstream: up.name.to_string(),
-                        reason: format!("invalid JSON: {e}"),
-                    })
-                })?;
                 filter_tools(&mut v, &f);
                 return Ok(body::json_response(status, &v));
             }
@@ -205,24 +223,7 @@ async fn initialize(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let status = resp.status();
-    let message = match payload {
-        Payload::Json => {
-            let bytes = upstream::read_json_body(up, resp.into_body(), &rt.limits).await?;
-            serde_json::from_slice::<Value>(&bytes).map_err(|e| {
-                GatewayError::UpstreamBadResponse {
-                    upstream: up.name.to_string(),
-                    reason: format!("invalid JSON: {e}"),
-                }
-            })?
-        }
-        Payload::Sse => read_response_event(up, resp.into_body(), id.as_ref(), &rt.limits).await?,
-        Payload::Empty => {
-            return Err(GatewayError::UpstreamBadResponse {
-                upstream: up.name.to_string(),
-                reason: "empty answer to initialize".into(),
-            });
-        }
-    };
+    let message = upstream::read_message(up, resp, payload, id.as_ref(), &rt.limits).await?;
     let mut out = body::json_response(status, &message);
     if let Some(version) = message
         .pointer("/result/protocolVersion")
@@ -249,50 +250,6 @@ async fn initialize(
         tracing::debug!(upstream = %up.name, requested = requested.as_deref().unwrap_or(""), version, "session opened");
     }
     Ok(out)
-}
-
-/// Reads SSE events until the response to `id` arrives (bounded in size and time).
-pub async fn read_response_event(
-    up: &Upstream,
-    body: Incoming,
-    id: Option<&Value>,
-    limits: &crate::config::Limits,
-) -> Result<Value, GatewayError> {
-    let bad = |reason: String| GatewayError::UpstreamBadResponse {
-        upstream: up.name.to_string(),
-        reason,
-    };
-    let work = async {
-        let mut body = std::pin::pin!(body);
-        let mut parser = sse::Parser::new(limits.max_sse_event_bytes);
-        let mut events = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| bad(format!("stream failed: {e}")))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            parser
-                .feed(&data, &mut events)
-                .map_err(|e| bad(e.to_string()))?;
-            for ev in events.drain(..) {
-                let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
-                    continue;
-                };
-                let is_response = v.get("method").is_none()
-                    && (v.get("result").is_some() || v.get("error").is_some());
-                if is_response && (id.is_none() || v.get("id") == id) {
-                    return Ok(v);
-                }
-            }
-        }
-        Err(bad("stream ended before the response".into()))
-    };
-    tokio::time::timeout(limits.request_timeout, work)
-        .await
-        .map_err(|_| GatewayError::UpstreamTimeout {
-            upstream: up.name.to_string(),
-            after_ms: limits.request_timeout.as_millis() as u64,
-        })?
 }
 
 async fn get(

@@ -159,7 +159,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     gw.draining.cancel();
     serve.drain.cancel();
     serve.tracker.close();
-    if listen::within(drain_timeout, serve.tracker.wait()).await {
+    if tokio::time::timeout(drain_timeout, serve.tracker.wait())
+        .await
+        .is_ok()
+    {
         tracing::info!("drained");
     } else {
         tracing::warn!(
@@ -184,8 +187,12 @@ fn reload(
 ) {
     *stamp = mtime(path);
     let env = |n: &str| std::env::var(n).ok();
-    let cfg = match FileConfig::load(path) {
-        Ok(c) => c,
+    let keep = gw.runtime().sessions.clone();
+    let loaded = FileConfig::load(path)
+        .map_err(|e| e.to_string())
+        .and_then(|cfg| Runtime::from_config(&cfg, &env, Some(keep)).map(|built| (cfg, built)));
+    let (cfg, (rt, rejected)) = match loaded {
+        Ok(x) => x,
         Err(e) => {
             gw.metrics
                 .config_reloads
@@ -198,30 +205,15 @@ fn reload(
             return;
         }
     };
-    let keep = gw.runtime().sessions.clone();
-    match Runtime::from_config(&cfg, &env, Some(keep)) {
-        Ok((rt, rejected)) => {
-            for r in &rejected {
-                tracing::error!("{r}");
-            }
-            if format!("{:?}", cfg.listeners) != format!("{:?}", running.listeners) {
-                tracing::warn!("listener changes take effect at the next restart");
-            }
-            gw.swap(rt);
-            gw.metrics.config_rejected.set(rejected.len() as i64);
-            gw.metrics.config_reloads.with_label_values(&["ok"]).inc();
-            tracing::info!(trigger = why, rejected = rejected.len(), "config reloaded");
-            *running = cfg;
-        }
-        Err(e) => {
-            gw.metrics
-                .config_reloads
-                .with_label_values(&["error"])
-                .inc();
-            tracing::error!(
-                trigger = why,
-                "config not reloaded, keeping the running one: {e}"
-            );
-        }
+    for r in &rejected {
+        tracing::error!("{r}");
     }
+    if format!("{:?}", cfg.listeners) != format!("{:?}", running.listeners) {
+        tracing::warn!("listener changes take effect at the next restart");
+    }
+    gw.swap(rt);
+    gw.metrics.config_rejected.set(rejected.len() as i64);
+    gw.metrics.config_reloads.with_label_values(&["ok"]).inc();
+    tracing::info!(trigger = why, rejected = rejected.len(), "config reloaded");
+    *running = cfg;
 }

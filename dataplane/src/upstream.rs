@@ -12,6 +12,7 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
 };
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -191,6 +192,82 @@ pub async fn read_json_body(
         }),
         Ok(Ok(c)) => Ok(c.to_bytes()),
     }
+}
+
+/// Reads a whole JSON answer and parses it.
+pub async fn read_json(
+    up: &Upstream,
+    body: Incoming,
+    limits: &Limits,
+) -> Result<Value, GatewayError> {
+    let bytes = read_json_body(up, body, limits).await?;
+    serde_json::from_slice(&bytes).map_err(|e| GatewayError::UpstreamBadResponse {
+        upstream: up.name.to_string(),
+        reason: format!("invalid JSON: {e}"),
+    })
+}
+
+/// The one JSON-RPC response to request `id`, whether the upstream answered
+/// with JSON or with an SSE stream (other events on the stream are dropped).
+pub async fn read_message(
+    up: &Upstream,
+    resp: Response<Incoming>,
+    payload: Payload,
+    id: Option<&Value>,
+    limits: &Limits,
+) -> Result<Value, GatewayError> {
+    match payload {
+        Payload::Json => read_json(up, resp.into_body(), limits).await,
+        Payload::Sse => read_response_event(up, resp.into_body(), id, limits).await,
+        Payload::Empty => Err(GatewayError::UpstreamBadResponse {
+            upstream: up.name.to_string(),
+            reason: "no answer to a request".into(),
+        }),
+    }
+}
+
+/// Reads SSE events until the response to `id` arrives (bounded in size and time).
+async fn read_response_event(
+    up: &Upstream,
+    body: Incoming,
+    id: Option<&Value>,
+    limits: &Limits,
+) -> Result<Value, GatewayError> {
+    let bad = |reason: String| GatewayError::UpstreamBadResponse {
+        upstream: up.name.to_string(),
+        reason,
+    };
+    let work = async {
+        let mut body = std::pin::pin!(body);
+        let mut parser = sse::Parser::new(limits.max_sse_event_bytes);
+        let mut events = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| bad(format!("stream failed: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            parser
+                .feed(&data, &mut events)
+                .map_err(|e| bad(e.to_string()))?;
+            for ev in events.drain(..) {
+                let Ok(v) = serde_json::from_str::<Value>(&ev.data) else {
+                    continue;
+                };
+                let is_response = v.get("method").is_none()
+                    && (v.get("result").is_some() || v.get("error").is_some());
+                if is_response && (id.is_none() || v.get("id") == id) {
+                    return Ok(v);
+                }
+            }
+        }
+        Err(bad("stream ended before the response".into()))
+    };
+    tokio::time::timeout(limits.request_timeout, work)
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout {
+            upstream: up.name.to_string(),
+            after_ms: limits.request_timeout.as_millis() as u64,
+        })?
 }
 
 /// What the pump does with each upstream event before it reaches the client.
