@@ -36,6 +36,10 @@ pub struct FileConfig {
     )]
     #[schemars(with = "String")]
     pub watch_interval: Duration,
+    /// Take tenants, upstreams, subscriptions, keys and session keys from a
+    /// control plane's config stream instead of this file (which then must
+    /// not list any).
+    pub control_plane: Option<ControlPlane>,
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
     #[serde(default)]
@@ -250,6 +254,60 @@ pub struct ApiKeyConfig {
     pub subscriptions: Vec<String>,
 }
 
+/// The control plane this gateway takes its resources from.
+#[derive(Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControlPlane {
+    /// The config-stream endpoint (`stoa-control --xds-listen`), e.g. `http://127.0.0.1:7071`.
+    pub url: String,
+    /// The gateway token. `${VAR}` is replaced from the environment;
+    /// `STOA_GATEWAY_TOKEN` overrides it. Never logged.
+    pub token: Option<String>,
+    /// This gateway's name in the control plane (default: the host name).
+    /// `STOA_GATEWAY_ID` overrides it.
+    pub gateway_id: Option<String>,
+    /// The last applied configuration is kept here, so that a gateway that
+    /// starts while the control plane is down serves it (and is ready).
+    pub cache_file: Option<PathBuf>,
+    /// First reconnect delay; it doubles per failed attempt, jittered.
+    #[serde(
+        default = "defaults::backoff_min",
+        deserialize_with = "dur::deserialize"
+    )]
+    #[schemars(with = "String")]
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    #[serde(
+        default = "defaults::backoff_max",
+        deserialize_with = "dur::deserialize"
+    )]
+    #[schemars(with = "String")]
+    pub backoff_max: Duration,
+    /// Time allowed to open the stream's connection.
+    #[serde(
+        default = "defaults::cp_connect_timeout",
+        deserialize_with = "dur::deserialize"
+    )]
+    #[schemars(with = "String")]
+    pub connect_timeout: Duration,
+    /// Largest message accepted from the control plane.
+    #[serde(default = "defaults::cp_max_message")]
+    pub max_message_bytes: usize,
+    /// Most resources one update may hold.
+    #[serde(default = "defaults::cp_max_resources")]
+    pub max_resources: usize,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("url", &self.url)
+            .field("gateway_id", &self.gateway_id)
+            .field("cache_file", &self.cache_file)
+            .finish_non_exhaustive()
+    }
+}
+
 mod defaults {
     use std::{path::PathBuf, time::Duration};
     pub fn watch_interval() -> Duration {
@@ -263,6 +321,21 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn backoff_min() -> Duration {
+        Duration::from_millis(250)
+    }
+    pub fn backoff_max() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn cp_connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn cp_max_message() -> usize {
+        16 << 20
+    }
+    pub fn cp_max_resources() -> usize {
+        10_000_000
     }
     pub fn all_tools() -> Vec<String> {
         vec!["*".into()]

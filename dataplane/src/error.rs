@@ -92,6 +92,8 @@ pub enum GatewayError {
     UpstreamBadResponse { upstream: String, reason: String },
     #[error("gateway is shutting down")]
     ShuttingDown,
+    #[error("the gateway has no configuration yet (waiting for its control plane)")]
+    NotConfigured,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -103,7 +105,7 @@ impl GatewayError {
             UpstreamUnavailable { .. } | UpstreamTimeout { .. } | UpstreamBadResponse { .. } => {
                 Fault::Upstream
             }
-            Internal(_) | ShuttingDown => Fault::Internal,
+            Internal(_) | ShuttingDown | NotConfigured => Fault::Internal,
             _ => Fault::Downstream,
         }
     }
@@ -115,6 +117,7 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable { .. }
                 | GatewayError::UpstreamTimeout { .. }
                 | GatewayError::ShuttingDown
+                | GatewayError::NotConfigured
         )
     }
 
@@ -140,7 +143,7 @@ impl GatewayError {
             MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             UpstreamUnavailable { .. } | UpstreamBadResponse { .. } => StatusCode::BAD_GATEWAY,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ShuttingDown | NotConfigured => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -163,7 +166,7 @@ impl GatewayError {
             UpstreamUnavailable { .. } => code::UPSTREAM_UNAVAILABLE,
             UpstreamTimeout { .. } => code::UPSTREAM_TIMEOUT,
             UpstreamBadResponse { .. } => code::UPSTREAM_BAD_RESPONSE,
-            ShuttingDown | Internal(_) => code::INTERNAL_ERROR,
+            ShuttingDown | NotConfigured | Internal(_) => code::INTERNAL_ERROR,
         }
     }
 
@@ -208,6 +211,7 @@ impl GatewayError {
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamBadResponse { .. } => "upstream_bad_response",
             ShuttingDown => "shutting_down",
+            NotConfigured => "not_configured",
             Internal(_) => "internal",
         }
     }

@@ -23,35 +23,62 @@ use crate::{
     config::{FileConfig, Limits},
     error::GatewayError,
     metrics::Metrics,
-    model::{Rejected, Snapshot, UpstreamName},
+    model::{Rejected, SessionSpec, Snapshot, UpstreamName},
     relay,
     session::{SealError, SessionKeys, SessionState},
     upstream::UpstreamClient,
 };
 
 /// Everything a config (re)load produces, swapped in atomically.
+#[derive(Clone)]
 pub struct Runtime {
-    pub snapshot: Snapshot,
+    pub snapshot: Arc<Snapshot>,
+    /// False until a gateway fed by a control plane has its first snapshot
+    /// (from the stream or its cache file): it is not ready, and refuses MCP
+    /// requests with 503 rather than calling every key unknown.
+    pub configured: bool,
     pub limits: Limits,
     pub sessions: Arc<SessionKeys>,
+    /// The control plane's session keys `sessions` was made from, if any.
+    session_spec: Option<Arc<SessionSpec>>,
+    session_ttl: u64,
     pub allowed_origins: Vec<String>,
     /// Health and metrics live on a separate admin listener.
     pub admin_separate: bool,
 }
 
 impl Runtime {
-    /// `keep` supplies the running session keys when the config names none,
-    /// so a reload does not end every open session.
+    /// `keep` is the running runtime on a reload: its session keys stay when
+    /// the config names none (so a reload does not end every open session),
+    /// and its snapshot stays when resources come from a control plane.
     pub fn from_config(
         cfg: &FileConfig,
         env: &dyn Fn(&str) -> Option<String>,
-        keep: Option<Arc<SessionKeys>>,
+        keep: Option<&Runtime>,
     ) -> Result<(Runtime, Vec<Rejected>), String> {
-        let (snapshot, rejected) = Snapshot::build_with_env(cfg, env);
+        let (snapshot, configured, rejected) = match (&cfg.control_plane, keep) {
+            (Some(_), _)
+                if !(cfg.tenants.is_empty()
+                    && cfg.upstreams.is_empty()
+                    && cfg.subscriptions.is_empty()
+                    && cfg.api_keys.is_empty()) =>
+            {
+                return Err("control_plane is set: tenants, upstreams, subscriptions and api_keys come from it and must not be listed in the file".into());
+            }
+            (Some(_), Some(running)) => (running.snapshot.clone(), running.configured, Vec::new()),
+            (Some(_), None) => (Arc::new(Snapshot::default()), false, Vec::new()),
+            (None, _) => {
+                let (snap, rejected) = Snapshot::build_with_env(cfg, env);
+                (Arc::new(snap), true, rejected)
+            }
+        };
         let ttl = cfg.sessions.ttl.as_secs();
-        let sessions = match env("STOA_SESSION_KEY").or_else(|| cfg.sessions.key.clone()) {
-            Some(k) => {
-                let current = SessionKeys::decode_key(&k).map_err(|e| format!("sessions.key: {e}"))?;
+        let file_key = env("STOA_SESSION_KEY").or_else(|| cfg.sessions.key.clone());
+        let sessions = match (&snapshot.session_keys, file_key) {
+            (Some(spec), _) => keys_from_spec(spec, ttl),
+            (None, Some(k)) => {
+                let current =
+                    SessionKeys::decode_key(&k).map_err(|e| format!("sessions.key: {e}"))?;
                 let previous = cfg
                     .sessions
                     .previous_keys
@@ -61,22 +88,62 @@ impl Runtime {
                     .map_err(|e| format!("sessions.previous_keys: {e}"))?;
                 Arc::new(SessionKeys::new(current, &previous, ttl))
             }
-            None => keep.unwrap_or_else(|| {
-                tracing::warn!("no sessions.key configured: sessions will not survive a restart or move between replicas");
-                Arc::new(SessionKeys::random(ttl))
-            }),
+            (None, None) => match keep {
+                Some(running) => running.sessions.clone(),
+                None => {
+                    if cfg.control_plane.is_none() {
+                        tracing::warn!(
+                            "no sessions.key configured: sessions will not survive a restart or move between replicas"
+                        );
+                    }
+                    Arc::new(SessionKeys::random(ttl))
+                }
+            },
         };
         Ok((
             Runtime {
+                session_spec: snapshot.session_keys.clone(),
                 snapshot,
+                configured,
                 limits: cfg.limits.clone(),
                 sessions,
+                session_ttl: ttl,
                 allowed_origins: cfg.allowed_origins.clone(),
                 admin_separate: cfg.listeners.admin.is_some(),
             },
             rejected,
         ))
     }
+
+    /// This runtime with another snapshot (from the control plane). Session
+    /// keys follow the snapshot's when it carries new ones.
+    pub fn with_snapshot(&self, snapshot: Arc<Snapshot>) -> Runtime {
+        let sessions = match &snapshot.session_keys {
+            Some(spec) if self.session_spec.as_deref() != Some(spec) => {
+                keys_from_spec(spec, self.session_ttl)
+            }
+            _ => self.sessions.clone(),
+        };
+        Runtime {
+            session_spec: snapshot.session_keys.clone().or(self.session_spec.clone()),
+            snapshot,
+            configured: true,
+            limits: self.limits.clone(),
+            sessions,
+            session_ttl: self.session_ttl,
+            allowed_origins: self.allowed_origins.clone(),
+            admin_separate: self.admin_separate,
+        }
+    }
+}
+
+fn keys_from_spec(spec: &SessionSpec, file_ttl: u64) -> Arc<SessionKeys> {
+    let ttl = if spec.ttl_secs > 0 {
+        spec.ttl_secs
+    } else {
+        file_ttl
+    };
+    Arc::new(SessionKeys::new(spec.current, &spec.previous, ttl))
 }
 
 pub struct Gateway {
@@ -132,6 +199,26 @@ impl Gateway {
         self.runtime.store(Arc::new(rt));
     }
 
+    /// Swaps in a reloaded file's runtime but keeps the control plane's
+    /// snapshot and session keys, whatever the stream installed meanwhile.
+    pub fn reload_keeping_snapshot(&self, rt: Runtime) {
+        self.runtime.rcu(|cur| {
+            Arc::new(Runtime {
+                snapshot: cur.snapshot.clone(),
+                configured: cur.configured,
+                sessions: cur.sessions.clone(),
+                session_spec: cur.session_spec.clone(),
+                ..rt.clone()
+            })
+        });
+    }
+
+    /// Swaps in a new snapshot (from the control plane), keeping the rest.
+    pub fn install(&self, snapshot: Arc<Snapshot>) {
+        self.runtime
+            .rcu(|rt| Arc::new(rt.with_snapshot(snapshot.clone())));
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
@@ -168,7 +255,10 @@ impl Gateway {
         let mut resp = match route {
             Route::Health => plain(StatusCode::OK, "ok"),
             Route::Ready => {
-                if self.ready.load(Ordering::Relaxed) && !self.draining.is_cancelled() {
+                if self.ready.load(Ordering::Relaxed)
+                    && rt.configured
+                    && !self.draining.is_cancelled()
+                {
                     plain(StatusCode::OK, "ready")
                 } else {
                     plain(StatusCode::SERVICE_UNAVAILABLE, "not ready")
@@ -246,8 +336,11 @@ impl Gateway {
     {
         let (parts, body) = req.into_parts();
         check_origin(&parts.headers, &rt.allowed_origins).map_err(|e| (e, None))?;
+        if !rt.configured {
+            return Err((GatewayError::NotConfigured, None));
+        }
         let key = auth::authenticate(&rt.snapshot, &parts.headers).map_err(|e| (e, None))?;
-        ctx.key = Some(key.name.clone());
+        ctx.key = Some(key.name.to_string());
         if self.draining.is_cancelled() && parts.method == Method::GET {
             return Err((GatewayError::ShuttingDown, None));
         }

@@ -17,3 +17,4 @@ pub mod session;
 pub mod sse;
 pub mod tls;
 pub mod upstream;
+pub mod xds;

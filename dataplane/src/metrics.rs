@@ -19,6 +19,9 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_rejected: IntGauge,
+    pub config_revision: IntGauge,
+    pub config_updates: IntCounterVec,
+    pub control_plane_connected: IntGauge,
 }
 
 const KNOWN_METHODS: &[&str] = &[
@@ -132,8 +135,29 @@ impl Metrics {
             "Resources of the current config that were rejected",
         )
         .expect("valid metric");
+        let config_revision = IntGauge::new(
+            "stoa_config_revision",
+            "The control-plane config revision this gateway serves (0: none)",
+        )
+        .expect("valid metric");
+        let config_updates = IntCounterVec::new(
+            Opts::new(
+                "stoa_config_updates_total",
+                "Config-stream updates by outcome (applied, rejected)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let control_plane_connected = IntGauge::new(
+            "stoa_control_plane_connected",
+            "1 while the config stream to the control plane is open",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_revision.clone()),
+            Box::new(config_updates.clone()),
+            Box::new(control_plane_connected.clone()),
             Box::new(latency.clone()),
             Box::new(tool_calls.clone()),
             Box::new(active_streams.clone()),
@@ -158,6 +182,9 @@ impl Metrics {
             upstream_errors,
             config_reloads,
             config_rejected,
+            config_revision,
+            config_updates,
+            control_plane_connected,
         }
     }
 

@@ -1,10 +1,18 @@
 //! The in-memory model the request path reads: an immutable `Snapshot` of
-//! tenants, upstreams, subscriptions and API keys, indexed for lookups.
+//! tenants, plans, upstreams, subscriptions, policies, API keys and session
+//! keys, indexed for lookups.
 //!
-//! Built from the config file today and from the control plane's config
-//! stream later: both lower into `Resources` and call `Snapshot::build`.
-//! A resource that cannot be accepted is rejected with its reason; the rest
-//! of the snapshot is still built (bad config is data, not a crash).
+//! Both sources lower into it the same way: the control plane's config
+//! stream sends `stoa.v1.Resource`s (`Snapshot::apply`), and the config file
+//! is first turned into those same resources (`resources_from_file`). A
+//! resource that cannot be accepted is rejected with its reason; the caller
+//! decides whether the rest stands (the file: yes; the stream: the whole
+//! revision is refused and the last good one kept).
+//!
+//! Applying a delta is proportional to the delta when only keys change
+//! (the common case: a key made or revoked); a change to a tenant, upstream,
+//! subscription, plan or policy recomputes every key's grants. Keys with the
+//! same tenant and subscriptions share one `Grants`.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -13,6 +21,10 @@ use std::{
 };
 
 use http::{HeaderName, HeaderValue, Uri};
+use stoa_proto::{
+    pb::{self, Kind, resource::Resource as R},
+    rules,
+};
 
 use crate::config::FileConfig;
 
@@ -22,23 +34,10 @@ use crate::config::FileConfig;
 pub struct UpstreamName(Arc<str>);
 
 impl UpstreamName {
-    pub const MAX_LEN: usize = 32;
+    pub const MAX_LEN: usize = rules::UPSTREAM_NAME_MAX;
 
     pub fn parse(s: &str) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= Self::MAX_LEN
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !s.starts_with('-')
-            && !s.ends_with('-')
-            && !s.contains("--");
-        if ok {
-            Ok(UpstreamName(s.into()))
-        } else {
-            Err(format!(
-                "upstream name {s:?} must be 1..=32 of [a-z0-9-], not starting or ending with '-' and without '--'"
-            ))
-        }
+        rules::upstream_name(s).map(|()| UpstreamName(s.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -57,15 +56,9 @@ pub struct TenantId(Arc<str>);
 
 impl TenantId {
     pub fn parse(s: &str) -> Result<Self, String> {
-        if !s.is_empty()
-            && s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            Ok(TenantId(s.into()))
-        } else {
-            Err(format!("tenant name {s:?} must be 1..=63 of [A-Za-z0-9_-]"))
-        }
+        rules::name(s)
+            .map(|()| TenantId(s.into()))
+            .map_err(|e| format!("tenant name {e}"))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -78,40 +71,68 @@ pub struct KeyPrefix([u8; 8]);
 
 impl KeyPrefix {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let b = s.as_bytes();
-        if b.len() == 8 && b.iter().all(|c| c.is_ascii_alphanumeric()) {
-            let mut p = [0; 8];
-            p.copy_from_slice(b);
-            Ok(KeyPrefix(p))
-        } else {
-            Err(format!("key prefix {s:?} must be 8 of [A-Za-z0-9]"))
-        }
+        rules::key_prefix(s)?;
+        let mut p = [0; 8];
+        p.copy_from_slice(s.as_bytes());
+        Ok(KeyPrefix(p))
     }
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("checked ASCII at construction")
     }
 }
 
-/// Which tools of one upstream a key may see and call.
+/// Which tools of one upstream a key may see and call: what its
+/// subscriptions allow, minus what its tenant's policies deny.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ToolFilter {
-    All,
-    Only(BTreeSet<String>),
+pub struct ToolFilter {
+    /// `None`: every tool.
+    allow: Option<BTreeSet<String>>,
+    /// Exact names, or prefixes when they end in `*`.
+    deny: Vec<String>,
 }
 
 impl ToolFilter {
-    pub fn allows(&self, tool: &str) -> bool {
-        match self {
-            ToolFilter::All => true,
-            ToolFilter::Only(set) => set.contains(tool),
+    pub fn all() -> Self {
+        ToolFilter {
+            allow: None,
+            deny: Vec::new(),
         }
     }
 
+    pub fn only<I: IntoIterator<Item = S>, S: Into<String>>(tools: I) -> Self {
+        ToolFilter {
+            allow: Some(tools.into_iter().map(Into::into).collect()),
+            deny: Vec::new(),
+        }
+    }
+
+    fn from_list(tools: &[String]) -> Self {
+        if tools.iter().any(|t| t == "*") {
+            Self::all()
+        } else {
+            Self::only(tools.iter().cloned())
+        }
+    }
+
+    /// Every tool passes (no list to filter by).
+    pub fn is_all(&self) -> bool {
+        self.allow.is_none() && self.deny.is_empty()
+    }
+
+    pub fn allows(&self, tool: &str) -> bool {
+        let allowed = self.allow.as_ref().is_none_or(|a| a.contains(tool));
+        allowed
+            && !self.deny.iter().any(|d| match d.strip_suffix('*') {
+                Some(prefix) => tool.starts_with(prefix),
+                None => d == tool,
+            })
+    }
+
     fn union(&mut self, other: &ToolFilter) {
-        match (&mut *self, other) {
-            (ToolFilter::All, _) => {}
-            (_, ToolFilter::All) => *self = ToolFilter::All,
-            (ToolFilter::Only(a), ToolFilter::Only(b)) => a.extend(b.iter().cloned()),
+        match (&mut self.allow, &other.allow) {
+            (None, _) => {}
+            (_, None) => self.allow = None,
+            (Some(a), Some(b)) => a.extend(b.iter().cloned()),
         }
     }
 }
@@ -138,16 +159,62 @@ impl fmt::Debug for Upstream {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub name: String,
+    pub tenant: Option<TenantId>,
+    pub requests_per_minute: u64,
+    pub requests_per_day: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub name: String,
+    pub tenant: TenantId,
+    pub upstream: UpstreamName,
+    pub filter: ToolFilter,
+    pub plan: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub tenant: TenantId,
+    pub upstream: Option<UpstreamName>,
+    pub deny_tools: Vec<String>,
+}
+
+/// Session-sealing keys pushed by the control plane.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionSpec {
+    pub current: [u8; 32],
+    pub previous: Vec<[u8; 32]>,
+    pub ttl_secs: u64,
+}
+
+impl fmt::Debug for SessionSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionSpec")
+            .field("previous", &self.previous.len())
+            .field("ttl_secs", &self.ttl_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Upstream → tools: the union of a key's subscriptions, narrowed by its
+/// tenant's policies.
+pub type Grants = BTreeMap<UpstreamName, ToolFilter>;
+
 #[derive(Debug)]
 pub struct ApiKey {
-    pub name: String,
+    pub name: Box<str>,
     pub prefix: KeyPrefix,
     pub tenant: TenantId,
     /// SHA-256 of the whole key. Keys are 190 bits of randomness, so a fast
     /// hash is enough; the plain key is never stored.
     pub hash: [u8; 32],
-    /// Upstream → tools, the union of the key's subscriptions.
-    pub grants: BTreeMap<UpstreamName, ToolFilter>,
+    pub subscriptions: Arc<[String]>,
+    pub grants: Arc<Grants>,
 }
 
 impl ApiKey {
@@ -155,9 +222,6 @@ impl ApiKey {
         self.grants.get(upstream)
     }
 }
-
-/// Everything the resource part of a config says, before validation.
-pub type Resources = FileConfig;
 
 /// A resource the gateway refused, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,181 +237,533 @@ impl fmt::Display for Rejected {
     }
 }
 
-#[derive(Debug, Default)]
+impl From<&Rejected> for pb::Rejection {
+    fn from(r: &Rejected) -> Self {
+        pb::Rejection {
+            resource: Some(pb::ResourceRef::new(
+                Kind::from_label(r.kind).unwrap_or(Kind::Unspecified),
+                r.name.clone(),
+            )),
+            reason: r.reason.clone(),
+        }
+    }
+}
+
+type GrantKey = (TenantId, Arc<[String]>);
+
+#[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub tenants: BTreeSet<TenantId>,
+    pub plans: BTreeMap<String, Arc<Plan>>,
     pub upstreams: BTreeMap<UpstreamName, Arc<Upstream>>,
-    pub keys: HashMap<KeyPrefix, Arc<ApiKey>>,
+    pub subscriptions: BTreeMap<String, Arc<Subscription>>,
+    pub policies: BTreeMap<String, Arc<Policy>>,
+    /// Shared between snapshots until a key changes.
+    pub keys: Arc<HashMap<KeyPrefix, Arc<ApiKey>>>,
+    pub session_keys: Option<Arc<SessionSpec>>,
+    /// Grants by (tenant, subscriptions), shared by keys alike; valid until
+    /// a structural change.
+    grants: Arc<HashMap<GrantKey, Arc<Grants>>>,
+}
+
+/// Parents before children, so that one update can create both.
+fn order(k: Kind) -> u8 {
+    match k {
+        Kind::Tenant => 0,
+        Kind::Plan => 1,
+        Kind::Upstream => 2,
+        Kind::Subscription => 3,
+        Kind::Policy => 4,
+        Kind::ApiKey => 5,
+        Kind::SessionKeys => 6,
+        Kind::Tool | Kind::Unspecified => 7,
+    }
 }
 
 impl Snapshot {
-    pub fn build(res: &Resources) -> (Snapshot, Vec<Rejected>) {
-        Self::build_with_env(res, &|name| std::env::var(name).ok())
+    /// The file's resources, lowered; bad ones are left out and reported.
+    pub fn build(cfg: &FileConfig) -> (Snapshot, Vec<Rejected>) {
+        Self::build_with_env(cfg, &|name| std::env::var(name).ok())
     }
 
     /// `env` resolves `${VAR}` in upstream headers; tests pass their own.
     pub fn build_with_env(
-        res: &Resources,
+        cfg: &FileConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> (Snapshot, Vec<Rejected>) {
-        let mut rejected = Vec::new();
-        let mut reject = |kind, name: &str, reason: String| {
-            rejected.push(Rejected {
-                kind,
-                name: name.to_owned(),
-                reason,
-            })
-        };
-        let mut snap = Snapshot::default();
-
-        for t in &res.tenants {
-            match TenantId::parse(&t.name) {
-                Ok(id) if !snap.tenants.insert(id.clone()) => {
-                    reject("tenant", &t.name, "duplicate name".into())
-                }
-                Ok(_) => {}
-                Err(e) => reject("tenant", &t.name, e),
-            }
-        }
-
-        for u in &res.upstreams {
-            match lower_upstream(u, &snap.tenants, env) {
-                Ok(up) if snap.upstreams.contains_key(&up.name) => {
-                    reject("upstream", &u.name, "duplicate name".into())
-                }
-                Ok(up) => {
-                    snap.upstreams.insert(up.name.clone(), Arc::new(up));
-                }
-                Err(e) => reject("upstream", &u.name, e),
-            }
-        }
-
-        let mut subs: HashMap<&str, (TenantId, UpstreamName, ToolFilter)> = HashMap::new();
-        for s in &res.subscriptions {
-            let lowered = (|| {
-                let tenant = TenantId::parse(&s.tenant)?;
-                if !snap.tenants.contains(&tenant) {
-                    return Err(format!("unknown tenant {:?}", s.tenant));
-                }
-                let name = UpstreamName::parse(&s.upstream)?;
-                let up = snap
-                    .upstreams
-                    .get(&name)
-                    .ok_or_else(|| format!("unknown upstream {:?}", s.upstream))?;
-                if up.tenant.as_ref().is_some_and(|t| *t != tenant) {
-                    return Err(format!(
-                        "upstream {:?} belongs to another tenant",
-                        s.upstream
-                    ));
-                }
-                let filter = if s.tools.iter().any(|t| t == "*") {
-                    ToolFilter::All
-                } else {
-                    ToolFilter::Only(s.tools.iter().cloned().collect())
-                };
-                if subs.contains_key(s.name.as_str()) {
-                    return Err("duplicate name".into());
-                }
-                Ok((tenant, name, filter))
-            })();
-            match lowered {
-                Ok(v) => {
-                    subs.insert(&s.name, v);
-                }
-                Err(e) => reject("subscription", &s.name, e),
-            }
-        }
-
-        for k in &res.api_keys {
-            let lowered = (|| {
-                let prefix = KeyPrefix::parse(&k.prefix)?;
-                let tenant = TenantId::parse(&k.tenant)?;
-                if !snap.tenants.contains(&tenant) {
-                    return Err(format!("unknown tenant {:?}", k.tenant));
-                }
-                let hash = parse_hash(&k.hash)?;
-                let mut grants: BTreeMap<UpstreamName, ToolFilter> = BTreeMap::new();
-                for sname in &k.subscriptions {
-                    let (st, up, filter) = subs
-                        .get(sname.as_str())
-                        .ok_or_else(|| format!("unknown subscription {sname:?}"))?;
-                    if *st != tenant {
-                        return Err(format!("subscription {sname:?} belongs to another tenant"));
-                    }
-                    grants
-                        .entry(up.clone())
-                        .and_modify(|f| f.union(filter))
-                        .or_insert_with(|| filter.clone());
-                }
-                if snap.keys.contains_key(&prefix) {
-                    return Err(format!("duplicate prefix {:?}", k.prefix));
-                }
-                Ok(ApiKey {
-                    name: k.name.clone(),
-                    prefix,
-                    tenant,
-                    hash,
-                    grants,
-                })
-            })();
-            match lowered {
-                Ok(key) => {
-                    snap.keys.insert(key.prefix, Arc::new(key));
-                }
-                Err(e) => reject("api_key", &k.name, e),
-            }
-        }
+        let (resources, mut rejected) = resources_from_file(cfg);
+        let (snap, more) = Snapshot::default().apply(true, resources, Vec::new(), env);
+        rejected.extend(more);
         (snap, rejected)
+    }
+
+    /// A new snapshot: this one with `removes` and `upserts` applied, or
+    /// (`full`) made of `upserts` alone. Every resource that cannot be
+    /// accepted is left out and reported; the caller decides whether the
+    /// result is usable.
+    pub fn apply(
+        &self,
+        full: bool,
+        mut upserts: Vec<pb::Resource>,
+        removes: Vec<pb::ResourceRef>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> (Snapshot, Vec<Rejected>) {
+        let mut next = if full {
+            Snapshot::default()
+        } else {
+            self.clone()
+        };
+        let mut rejected = Vec::new();
+        let mut structural = full;
+        let mut changed_keys: Vec<KeyPrefix> = Vec::new();
+
+        for rf in &removes {
+            let kind = rf.kind();
+            structural |= !matches!(kind, Kind::ApiKey | Kind::SessionKeys | Kind::Tool);
+            let name = rf.name.as_str();
+            match kind {
+                Kind::Tenant => {
+                    if let Ok(t) = TenantId::parse(name) {
+                        next.tenants.remove(&t);
+                    }
+                }
+                Kind::Plan => {
+                    next.plans.remove(name);
+                }
+                Kind::Upstream => {
+                    if let Ok(u) = UpstreamName::parse(name) {
+                        next.upstreams.remove(&u);
+                    }
+                }
+                Kind::Subscription => {
+                    next.subscriptions.remove(name);
+                }
+                Kind::Policy => {
+                    next.policies.remove(name);
+                }
+                Kind::ApiKey => {
+                    if let Ok(p) = KeyPrefix::parse(name) {
+                        Arc::make_mut(&mut next.keys).remove(&p);
+                    }
+                }
+                Kind::SessionKeys => next.session_keys = None,
+                Kind::Tool | Kind::Unspecified => {}
+            }
+        }
+
+        upserts.sort_by_key(|r| order(r.kind()));
+        let mut keys_in = Vec::new();
+        for r in upserts {
+            let (kind, name) = (r.kind(), r.name());
+            let mut reject = |reason: String| {
+                rejected.push(Rejected {
+                    kind: kind.label(),
+                    name: name.clone(),
+                    reason,
+                })
+            };
+            if let Err(e) = rules::validate(&r) {
+                reject(e.to_string());
+                continue;
+            }
+            structural |= !matches!(kind, Kind::ApiKey | Kind::SessionKeys | Kind::Tool);
+            match r.resource {
+                Some(R::Tenant(t)) => {
+                    if let Ok(t) = TenantId::parse(&t.name) {
+                        next.tenants.insert(t);
+                    }
+                }
+                Some(R::Plan(p)) => match next.lower_plan(p) {
+                    Ok(p) => {
+                        next.plans.insert(p.name.clone(), Arc::new(p));
+                    }
+                    Err(e) => reject(e),
+                },
+                Some(R::Upstream(u)) => match next.lower_upstream(&u, env) {
+                    Ok(u) => {
+                        next.upstreams.insert(u.name.clone(), Arc::new(u));
+                    }
+                    Err(e) => reject(e),
+                },
+                Some(R::Subscription(s)) => match next.lower_subscription(s) {
+                    Ok(s) => {
+                        next.subscriptions.insert(s.name.clone(), Arc::new(s));
+                    }
+                    Err(e) => reject(e),
+                },
+                Some(R::Policy(p)) => match next.lower_policy(p) {
+                    Ok(p) => {
+                        next.policies.insert(p.name.clone(), Arc::new(p));
+                    }
+                    Err(e) => reject(e),
+                },
+                Some(R::ApiKey(k)) => keys_in.push(k),
+                Some(R::SessionKeys(k)) => {
+                    let key = |b: &[u8]| <[u8; 32]>::try_from(b).expect("validated: 32 bytes");
+                    next.session_keys = Some(Arc::new(SessionSpec {
+                        current: key(&k.current),
+                        previous: k.previous.iter().map(|p| key(p)).collect(),
+                        ttl_secs: k.ttl_seconds,
+                    }));
+                }
+                Some(R::Tool(_)) | None => {}
+            }
+        }
+
+        if structural {
+            // Whatever pointed at a changed or removed parent is checked again.
+            next.grants = Arc::default();
+            next.revalidate(&mut rejected);
+        }
+        for k in keys_in {
+            let prefix = k.prefix.clone();
+            match next.lower_key(k) {
+                Ok(key) => {
+                    changed_keys.push(key.prefix);
+                    Arc::make_mut(&mut next.keys).insert(key.prefix, Arc::new(key));
+                }
+                Err(e) => rejected.push(Rejected {
+                    kind: Kind::ApiKey.label(),
+                    name: prefix,
+                    reason: e,
+                }),
+            }
+        }
+        if structural {
+            next.regrant(&changed_keys, &mut rejected);
+        }
+        (next, rejected)
+    }
+
+    /// Drops subscriptions and policies whose parents are gone.
+    fn revalidate(&mut self, rejected: &mut Vec<Rejected>) {
+        let subs = std::mem::take(&mut self.subscriptions);
+        for (name, s) in subs {
+            let check = self.check_subscription(&s);
+            match check {
+                Ok(()) => {
+                    self.subscriptions.insert(name, s);
+                }
+                Err(reason) => rejected.push(Rejected {
+                    kind: Kind::Subscription.label(),
+                    name,
+                    reason,
+                }),
+            }
+        }
+        let policies = std::mem::take(&mut self.policies);
+        for (name, p) in policies {
+            let ok = self.tenants.contains(&p.tenant)
+                && p.upstream
+                    .as_ref()
+                    .is_none_or(|u| self.upstreams.contains_key(u));
+            if ok {
+                self.policies.insert(name, p);
+            } else {
+                rejected.push(Rejected {
+                    kind: Kind::Policy.label(),
+                    name,
+                    reason: "its tenant or upstream no longer exists".into(),
+                });
+            }
+        }
+    }
+
+    /// Recomputes every key's grants but those just lowered.
+    fn regrant(&mut self, fresh: &[KeyPrefix], rejected: &mut Vec<Rejected>) {
+        let fresh: BTreeSet<_> = fresh.iter().map(|p| p.0).collect();
+        let keys = Arc::make_mut(&mut self.keys);
+        let old = std::mem::take(keys);
+        let mut next = HashMap::with_capacity(old.len());
+        let mut grants = std::mem::take(&mut self.grants);
+        for (prefix, key) in old {
+            if fresh.contains(&prefix.0) {
+                next.insert(prefix, key);
+                continue;
+            }
+            match grants_for(self, &mut grants, &key.tenant, &key.subscriptions) {
+                Ok(g) if Arc::ptr_eq(&g, &key.grants) => {
+                    next.insert(prefix, key);
+                }
+                Ok(g) => {
+                    let k = ApiKey {
+                        name: key.name.clone(),
+                        prefix: key.prefix,
+                        tenant: key.tenant.clone(),
+                        hash: key.hash,
+                        subscriptions: key.subscriptions.clone(),
+                        grants: g,
+                    };
+                    next.insert(prefix, Arc::new(k));
+                }
+                Err(reason) => rejected.push(Rejected {
+                    kind: Kind::ApiKey.label(),
+                    name: prefix.as_str().to_owned(),
+                    reason,
+                }),
+            }
+        }
+        *Arc::make_mut(&mut self.keys) = next;
+        self.grants = grants;
+    }
+
+    fn tenant(&self, s: &str) -> Result<TenantId, String> {
+        let t = TenantId::parse(s)?;
+        self.tenants
+            .get(&t)
+            .cloned()
+            .ok_or_else(|| format!("unknown tenant {s:?}"))
+    }
+
+    fn lower_plan(&self, p: pb::Plan) -> Result<Plan, String> {
+        Ok(Plan {
+            tenant: (!p.tenant.is_empty())
+                .then(|| self.tenant(&p.tenant))
+                .transpose()?,
+            name: p.name,
+            requests_per_minute: p.requests_per_minute,
+            requests_per_day: p.requests_per_day,
+        })
+    }
+
+    fn lower_upstream(
+        &self,
+        u: &pb::Upstream,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Upstream, String> {
+        let name = UpstreamName::parse(&u.name)?;
+        let url: Uri = u.url.parse().map_err(|e| format!("url {:?}: {e}", u.url))?;
+        match url.scheme_str() {
+            Some("http") | Some("https") if url.authority().is_some() => {}
+            _ => {
+                return Err(format!(
+                    "url {:?} must be absolute http:// or https://",
+                    u.url
+                ));
+            }
+        }
+        let tenant = (!u.tenant.is_empty())
+            .then(|| self.tenant(&u.tenant))
+            .transpose()?;
+        let mut headers = Vec::new();
+        for (k, v) in &u.headers {
+            let hn = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("bad header name {k:?}"))?;
+            let value = expand_env(v, env)
+                .map_err(|var| format!("header {k:?}: environment variable {var} is not set"))?;
+            let mut hv = HeaderValue::from_str(&value)
+                .map_err(|_| format!("header {k:?} has an invalid value"))?;
+            hv.set_sensitive(true);
+            headers.push((hn, hv));
+        }
+        Ok(Upstream {
+            name,
+            url,
+            tenant,
+            headers,
+        })
+    }
+
+    fn check_subscription(&self, s: &Subscription) -> Result<(), String> {
+        if !self.tenants.contains(&s.tenant) {
+            return Err(format!("unknown tenant {:?}", s.tenant.as_str()));
+        }
+        let up = self
+            .upstreams
+            .get(&s.upstream)
+            .ok_or_else(|| format!("unknown upstream {:?}", s.upstream.as_str()))?;
+        if up.tenant.as_ref().is_some_and(|t| *t != s.tenant) {
+            return Err(format!(
+                "upstream {:?} belongs to another tenant",
+                s.upstream.as_str()
+            ));
+        }
+        if let Some(p) = &s.plan {
+            let plan = self
+                .plans
+                .get(p)
+                .ok_or_else(|| format!("unknown plan {p:?}"))?;
+            if plan.tenant.as_ref().is_some_and(|t| *t != s.tenant) {
+                return Err(format!("plan {p:?} belongs to another tenant"));
+            }
+        }
+        Ok(())
+    }
+
+    fn lower_subscription(&self, s: pb::Subscription) -> Result<Subscription, String> {
+        let sub = Subscription {
+            tenant: self.tenant(&s.tenant)?,
+            upstream: UpstreamName::parse(&s.upstream)?,
+            filter: ToolFilter::from_list(&s.tools),
+            plan: (!s.plan.is_empty()).then_some(s.plan),
+            name: s.name,
+        };
+        self.check_subscription(&sub)?;
+        Ok(sub)
+    }
+
+    fn lower_policy(&self, p: pb::Policy) -> Result<Policy, String> {
+        let upstream = (!p.upstream.is_empty())
+            .then(|| UpstreamName::parse(&p.upstream))
+            .transpose()?;
+        if let Some(u) = &upstream
+            && !self.upstreams.contains_key(u)
+        {
+            return Err(format!("unknown upstream {:?}", u.as_str()));
+        }
+        Ok(Policy {
+            tenant: self.tenant(&p.tenant)?,
+            upstream,
+            deny_tools: p.deny_tools,
+            name: p.name,
+        })
+    }
+
+    fn lower_key(&mut self, k: pb::ApiKey) -> Result<ApiKey, String> {
+        let prefix = KeyPrefix::parse(&k.prefix)?;
+        let tenant = self.tenant(&k.tenant)?;
+        let hash = <[u8; 32]>::try_from(k.sha256.as_slice())
+            .map_err(|_| "sha256 must be 32 bytes".to_owned())?;
+        let mut subs = k.subscriptions;
+        subs.sort();
+        subs.dedup();
+        let subs: Arc<[String]> = subs.into();
+        let mut cache = std::mem::take(&mut self.grants);
+        let grants = grants_for(self, &mut cache, &tenant, &subs);
+        self.grants = cache;
+        let grants = grants?;
+        Ok(ApiKey {
+            name: k.display_name.into_boxed_str(),
+            prefix,
+            tenant,
+            hash,
+            // Share the interned list.
+            subscriptions: subs,
+            grants,
+        })
     }
 }
 
-fn lower_upstream(
-    u: &crate::config::UpstreamConfig,
-    tenants: &BTreeSet<TenantId>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Upstream, String> {
-    let name = UpstreamName::parse(&u.name)?;
-    let url: Uri = u.url.parse().map_err(|e| format!("url {:?}: {e}", u.url))?;
-    match url.scheme_str() {
-        Some("http") | Some("https") if url.authority().is_some() => {}
-        _ => {
-            return Err(format!(
-                "url {:?} must be absolute http:// or https://",
-                u.url
-            ));
+/// The grants of a key of `tenant` with `subs`, computed once per distinct pair.
+fn grants_for(
+    snap: &Snapshot,
+    cache: &mut Arc<HashMap<GrantKey, Arc<Grants>>>,
+    tenant: &TenantId,
+    subs: &Arc<[String]>,
+) -> Result<Arc<Grants>, String> {
+    let k = (tenant.clone(), subs.clone());
+    if let Some(g) = cache.get(&k) {
+        return Ok(g.clone());
+    }
+    let mut grants = Grants::new();
+    for name in subs.iter() {
+        let s = snap
+            .subscriptions
+            .get(name)
+            .ok_or_else(|| format!("unknown subscription {name:?}"))?;
+        if s.tenant != *tenant {
+            return Err(format!("subscription {name:?} belongs to another tenant"));
+        }
+        grants
+            .entry(s.upstream.clone())
+            .and_modify(|f| f.union(&s.filter))
+            .or_insert_with(|| s.filter.clone());
+    }
+    for p in snap.policies.values().filter(|p| p.tenant == *tenant) {
+        for (up, f) in grants.iter_mut() {
+            if p.upstream.as_ref().is_none_or(|u| u == up) {
+                f.deny.extend(p.deny_tools.iter().cloned());
+            }
         }
     }
-    let tenant = match &u.tenant {
-        None => None,
-        Some(t) => {
-            let id = TenantId::parse(t)?;
-            if !tenants.contains(&id) {
-                return Err(format!("unknown tenant {t:?}"));
-            }
-            Some(id)
+    let g = Arc::new(grants);
+    Arc::make_mut(cache).insert(k, g.clone());
+    Ok(g)
+}
+
+/// The file's resource sections as `stoa.v1` resources: the one shape the
+/// model is built from. File-only mistakes (a duplicate name, a hash that is
+/// not `sha256:<hex>`) are reported here.
+pub fn resources_from_file(cfg: &FileConfig) -> (Vec<pb::Resource>, Vec<Rejected>) {
+    let mut out: Vec<pb::Resource> = Vec::new();
+    let mut rejected = Vec::new();
+    let mut seen: BTreeSet<(Kind, String)> = BTreeSet::new();
+    let mut push = |r: pb::Resource, shown: &str, rejected: &mut Vec<Rejected>| {
+        if seen.insert((r.kind(), r.name())) {
+            out.push(r);
+        } else {
+            let reason = match r.kind() {
+                Kind::ApiKey => format!("duplicate prefix {:?}", r.name()),
+                _ => "duplicate name".into(),
+            };
+            rejected.push(Rejected {
+                kind: r.kind().label(),
+                name: shown.to_owned(),
+                reason,
+            });
         }
     };
-    let mut headers = Vec::new();
-    for (k, v) in &u.headers {
-        let hn =
-            HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("bad header name {k:?}"))?;
-        let value = expand_env(v, env)
-            .map_err(|var| format!("header {k:?}: environment variable {var} is not set"))?;
-        let mut hv = HeaderValue::from_str(&value)
-            .map_err(|_| format!("header {k:?} has an invalid value"))?;
-        hv.set_sensitive(true);
-        headers.push((hn, hv));
+    for t in &cfg.tenants {
+        let r = R::Tenant(pb::Tenant {
+            name: t.name.clone(),
+            display_name: String::new(),
+        });
+        push(r.into(), &t.name, &mut rejected);
     }
-    Ok(Upstream {
-        name,
-        url,
-        tenant,
-        headers,
-    })
+    for u in &cfg.upstreams {
+        let r = R::Upstream(pb::Upstream {
+            name: u.name.clone(),
+            tenant: u.tenant.clone().unwrap_or_default(),
+            url: u.url.clone(),
+            headers: u.headers.clone().into_iter().collect(),
+            description: String::new(),
+        });
+        push(r.into(), &u.name, &mut rejected);
+    }
+    for s in &cfg.subscriptions {
+        let r = R::Subscription(pb::Subscription {
+            name: s.name.clone(),
+            tenant: s.tenant.clone(),
+            upstream: s.upstream.clone(),
+            tools: s.tools.clone(),
+            plan: String::new(),
+        });
+        push(r.into(), &s.name, &mut rejected);
+    }
+    for k in &cfg.api_keys {
+        let sha256 = match parse_hash(&k.hash) {
+            Ok(h) => h.to_vec(),
+            Err(reason) => {
+                rejected.push(Rejected {
+                    kind: Kind::ApiKey.label(),
+                    name: k.name.clone(),
+                    reason,
+                });
+                continue;
+            }
+        };
+        if let Err(reason) = KeyPrefix::parse(&k.prefix) {
+            rejected.push(Rejected {
+                kind: Kind::ApiKey.label(),
+                name: k.name.clone(),
+                reason,
+            });
+            continue;
+        }
+        let r = R::ApiKey(pb::ApiKey {
+            prefix: k.prefix.clone(),
+            display_name: k.name.clone(),
+            tenant: k.tenant.clone(),
+            sha256,
+            subscriptions: k.subscriptions.clone(),
+        });
+        push(r.into(), &k.name, &mut rejected);
+    }
+    (out, rejected)
 }
 
 /// Replaces `${VAR}`; returns the name of the first unset variable.
-fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+pub(crate) fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
@@ -389,6 +805,10 @@ mod tests {
         Snapshot::build_with_env(&res, &|v| (v == "TOKEN").then(|| "t0k".to_owned()))
     }
 
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
     const BASE: &str = r#"
 tenants: [{name: acme}, {name: globex}]
 upstreams:
@@ -402,22 +822,26 @@ api_keys:
   - {name: k1, tenant: acme, prefix: AAAAbbbb, hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000", subscriptions: [s1, s2]}
 "#;
 
+    fn prefix(s: &str) -> KeyPrefix {
+        KeyPrefix::parse(s).unwrap()
+    }
+    fn up(s: &str) -> UpstreamName {
+        UpstreamName::parse(s).unwrap()
+    }
+
     #[test]
     fn grants_are_the_union_of_subscriptions() {
         let (snap, rejected) = build(BASE);
-        let key = &snap.keys[&KeyPrefix::parse("AAAAbbbb").unwrap()];
-        let f = key.may_use(&UpstreamName::parse("ref").unwrap()).unwrap();
+        let key = &snap.keys[&prefix("AAAAbbbb")];
+        let f = key.may_use(&up("ref")).unwrap();
         assert!(f.allows("echo") && f.allows("add") && !f.allows("rm"));
-        assert!(
-            key.may_use(&UpstreamName::parse("private").unwrap())
-                .is_none()
-        );
+        assert!(key.may_use(&up("private")).is_none());
         // s3 refers to another tenant's upstream: refused, the rest stands.
         assert_eq!(rejected.len(), 1, "{rejected:?}");
         assert_eq!(rejected[0].name, "s3");
-        let up = &snap.upstreams[&UpstreamName::parse("ref").unwrap()];
-        assert_eq!(up.headers[0].1, "Bearer t0k");
-        assert!(up.headers[0].1.is_sensitive());
+        let u = &snap.upstreams[&up("ref")];
+        assert_eq!(u.headers[0].1, "Bearer t0k");
+        assert!(u.headers[0].1.is_sensitive());
     }
 
     #[test]
@@ -430,16 +854,151 @@ upstreams:
   - {name: nourl, url: "/relative"}
   - {name: noenv, url: "http://x/mcp", headers: {X-Key: "${MISSING}"}}
 api_keys:
-  - {name: k, tenant: acme, prefix: short, hash: "sha256:00", subscriptions: []}
+  - {name: k, tenant: acme, prefix: short, hash: "sha256:0000000000000000000000000000000000000000000000000000000000000000", subscriptions: []}
 "#,
         );
         assert!(snap.upstreams.is_empty());
         let reasons: Vec<String> = rejected.iter().map(|r| r.to_string()).collect();
         assert_eq!(reasons.len(), 4, "{reasons:#?}");
-        assert!(reasons[0].contains("[a-z0-9-]"));
-        assert!(reasons[1].contains("absolute"));
-        assert!(reasons[2].contains("MISSING"));
-        assert!(reasons[3].contains("prefix"));
+        assert!(
+            reasons.iter().any(|r| r.contains("[a-z0-9-]")),
+            "{reasons:#?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("absolute")),
+            "{reasons:#?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("MISSING")),
+            "{reasons:#?}"
+        );
+        assert!(reasons.iter().any(|r| r.contains("prefix")), "{reasons:#?}");
+    }
+
+    fn key(p: &str, subs: &[&str]) -> pb::Resource {
+        R::ApiKey(pb::ApiKey {
+            prefix: p.into(),
+            display_name: p.into(),
+            tenant: "acme".into(),
+            sha256: vec![1; 32],
+            subscriptions: subs.iter().map(|s| s.to_string()).collect(),
+        })
+        .into()
+    }
+
+    #[test]
+    fn deltas_change_only_what_they_name() {
+        let (base, _) = build(BASE);
+        // A new key shares the grants of keys with the same subscriptions.
+        let (next, rejected) =
+            base.apply(false, vec![key("CCCCdddd", &["s2", "s1"])], vec![], &no_env);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert!(Arc::ptr_eq(
+            &next.keys[&prefix("CCCCdddd")].grants,
+            &next.keys[&prefix("AAAAbbbb")].grants
+        ));
+        assert!(Arc::ptr_eq(
+            &next.upstreams[&up("ref")],
+            &base.upstreams[&up("ref")]
+        ));
+        assert!(
+            !base.keys.contains_key(&prefix("CCCCdddd")),
+            "the old snapshot is untouched"
+        );
+
+        // Revocation.
+        let (next, rejected) = next.apply(
+            false,
+            vec![],
+            vec![pb::ResourceRef::new(Kind::ApiKey, "AAAAbbbb")],
+            &no_env,
+        );
+        assert!(rejected.is_empty());
+        assert_eq!(next.keys.len(), 1);
+
+        // A subscription change reaches every key that uses it.
+        let widened: pb::Resource = R::Subscription(pb::Subscription {
+            name: "s1".into(),
+            tenant: "acme".into(),
+            upstream: "ref".into(),
+            tools: vec!["*".into()],
+            plan: String::new(),
+        })
+        .into();
+        let (next, rejected) = next.apply(false, vec![widened], vec![], &no_env);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert!(
+            next.keys[&prefix("CCCCdddd")]
+                .may_use(&up("ref"))
+                .unwrap()
+                .allows("rm")
+        );
+
+        // Removing a subscription a key still uses is refused, with reasons.
+        let (_, rejected) = next.apply(
+            false,
+            vec![],
+            vec![pb::ResourceRef::new(Kind::Subscription, "s1")],
+            &no_env,
+        );
+        assert_eq!(rejected.len(), 1);
+        assert!(
+            rejected[0].reason.contains("unknown subscription \"s1\""),
+            "{rejected:?}"
+        );
+    }
+
+    #[test]
+    fn policies_narrow_grants() {
+        let (base, _) = build(BASE);
+        let deny: pb::Resource = R::Policy(pb::Policy {
+            name: "no-add".into(),
+            tenant: "acme".into(),
+            upstream: String::new(),
+            deny_tools: vec!["ad*".into()],
+        })
+        .into();
+        let (next, rejected) = base.apply(false, vec![deny], vec![], &no_env);
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let f = next.keys[&prefix("AAAAbbbb")].may_use(&up("ref")).unwrap();
+        assert!(f.allows("echo") && !f.allows("add"));
+        assert!(!f.is_all());
+    }
+
+    #[test]
+    fn one_update_may_create_parents_and_children_in_any_order() {
+        let sub: pb::Resource = R::Subscription(pb::Subscription {
+            name: "s".into(),
+            tenant: "acme".into(),
+            upstream: "u".into(),
+            tools: vec!["*".into()],
+            plan: String::new(),
+        })
+        .into();
+        let upstream: pb::Resource = R::Upstream(pb::Upstream {
+            name: "u".into(),
+            url: "http://x/mcp".into(),
+            ..Default::default()
+        })
+        .into();
+        let tenant: pb::Resource = R::Tenant(pb::Tenant {
+            name: "acme".into(),
+            display_name: String::new(),
+        })
+        .into();
+        let (snap, rejected) = Snapshot::default().apply(
+            true,
+            vec![key("AAAAbbbb", &["s"]), sub, upstream, tenant],
+            vec![],
+            &no_env,
+        );
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert!(
+            snap.keys[&prefix("AAAAbbbb")]
+                .may_use(&up("u"))
+                .unwrap()
+                .is_all()
+        );
     }
 
     #[test]

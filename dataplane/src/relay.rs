@@ -129,7 +129,7 @@ async fn post(
                     ))));
                 }
             }
-            "tools/list" if *filter != ToolFilter::All => list_filter = Some(filter.clone()),
+            "tools/list" if !filter.is_all() => list_filter = Some(filter.clone()),
             _ => {}
         }
     }
@@ -456,10 +456,7 @@ mod tests {
     #[test]
     fn tool_lists_are_filtered() {
         let mut msg = json!({"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"echo"},{"name":"rm"},{"name":"add"}]}});
-        filter_tools(
-            &mut msg,
-            &ToolFilter::Only(["echo".to_owned(), "add".to_owned()].into()),
-        );
+        filter_tools(&mut msg, &ToolFilter::only(["echo", "add"]));
         let names: Vec<_> = msg["result"]["tools"]
             .as_array()
             .unwrap()

@@ -47,6 +47,31 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let gw = Gateway::new(rt);
     gw.metrics.config_rejected.set(rejected.len() as i64);
+    let stop_stream = CancellationToken::new();
+    if let Some(cp) = &cfg.control_plane {
+        let token = env("STOA_GATEWAY_TOKEN")
+            .or_else(|| {
+                cp.token
+                    .as_deref()
+                    .map(|t| crate::model::expand_env(t, &env))
+                    .transpose()
+                    .ok()
+                    .flatten()
+            })
+            .context(
+                "control_plane: no gateway token (set control_plane.token or STOA_GATEWAY_TOKEN)",
+            )?;
+        let id = env("STOA_GATEWAY_ID")
+            .or_else(|| cp.gateway_id.clone())
+            .unwrap_or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_else(|_| "gateway".into())
+            });
+        tracing::info!(url = %cp.url, gateway_id = %id, "taking config from the control plane");
+        let client = crate::xds::Client::new(gw.clone(), cp.clone(), token, id);
+        tokio::spawn(client.run(stop_stream.clone()));
+    }
 
     let serve = Serve {
         gw: gw.clone(),
@@ -156,6 +181,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let drain_timeout = gw.runtime().limits.drain_timeout;
     tracing::info!(timeout = ?drain_timeout, "draining: no new connections, in-flight requests finish, streams end");
     gw.set_ready(false);
+    stop_stream.cancel();
     gw.draining.cancel();
     serve.drain.cancel();
     serve.tracker.close();
@@ -187,10 +213,11 @@ fn reload(
 ) {
     *stamp = mtime(path);
     let env = |n: &str| std::env::var(n).ok();
-    let keep = gw.runtime().sessions.clone();
+    let current = gw.runtime();
     let loaded = FileConfig::load(path)
         .map_err(|e| e.to_string())
-        .and_then(|cfg| Runtime::from_config(&cfg, &env, Some(keep)).map(|built| (cfg, built)));
+        .and_then(|cfg| Runtime::from_config(&cfg, &env, Some(&current)).map(|built| (cfg, built)));
+    drop(current);
     let (cfg, (rt, rejected)) = match loaded {
         Ok(x) => x,
         Err(e) => {
@@ -208,10 +235,16 @@ fn reload(
     for r in &rejected {
         tracing::error!("{r}");
     }
-    if format!("{:?}", cfg.listeners) != format!("{:?}", running.listeners) {
-        tracing::warn!("listener changes take effect at the next restart");
+    if format!("{:?}", cfg.listeners) != format!("{:?}", running.listeners)
+        || format!("{:?}", cfg.control_plane) != format!("{:?}", running.control_plane)
+    {
+        tracing::warn!("listener and control_plane changes take effect at the next restart");
     }
-    gw.swap(rt);
+    if cfg.control_plane.is_some() {
+        gw.reload_keeping_snapshot(rt);
+    } else {
+        gw.swap(rt);
+    }
     gw.metrics.config_rejected.set(rejected.len() as i64);
     gw.metrics.config_reloads.with_label_values(&["ok"]).inc();
     tracing::info!(trigger = why, rejected = rejected.len(), "config reloaded");
