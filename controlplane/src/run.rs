@@ -88,10 +88,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         replica: replica.clone(),
         discoverer,
     });
+    // Both reflection versions: grpcurl and older tools still ask v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(stoa_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
+    };
+    let reflection_alpha = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(stoa_proto::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
     };
     let admin_routes =
         tonic::service::Routes::from(http::router(admin.clone(), opts.max_request_bytes))
@@ -104,7 +110,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         replica: replica.clone(),
         settings: opts.stream.clone(),
     }))
-    .add_service(reflection()?);
+    .add_service(reflection()?)
+    .add_service(reflection_alpha()?);
 
     let admin_server = tonic::transport::Server::builder()
         .accept_http1(true)

@@ -1,6 +1,9 @@
-//! `cargo xtask demo`: the reference upstream and a gateway on this machine,
-//! a real MCP tool call through the gateway, and the URLs and key to go on
-//! with. Everything it writes lives under `target/demo/`.
+//! `cargo xtask demo`: the whole platform on this machine on embedded
+//! defaults: the control plane (SQLite, or `--database-url`), N gateways fed
+//! by it, and the reference upstream; a tenant, plan, subscriptions and a key
+//! seeded through the admin API (`stoactl`); a real MCP tool call through the
+//! gateway; and the URLs, tokens and key to go on with. Everything it writes
+//! lives under `target/demo/`.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -19,26 +22,43 @@ pub struct Args {
     /// More upstream MCP servers the demo key may use, as NAME=URL (repeatable).
     #[arg(long = "upstream", value_name = "NAME=URL")]
     upstreams: Vec<String>,
-    /// Cleartext port (HTTP/1.1 + h2c).
+    /// Cleartext port (HTTP/1.1 + h2c) of the first gateway; gateway i uses port+i.
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// TLS port (HTTP/1.1 + HTTP/2), and HTTP/3 on the same UDP port.
+    /// TLS port (HTTP/1.1 + HTTP/2, and HTTP/3 on UDP) of the first gateway; gateway i uses tls_port+i.
     #[arg(long, default_value_t = 8443)]
     tls_port: u16,
+    /// Admin API port (gRPC + HTTP/JSON).
+    #[arg(long, default_value_t = 7070)]
+    admin_port: u16,
+    /// Config-stream port the gateways connect to.
+    #[arg(long, default_value_t = 7071)]
+    xds_port: u16,
+    /// How many gateways the control plane feeds.
+    #[arg(long, default_value_t = 1)]
+    gateways: u16,
+    /// The store: `postgres://…` instead of the embedded SQLite file
+    /// (target/demo/stoa.db, made afresh on every run).
+    #[arg(long)]
+    database_url: Option<String>,
     /// Start, show the call, then stop (for scripts and tests).
     #[arg(long)]
     once: bool,
 }
 
 impl Args {
-    /// Free-standing ports, start, call, stop: what CI runs.
-    pub fn once(port: u16, tls_port: u16) -> Args {
-        Args {
+    /// Ports from `free`, start, call, stop: what CI runs.
+    pub fn once(mut free: impl FnMut() -> std::io::Result<u16>) -> std::io::Result<Args> {
+        Ok(Args {
             upstreams: Vec::new(),
-            port,
-            tls_port,
+            port: free()?,
+            tls_port: free()?,
+            admin_port: free()?,
+            xds_port: free()?,
+            gateways: 1,
+            database_url: None,
             once: true,
-        }
+        })
     }
 }
 
@@ -46,11 +66,31 @@ struct Children(Vec<(String, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
+        for (_, c) in self.0.iter_mut().rev() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
+}
+
+impl Children {
+    fn check(&mut self) -> anyhow::Result<()> {
+        for (name, c) in &mut self.0 {
+            if let Some(status) = c.try_wait()? {
+                bail!("{name} exited ({status}); see target/demo/*.log");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn random_token(role: &str) -> anyhow::Result<String> {
+    let mut b = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(format!(
+        "stoa-{role}-{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    ))
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -64,6 +104,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok((name.to_owned(), url.to_owned()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.gateways == 0 {
+        bail!("--gateways must be at least 1");
+    }
 
     run_cmd_build()?;
     let bin = target_dir().join("debug");
@@ -71,6 +114,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&demo)?;
     stop_previous(&demo);
     let mut children = Children(Vec::new());
+    let record_pids = |children: &Children| {
+        std::fs::write(
+            demo.join("pids"),
+            children
+                .0
+                .iter()
+                .map(|(_, c)| c.id().to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+    };
 
     // The reference upstream, on a free port.
     let mut reference = Command::new(bin.join("stoa-reference"))
@@ -90,52 +144,107 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .to_owned();
     children.0.push(("stoa-reference".into(), reference));
 
-    // A key, shown once, stored hashed.
-    let out = Command::new(bin.join("stoa-gateway"))
-        .arg("gen-key")
-        .output()?;
-    let text = String::from_utf8(out.stdout)?;
-    let field = |name: &str| -> anyhow::Result<String> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
-            .with_context(|| format!("gen-key printed no {name}"))
+    // The control plane. The demo makes its tokens so it can print them.
+    let database_url = match &args.database_url {
+        Some(u) => u.clone(),
+        None => {
+            for f in ["stoa.db", "stoa.db-wal", "stoa.db-shm"] {
+                let _ = std::fs::remove_file(demo.join(f));
+            }
+            format!("sqlite://{}", demo.join("stoa.db").display())
+        }
     };
-    let (key, prefix, hash) = (field("key:")?, field("prefix:")?, field("hash:")?);
+    let admin_token = random_token("admin")?;
+    let gateway_token = random_token("gateway")?;
+    let cp_ready = demo.join("control-ready.json");
+    let _ = std::fs::remove_file(&cp_ready);
+    let control = Command::new(bin.join("stoa-control"))
+        .args(["--database-url", &database_url])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", args.admin_port)])
+        .args(["--xds-listen", &format!("127.0.0.1:{}", args.xds_port)])
+        .arg("--ready-file")
+        .arg(&cp_ready)
+        .env("STOA_ADMIN_TOKEN", &admin_token)
+        .env("STOA_GATEWAY_TOKEN", &gateway_token)
+        .stderr(std::fs::File::create(demo.join("control.log"))?)
+        .spawn()
+        .context("starting stoa-control")?;
+    children.0.push(("stoa-control".into(), control));
+    record_pids(&children)?;
+    wait_ready(&cp_ready, &mut children, "control")?;
+    let admin_url = format!("http://127.0.0.1:{}", args.admin_port);
 
+    // Seed through the admin API, as an operator would.
     let mut upstreams = vec![("reference".to_owned(), reference_url.clone())];
     upstreams.extend(extra);
-    let config = demo.join("gateway.yaml");
-    std::fs::write(
-        &config,
-        config_yaml(&args, &demo, &upstreams, &prefix, &hash),
-    )?;
+    let mut seed = vec![
+        serde_json::json!({"tenant": {"name": "demo", "displayName": "Demo tenant"}}),
+        serde_json::json!({"plan": {"name": "demo", "tenant": "demo", "requestsPerMinute": 600, "requestsPerDay": 100000}}),
+    ];
+    for (n, u) in &upstreams {
+        seed.push(serde_json::json!({"upstream": {"name": n, "url": u}}));
+        seed.push(serde_json::json!({"subscription": {"name": format!("demo-{n}"), "tenant": "demo", "upstream": n, "tools": ["*"], "plan": "demo"}}));
+    }
+    let seed_file = demo.join("seed.json");
+    std::fs::write(&seed_file, serde_json::to_string_pretty(&seed)?)?;
+    let stoactl = |extra: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(bin.join("stoactl"))
+            .args(["--server", &admin_url])
+            .args(extra)
+            .env("STOA_ADMIN_TOKEN", &admin_token)
+            .output()
+            .context("running stoactl")?;
+        if !out.status.success() {
+            bail!(
+                "stoactl {extra:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    };
+    stoactl(&["apply", "-f", &seed_file.to_string_lossy()])?;
+    let subs: Vec<String> = upstreams.iter().map(|(n, _)| format!("demo-{n}")).collect();
+    let key = stoactl(&[
+        "create",
+        "key",
+        "--tenant",
+        "demo",
+        "--name",
+        "demo",
+        "--subscription",
+        &subs.join(","),
+    ])?;
 
-    let ready = demo.join("ready.json");
-    let _ = std::fs::remove_file(&ready);
-    let gateway = Command::new(bin.join("stoa-gateway"))
-        .arg("run")
-        .arg("--config")
-        .arg(&config)
-        .arg("--ready-file")
-        .arg(&ready)
-        .stderr(std::fs::File::create(demo.join("gateway.log"))?)
-        .spawn()
-        .context("starting stoa-gateway")?;
-    children.0.push(("stoa-gateway".into(), gateway));
-    std::fs::write(
-        demo.join("pids"),
-        children
-            .0
-            .iter()
-            .map(|(_, c)| c.id().to_string())
-            .collect::<Vec<_>>()
-            .join("\n"),
-    )?;
-    let bound = wait_ready(&ready, &mut children)?;
+    // The gateways, fed by the control plane.
+    let mut bound = Vec::new();
+    for i in 0..args.gateways {
+        let config = demo.join(format!("gateway-{i}.yaml"));
+        std::fs::write(&config, gateway_yaml(&args, &demo, i))?;
+        let ready = demo.join(format!("gateway-{i}-ready.json"));
+        let _ = std::fs::remove_file(&ready);
+        let gateway = Command::new(bin.join("stoa-gateway"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("STOA_GATEWAY_TOKEN", &gateway_token)
+            .stderr(std::fs::File::create(
+                demo.join(format!("gateway-{i}.log")),
+            )?)
+            .spawn()
+            .context("starting stoa-gateway")?;
+        children.0.push((format!("stoa-gateway-{i}"), gateway));
+        record_pids(&children)?;
+        bound.push(wait_ready(&ready, &mut children, &format!("gateway-{i}"))?);
+    }
+    for i in 0..args.gateways {
+        wait_configured(&format!("127.0.0.1:{}", args.port + i), &mut children)?;
+    }
 
     let base = format!("http://127.0.0.1:{}", args.port);
     let h3 = format!("https://127.0.0.1:{}", args.tls_port);
-    let ca = bound
+    let ca = bound[0]
         .split("\"ca\":\"")
         .nth(1)
         .and_then(|s| s.split('"').next())
@@ -143,26 +252,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .to_owned();
     let answer = demo_call(&format!("127.0.0.1:{}", args.port), &key)?;
 
+    let urls: Vec<String> = (0..args.gateways)
+        .map(|i| format!("http://127.0.0.1:{}", args.port + i))
+        .collect();
     let env = format!(
-        "STOA_GATEWAY_URL={base}\nSTOA_GATEWAY_H3_URL={h3}\nSTOA_CA_CERT={ca}\nSTOA_API_KEY={key}\n"
+        "STOA_GATEWAY_URL={base}\nSTOA_GATEWAY_H3_URL={h3}\nSTOA_CA_CERT={ca}\nSTOA_API_KEY={key}\n\
+         STOA_GATEWAY_URLS={}\nSTOA_ADMIN_GRPC_URL={admin_url}\nSTOA_ADMIN_HTTP_URL={admin_url}\nSTOA_ADMIN_TOKEN={admin_token}\n",
+        urls.join(" ")
     );
     std::fs::write(demo.join("demo.env"), &env)?;
     println!(
-        "\nSTOA demo is running.\n\
+        "\nSTOA demo is running: a control plane, {} gateway(s) fed by it, the reference upstream.\n\
          \n  MCP endpoint (every granted upstream): {base}/mcp\
          \n  one upstream:                           {base}/mcp/reference\
          \n  TLS (h1/h2) and HTTP/3:                 {h3}/mcp   (trust {ca})\
-         \n  metrics:                                {base}/metrics\
+         \n  all gateways:                           {}\
+         \n  admin API (gRPC + HTTP/JSON):           {admin_url}   store: {database_url}\
+         \n  admin token:                            {admin_token}\
          \n  API key (shown once):                   {key}\
          \n  upstreams:                              {}\
          \n\nA real tool call just went through the gateway:\n  tools/call reference__echo -> {answer}\n\
          \nVariables for scripts: target/demo/demo.env. Logs: target/demo/*.log.\n\
-         \nTry it:\n  curl -s {base}/mcp -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\\n    -H 'Accept: application/json, text/event-stream' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"2025-11-25\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"curl\",\"version\":\"0\"}}}}}}' -i\n",
+         \nTry it:\n  set -a; . target/demo/demo.env; set +a\
+         \n  {ctl} gateways\
+         \n  {ctl} get tools\
+         \n  curl -s $STOA_ADMIN_HTTP_URL/v1/admin/ListResources -H \"authorization: Bearer $STOA_ADMIN_TOKEN\" -d '{{\"kind\":\"KIND_SUBSCRIPTION\"}}'\
+         \n  curl -s {base}/mcp -H \"Authorization: Bearer $STOA_API_KEY\" -H 'Content-Type: application/json' \\\n    -H 'Accept: application/json, text/event-stream' \\\n    -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"initialize\",\"params\":{{\"protocolVersion\":\"2025-11-25\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"curl\",\"version\":\"0\"}}}}}}' -i\n",
+        args.gateways,
+        urls.join(" "),
         upstreams
             .iter()
             .map(|(n, u)| format!("{n}={u}"))
             .collect::<Vec<_>>()
-            .join(" ")
+            .join(" "),
+        ctl = bin.join("stoactl").display(),
     );
     if args.once {
         return Ok(());
@@ -170,11 +293,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("Press Ctrl-C to stop.");
     loop {
         std::thread::sleep(Duration::from_millis(500));
-        for (name, c) in &mut children.0 {
-            if let Some(status) = c.try_wait()? {
-                bail!("{name} exited ({status}); see target/demo/*.log");
-            }
-        }
+        children.check()?;
     }
 }
 
@@ -186,6 +305,8 @@ fn run_cmd_build() -> anyhow::Result<()> {
         "stoa-gateway",
         "-p",
         "stoa-loadtest",
+        "-p",
+        "stoa-control",
     ]))
 }
 
@@ -206,50 +327,55 @@ fn stop_previous(demo: &Path) {
     }
 }
 
-fn config_yaml(
-    args: &Args,
-    demo: &Path,
-    upstreams: &[(String, String)],
-    prefix: &str,
-    hash: &str,
-) -> String {
-    let mut y = format!(
-        "# Written by `cargo xtask demo`.\nlisteners:\n  plain: 127.0.0.1:{}\n  tls: {{addr: 127.0.0.1:{}, dev_cert_dir: {:?}}}\n",
-        args.port,
-        args.tls_port,
-        demo.join("tls")
-    );
-    y.push_str("tenants: [{name: demo}]\nupstreams:\n");
-    for (n, u) in upstreams {
-        y.push_str(&format!("  - {{name: {n}, url: {u:?}}}\n"));
-    }
-    y.push_str("subscriptions:\n");
-    for (n, _) in upstreams {
-        y.push_str(&format!(
-            "  - {{name: demo-{n}, tenant: demo, upstream: {n}, tools: [\"*\"]}}\n"
-        ));
-    }
-    let subs: Vec<String> = upstreams.iter().map(|(n, _)| format!("demo-{n}")).collect();
-    y.push_str(&format!(
-        "api_keys:\n  - {{name: demo, tenant: demo, prefix: {prefix}, hash: \"{hash}\", subscriptions: [{}]}}\n",
-        subs.join(", ")
-    ));
-    y
+fn gateway_yaml(args: &Args, demo: &Path, i: u16) -> String {
+    format!(
+        "# Written by `cargo xtask demo`.\nlisteners:\n  plain: 127.0.0.1:{}\n  tls: {{addr: 127.0.0.1:{}, dev_cert_dir: {:?}}}\n\
+         control_plane:\n  url: http://127.0.0.1:{}\n  gateway_id: demo-gateway-{i}\n  cache_file: {:?}\n",
+        args.port + i,
+        args.tls_port + i,
+        demo.join("tls"),
+        args.xds_port,
+        demo.join(format!("gateway-{i}.cache")),
+    )
 }
 
-fn wait_ready(ready: &Path, children: &mut Children) -> anyhow::Result<String> {
+fn wait_ready(ready: &Path, children: &mut Children, what: &str) -> anyhow::Result<String> {
     let start = Instant::now();
     loop {
         if let Ok(s) = std::fs::read_to_string(ready) {
             return Ok(s);
         }
-        for (name, c) in &mut children.0 {
-            if let Some(status) = c.try_wait()? {
-                bail!("{name} exited ({status}); see target/demo/{name}.log");
-            }
-        }
+        children.check()?;
         if start.elapsed() > Duration::from_secs(30) {
-            bail!("the gateway did not become ready; see target/demo/gateway.log");
+            bail!("{what} did not start; see target/demo/{what}.log");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the gateway has its first config (`/readyz` answers 200).
+fn wait_configured(addr: &str, children: &mut Children) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let ok = TcpStream::connect(addr)
+            .and_then(|mut s| {
+                write!(
+                    s,
+                    "GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out.starts_with("HTTP/1.1 200"))
+            })
+            .unwrap_or(false);
+        if ok {
+            return Ok(());
+        }
+        children.check()?;
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!(
+                "the gateway at {addr} got no config from the control plane; see target/demo/*.log"
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -28,7 +28,7 @@ struct Cli {
 enum Cmd {
     /// Install test tools, then check formatting, lints and run all tests.
     Ci,
-    /// Run the reference upstream and a gateway, make a real MCP tool call, keep running.
+    /// Run the platform (control plane, gateways, reference upstream), make a real MCP tool call, keep running.
     Demo(demo::Args),
     /// Benchmark tools/call through the gateway against direct and nginx.
     Bench(bench::Args),
@@ -91,7 +91,7 @@ fn ci() -> anyhow::Result<()> {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
     };
-    demo::run(demo::Args::once(free()?, free()?))?;
+    demo::run(demo::Args::once(free)?)?;
     eprintln!("ci: all green");
     Ok(())
 }

@@ -47,6 +47,13 @@ enum Cmd {
     /// Create a resource.
     #[command(subcommand)]
     Create(Create),
+    /// Create or replace resources from a JSON file (`-` for stdin): one
+    /// `stoa.v1.Resource` or an array of them, in the proto3 JSON mapping,
+    /// e.g. `{"tenant": {"name": "acme"}}`.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: String,
+    },
     /// Delete a resource (refused while others use it).
     Delete { kind: String, name: String },
     /// Revoke an API key (by its prefix, or the whole key).
@@ -362,6 +369,50 @@ async fn run(cli: Cli) -> Result<(), String> {
                     r.resource.as_ref().map(row).unwrap_or_default()
                 )
             });
+        }
+        Cmd::Apply { file } => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .map_err(|e| e.to_string())?;
+                s
+            } else {
+                std::fs::read_to_string(&file).map_err(|e| format!("{file}: {e}"))?
+            };
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
+            let items = match value {
+                serde_json::Value::Array(a) => a,
+                one => vec![one],
+            };
+            for (i, item) in items.into_iter().enumerate() {
+                let resource: pb::Resource = serde_json::from_value(item)
+                    .map_err(|e| format!("{file}: resource {i}: {e}"))?;
+                let shown = resource.reference().to_string();
+                let created = ctl
+                    .client
+                    .create_resource(ctl.req(pb::CreateResourceRequest {
+                        resource: Some(resource.clone()),
+                    }))
+                    .await;
+                let (verb, r) = match created {
+                    Ok(r) => ("created", r.into_inner()),
+                    Err(s) if s.code() == tonic::Code::AlreadyExists => (
+                        "updated",
+                        ctl.client
+                            .update_resource(ctl.req(pb::UpdateResourceRequest {
+                                resource: Some(resource),
+                            }))
+                            .await
+                            .map_err(|s| format!("{shown}: {}", fail(s)))?
+                            .into_inner(),
+                    ),
+                    Err(s) => return Err(format!("{shown}: {}", fail(s))),
+                };
+                ctl.show(&r, || {
+                    format!("{shown} {verb} at revision {}\n", r.revision)
+                });
+            }
         }
         Cmd::Delete { kind: k, name } => {
             let rf = pb::ResourceRef::new(kind(&k)?, name);
