@@ -7,4 +7,5 @@ pub mod discover;
 pub mod discovery;
 pub mod http;
 pub mod run;
+pub mod seed;
 pub mod store;

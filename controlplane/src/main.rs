@@ -2,8 +2,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::Parser;
-use stoa_control::{discover::DiscoverSettings, discovery::StreamSettings, run};
+use clap::{Parser, Subcommand};
+use stoa_control::{discover::DiscoverSettings, discovery::StreamSettings, run, seed};
 
 /// STOA control plane: the store, the admin API (gRPC + HTTP/JSON) and the
 /// config stream to gateways.
@@ -51,6 +51,19 @@ struct Cli {
     /// `text` or `json`.
     #[arg(long, env = "STOA_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    /// Without a command: serve.
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the admin API and the config stream (the default).
+    Serve,
+    /// Bulk-create API keys straight in the store (benchmarks, imports):
+    /// makes the tenant, upstream and subscription they use if missing, and
+    /// writes the plain keys, one per line, to `--out`.
+    SeedKeys(seed::Args),
 }
 
 #[tokio::main]
@@ -69,6 +82,9 @@ async fn main() -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .ok();
+    if let Some(Cmd::SeedKeys(args)) = cli.cmd {
+        return seed::run(&cli.database_url, args).await;
+    }
     run::run(run::Options {
         database_url: cli.database_url,
         admin_listen: cli.admin_listen,

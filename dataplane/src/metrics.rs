@@ -22,6 +22,7 @@ pub struct Metrics {
     pub config_revision: IntGauge,
     pub config_updates: IntCounterVec,
     pub control_plane_connected: IntGauge,
+    pub config_bytes: prometheus::IntCounter,
 }
 
 const KNOWN_METHODS: &[&str] = &[
@@ -153,8 +154,14 @@ impl Metrics {
             "1 while the config stream to the control plane is open",
         )
         .expect("valid metric");
+        let config_bytes = prometheus::IntCounter::new(
+            "stoa_config_stream_bytes_total",
+            "Bytes of config-stream updates received from the control plane (encoded messages)",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(config_bytes.clone()),
             Box::new(config_revision.clone()),
             Box::new(config_updates.clone()),
             Box::new(control_plane_connected.clone()),
@@ -185,6 +192,7 @@ impl Metrics {
             config_revision,
             config_updates,
             control_plane_connected,
+            config_bytes,
         }
     }
 

@@ -627,7 +627,11 @@ impl Snapshot {
         let mut subs = k.subscriptions;
         subs.sort();
         subs.dedup();
-        let subs: Arc<[String]> = subs.into();
+        let mut subs: Arc<[String]> = subs.into();
+        // Keys alike share one list (and one `Grants`): 100k keys, one copy.
+        if let Some(((_, shared), _)) = self.grants.get_key_value(&(tenant.clone(), subs.clone())) {
+            subs = shared.clone();
+        }
         let mut cache = std::mem::take(&mut self.grants);
         let grants = grants_for(self, &mut cache, &tenant, &subs);
         self.grants = cache;

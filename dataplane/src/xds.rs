@@ -147,6 +147,10 @@ impl Client {
                 .await
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
                 .ok_or("the control plane closed the stream")?;
+            self.gw
+                .metrics
+                .config_bytes
+                .inc_by(msg.encoded_len() as u64);
             let Some(update) = self.machine.handle_update(msg).map_err(|e| e.to_string())? else {
                 continue;
             };
@@ -167,24 +171,30 @@ impl Client {
     /// Applies one revision, installs it, and records it in the cache file.
     async fn apply(&mut self, u: Update) -> Result<(), Vec<pb::Rejection>> {
         let size = u.upserts.len() + u.removes.len();
-        let record = self.cache.is_some().then(|| {
-            pb::ConfigUpdate {
-                store_id: u.store_id.clone(),
-                revision: u.revision,
-                nonce: 0,
-                full: u.full,
-                upserts: u.upserts.clone(),
-                removes: u.removes.clone(),
-                more: false,
-            }
-            .encode_length_delimited_to_vec()
-        });
         let (revision, full) = (u.revision, u.full);
+        // Encoded for the cache file before the resources move into the model.
+        let mut msg = pb::ConfigUpdate {
+            store_id: u.store_id,
+            revision,
+            nonce: 0,
+            full,
+            upserts: u.upserts,
+            removes: u.removes,
+            more: false,
+        };
+        let record = self
+            .cache
+            .is_some()
+            .then(|| msg.encode_length_delimited_to_vec());
+        let (upserts, removes) = (
+            std::mem::take(&mut msg.upserts),
+            std::mem::take(&mut msg.removes),
+        );
         let current = self.current.clone();
         let env = self.env.clone();
         let work = move || {
             let started = Instant::now();
-            let (snap, rejected) = current.apply(u.full, u.upserts, u.removes, &*env);
+            let (snap, rejected) = current.apply(full, upserts, removes, &*env);
             (snap, rejected, started.elapsed())
         };
         let (snap, rejected, took) = if size > BLOCKING_APPLY {

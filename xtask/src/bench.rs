@@ -29,6 +29,11 @@ pub struct Args {
     /// Skip nginx (e.g. where it cannot be installed).
     #[arg(long)]
     no_nginx: bool,
+    /// `requests` (the relay), `propagation` (config to a fleet), or `all`.
+    #[arg(long, default_value = "all")]
+    suite: String,
+    #[command(flatten)]
+    propagation: crate::propagation::PropagationArgs,
 }
 
 struct Procs(Vec<Child>);
@@ -59,10 +64,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "stoa-gateway",
         "-p",
         "stoa-loadtest",
+        "-p",
+        "stoa-control",
     ]))?;
     let bin = target_dir().join("release");
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
+    match args.suite.as_str() {
+        "requests" => requests(&args, &bin, &dir),
+        "propagation" => crate::propagation::run(&bin, &dir, &args.propagation),
+        "all" => {
+            requests(&args, &bin, &dir)?;
+            crate::propagation::run(&bin, &dir, &args.propagation)
+        }
+        other => bail!("--suite {other:?}: requests, propagation or all"),
+    }
+}
+
+fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     let mut procs = Procs(Vec::new());
 
     let mut reference = Command::new(bin.join("stoa-reference"))
@@ -147,7 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let nginx = if args.no_nginx {
         None
     } else {
-        Some(start_nginx(&dir, &upstream_addr, &mut procs)?)
+        Some(start_nginx(dir, &upstream_addr, &mut procs)?)
     };
 
     let mut paths: Vec<(String, String, u8, Option<&str>)> = vec![
@@ -294,7 +313,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_file(p: &Path) -> anyhow::Result<String> {
+pub(crate) fn wait_file(p: &Path) -> anyhow::Result<String> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(30) {
         if let Ok(s) = std::fs::read_to_string(p) {

@@ -2,11 +2,13 @@
 //!
 //! - `ci`: install what the tests need, then fmt, clippy and every test.
 //! - `demo`: run the platform on embedded defaults and show a real tool call.
-//! - `bench`: open-loop load through the gateway vs direct vs nginx.
+//! - `bench`: open-loop load through the gateway vs direct vs nginx; config
+//!   propagation from the control plane to a fleet of gateways.
 //! - `tools`: only install the test tools (npm, PyPI, Node 22, conformance suite).
 
 mod bench;
 mod demo;
+mod propagation;
 mod tools;
 
 use std::{
