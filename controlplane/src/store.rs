@@ -389,6 +389,9 @@ impl Store {
             }
         }
         tx.commit().await?;
+        // Parents before children, so that a gateway can apply a large
+        // snapshot chunk by chunk.
+        up.upserts.sort_by_key(|r| r.kind().rank());
         Ok(up)
     }
 

@@ -266,20 +266,6 @@ pub struct Snapshot {
     grants: Arc<HashMap<GrantKey, Arc<Grants>>>,
 }
 
-/// Parents before children, so that one update can create both.
-fn order(k: Kind) -> u8 {
-    match k {
-        Kind::Tenant => 0,
-        Kind::Plan => 1,
-        Kind::Upstream => 2,
-        Kind::Subscription => 3,
-        Kind::Policy => 4,
-        Kind::ApiKey => 5,
-        Kind::SessionKeys => 6,
-        Kind::Tool | Kind::Unspecified => 7,
-    }
-}
-
 impl Snapshot {
     /// The file's resources, lowered; bad ones are left out and reported.
     pub fn build(cfg: &FileConfig) -> (Snapshot, Vec<Rejected>) {
@@ -304,17 +290,29 @@ impl Snapshot {
     pub fn apply(
         &self,
         full: bool,
-        mut upserts: Vec<pb::Resource>,
+        upserts: Vec<pb::Resource>,
         removes: Vec<pb::ResourceRef>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> (Snapshot, Vec<Rejected>) {
-        let mut next = if full {
+        let base = if full {
             Snapshot::default()
         } else {
             self.clone()
         };
+        base.apply_owned(upserts, removes, env)
+    }
+
+    /// `apply` (a delta) on a snapshot nobody else holds: its maps change in
+    /// place. This is how a large snapshot is built chunk by chunk.
+    pub fn apply_owned(
+        self,
+        mut upserts: Vec<pb::Resource>,
+        removes: Vec<pb::ResourceRef>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> (Snapshot, Vec<Rejected>) {
+        let mut next = self;
         let mut rejected = Vec::new();
-        let mut structural = full;
+        let mut structural = false;
         let mut changed_keys: Vec<KeyPrefix> = Vec::new();
 
         for rf in &removes {
@@ -351,7 +349,8 @@ impl Snapshot {
             }
         }
 
-        upserts.sort_by_key(|r| order(r.kind()));
+        // Parents before children, so that one update can create both.
+        upserts.sort_by_key(|r| r.kind().rank());
         let mut keys_in = Vec::new();
         for r in upserts {
             let (kind, name) = (r.kind(), r.name());

@@ -41,6 +41,7 @@ pub struct Client {
     machine: ClientStream,
     cache: Option<Cache>,
     current: Arc<Snapshot>,
+    pending: Option<Pending>,
     env: Env,
 }
 
@@ -82,6 +83,7 @@ impl Client {
             token,
             cache,
             current,
+            pending: None,
             env,
         }
     }
@@ -103,6 +105,8 @@ impl Client {
                 _ = stop.cancelled() => return,
             };
             self.gw.metrics.control_plane_connected.set(0);
+            // Half a revision is never served.
+            self.pending = None;
             if let Err(e) = outcome {
                 tracing::warn!(
                     url = %self.cp.url,
@@ -151,12 +155,14 @@ impl Client {
                 .metrics
                 .config_bytes
                 .inc_by(msg.encoded_len() as u64);
-            let Some(update) = self.machine.handle_update(msg).map_err(|e| e.to_string())? else {
-                continue;
-            };
-            let result = self.apply(update).await;
-            self.machine.handle_applied(result);
-            self.flush(&tx).await;
+            let chunk = self.machine.handle_update(msg).map_err(|e| {
+                self.pending = None;
+                e.to_string()
+            })?;
+            if let Some(result) = self.apply(chunk) {
+                self.machine.handle_applied(result);
+                self.flush(&tx).await;
+            }
         }
     }
 
@@ -168,10 +174,31 @@ impl Client {
         }
     }
 
-    /// Applies one revision, installs it, and records it in the cache file.
-    async fn apply(&mut self, u: Update) -> Result<(), Vec<pb::Rejection>> {
+    /// Applies one chunk on top of the chunks before it; after the last one,
+    /// installs the revision (or refuses it) and returns the answer. Each
+    /// chunk is lowered as it arrives, so a large snapshot is never held
+    /// whole as wire types.
+    fn apply(&mut self, u: Update) -> Option<Result<(), Vec<pb::Rejection>>> {
         let size = u.upserts.len() + u.removes.len();
-        let (revision, full) = (u.revision, u.full);
+        let (revision, full, last) = (u.revision, u.full, u.last);
+        if u.first {
+            let base = if full {
+                Snapshot::default()
+            } else {
+                (*self.current).clone()
+            };
+            self.pending = Some(Pending {
+                snap: base,
+                rejected: Vec::new(),
+                record: Vec::new(),
+                resources: 0,
+                started: Instant::now(),
+            });
+        }
+        let Some(mut p) = self.pending.take() else {
+            // A chunk without its first: the machine prevents this.
+            return last.then(|| Err(vec![rejection("chunk without its revision".into())]));
+        };
         // Encoded for the cache file before the resources move into the model.
         let mut msg = pb::ConfigUpdate {
             store_id: u.store_id,
@@ -180,37 +207,39 @@ impl Client {
             full,
             upserts: u.upserts,
             removes: u.removes,
-            more: false,
+            more: !last,
         };
-        let record = self
-            .cache
-            .is_some()
-            .then(|| msg.encode_length_delimited_to_vec());
+        if self.cache.is_some() {
+            msg.encode_length_delimited(&mut p.record)
+                .expect("a Vec grows as needed");
+        }
         let (upserts, removes) = (
             std::mem::take(&mut msg.upserts),
             std::mem::take(&mut msg.removes),
         );
-        let current = self.current.clone();
         let env = self.env.clone();
-        let work = move || {
-            let started = Instant::now();
-            let (snap, rejected) = current.apply(full, upserts, removes, &*env);
-            (snap, rejected, started.elapsed())
-        };
-        let (snap, rejected, took) = if size > BLOCKING_APPLY {
-            tokio::task::spawn_blocking(work)
-                .await
-                .map_err(|e| vec![rejection(format!("applying panicked: {e}"))])?
+        let lower = |snap: Snapshot| snap.apply_owned(upserts, removes, &*env);
+        // Big chunks (or any chunk that may regrant every key) leave this
+        // worker's other tasks to the other workers meanwhile.
+        let (snap, rejected) = if size > BLOCKING_APPLY || p.snap.keys.len() > BLOCKING_APPLY {
+            tokio::task::block_in_place(|| lower(p.snap))
         } else {
-            work()
+            lower(p.snap)
         };
-        if !rejected.is_empty() {
-            for r in &rejected {
+        p.snap = snap;
+        p.rejected.extend(rejected);
+        p.resources += size;
+        if !last {
+            self.pending = Some(p);
+            return None;
+        }
+        if !p.rejected.is_empty() {
+            for r in &p.rejected {
                 tracing::error!(revision, "{r}");
             }
             tracing::warn!(
                 revision,
-                rejected = rejected.len(),
+                rejected = p.rejected.len(),
                 "config revision refused; serving the last good one"
             );
             self.gw
@@ -218,9 +247,9 @@ impl Client {
                 .config_updates
                 .with_label_values(&["rejected"])
                 .inc();
-            return Err(rejected.iter().map(pb::Rejection::from).collect());
+            return Some(Err(p.rejected.iter().map(pb::Rejection::from).collect()));
         }
-        self.current = Arc::new(snap);
+        self.current = Arc::new(p.snap);
         self.gw.install(self.current.clone());
         self.gw.metrics.config_revision.set(revision as i64);
         self.gw
@@ -228,14 +257,24 @@ impl Client {
             .config_updates
             .with_label_values(&["applied"])
             .inc();
-        tracing::info!(revision, full, resources = size, keys = self.current.keys.len(), took = ?took, "config revision applied");
-        if let (Some(cache), Some(record)) = (&mut self.cache, record)
-            && let Err(e) = cache.record(&record, full)
+        tracing::info!(revision, full, resources = p.resources, keys = self.current.keys.len(), took = ?p.started.elapsed(), "config revision applied");
+        if let Some(cache) = &mut self.cache
+            && let Err(e) = cache.record(&p.record, full)
         {
             tracing::warn!(file = %cache.path.display(), "config cache not written: {e}");
         }
-        Ok(())
+        Some(Ok(()))
     }
+}
+
+/// A revision being received: the snapshot its chunks build, and what they
+/// refused, and their encoding for the cache file.
+struct Pending {
+    snap: Snapshot,
+    rejected: Vec<crate::model::Rejected>,
+    record: Vec<u8>,
+    resources: usize,
+    started: Instant,
 }
 
 fn rejection(reason: String) -> pb::Rejection {
@@ -344,22 +383,23 @@ fn read_updates(path: &Path) -> Result<Option<Vec<pb::ConfigUpdate>>, String> {
 
 /// Replays updates into the resources they leave, with the last revision.
 fn fold(updates: Vec<pb::ConfigUpdate>) -> Result<(Vec<pb::Resource>, String, u64), String> {
-    let mut it = updates.into_iter();
-    let first = it.next().ok_or("empty")?;
-    if !first.full {
-        return Err("it does not start with a full snapshot".into());
-    }
-    let (store_id, mut revision) = (first.store_id.clone(), first.revision);
-    let mut all: std::collections::BTreeMap<(i32, String), pb::Resource> = first
-        .upserts
-        .into_iter()
-        .map(|r| ((r.kind() as i32, r.name()), r))
-        .collect();
-    for u in it {
-        if u.store_id != store_id || u.revision < revision || u.full {
-            return Err("its updates do not follow one another".into());
+    let mut all: std::collections::BTreeMap<(i32, String), pb::Resource> = Default::default();
+    let mut at: Option<(String, u64)> = None;
+    // The update the last record belongs to is not finished yet.
+    let mut open = false;
+    for (i, u) in updates.into_iter().enumerate() {
+        if u.full && !open {
+            // A snapshot starts: what came before no longer counts.
+            all.clear();
+        } else {
+            match &at {
+                Some((store, rev)) if *store == u.store_id && u.revision >= *rev => {}
+                None if i == 0 => return Err("it does not start with a full snapshot".into()),
+                _ => return Err("its updates do not follow one another".into()),
+            }
         }
-        revision = u.revision;
+        at = Some((u.store_id.clone(), u.revision));
+        open = u.more;
         for rf in u.removes {
             all.remove(&(rf.kind, rf.name));
         }
@@ -367,6 +407,10 @@ fn fold(updates: Vec<pb::ConfigUpdate>) -> Result<(Vec<pb::Resource>, String, u6
             all.insert((r.kind() as i32, r.name()), r);
         }
     }
+    if open {
+        return Err("its last update is incomplete".into());
+    }
+    let (store_id, revision) = at.ok_or("empty")?;
     Ok((all.into_values().collect(), store_id, revision))
 }
 
@@ -396,6 +440,14 @@ mod tests {
             display_name: String::new(),
         })
         .into()
+    }
+
+    fn chunk(revision: u64, full: bool, up: &[&str], more: bool) -> Vec<u8> {
+        let mut m =
+            pb::ConfigUpdate::decode_length_delimited(update(revision, full, up, &[]).as_slice())
+                .unwrap();
+        m.more = more;
+        m.encode_length_delimited_to_vec()
     }
 
     fn update(revision: u64, full: bool, up: &[&str], rm: &[&str]) -> Vec<u8> {
@@ -433,6 +485,18 @@ mod tests {
         let (snap2, _, rev2) = c.load(&env).unwrap().unwrap();
         assert_eq!(rev2, 6);
         assert_eq!(snap2.tenants, snap.tenants);
+
+        // A snapshot in chunks, then a delta.
+        let mut two = chunk(7, true, &["x"], true);
+        two.extend(chunk(7, true, &["y"], false));
+        c.record(&two, true).unwrap();
+        c.record(&update(8, false, &["z"], &["x"]), false).unwrap();
+        let (snap, _, rev) = c.load(&env).unwrap().unwrap();
+        let names: Vec<&str> = snap.tenants.iter().map(|t| t.as_str()).collect();
+        assert_eq!((names, rev), (vec!["y", "z"], 8));
+        // A torn write (a chunk without its end) is refused.
+        std::fs::write(&path, chunk(9, true, &["x"], true)).unwrap();
+        assert!(c.load(&env).is_err());
 
         std::fs::write(&path, b"\x05garbage").unwrap();
         assert!(

@@ -33,6 +33,22 @@ impl Kind {
         })
     }
 
+    /// Parents before children: the order in which a snapshot is sent and
+    /// applied, so that every resource finds what it points at.
+    pub fn rank(self) -> u8 {
+        match self {
+            Kind::Tenant => 0,
+            Kind::Plan => 1,
+            Kind::Upstream => 2,
+            Kind::Tool => 3,
+            Kind::Subscription => 4,
+            Kind::Policy => 5,
+            Kind::ApiKey => 6,
+            Kind::SessionKeys => 7,
+            Kind::Unspecified => 8,
+        }
+    }
+
     /// Kinds that travel on the config stream to gateways.
     pub fn on_stream(self) -> bool {
         !matches!(self, Kind::Unspecified | Kind::Tool)

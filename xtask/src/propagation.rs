@@ -270,10 +270,24 @@ pub fn run(bin: &Path, dir: &Path, args: &PropagationArgs) -> anyhow::Result<()>
         create_bytes,
         pct(&mut revoke_bytes, 0.5)
     );
+    // Memory once the sync's garbage has been returned (the trials took a
+    // while), and the peak (VmHWM) the initial sync reached.
+    std::thread::sleep(Duration::from_secs(3));
+    let settled: Vec<u64> = fleet
+        .iter()
+        .map(|(i, _)| rss_kib(procs.0[*i].id()))
+        .collect::<anyhow::Result<_>>()?;
+    let peak: Vec<u64> = fleet
+        .iter()
+        .map(|(i, _)| status_kib(procs.0[*i].id(), "VmHWM:"))
+        .collect::<anyhow::Result<_>>()?;
+    let mib = |v: &[u64]| *v.iter().max().unwrap_or(&0) as f64 / 1024.0;
     println!(
-        "  gateway RSS with {} keys: max {:.1} MiB over the fleet (an idle gateway with no config: {:.1} MiB)",
+        "  gateway RSS with {} keys (max over the fleet): {:.1} MiB settled, {:.1} MiB right after the sync, {:.1} MiB peak (VmHWM); an idle gateway with no config: {:.1} MiB",
         args.keys,
-        *rss.iter().max().unwrap_or(&0) as f64 / 1024.0,
+        mib(&settled),
+        mib(&rss),
+        mib(&peak),
         idle_rss as f64 / 1024.0
     );
     Ok(())
@@ -307,10 +321,14 @@ fn start_gateway(
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .context("VmRSS")

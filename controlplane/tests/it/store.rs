@@ -84,7 +84,11 @@ both_backends!(revisions_deltas_and_audit, |s: Store| async move {
         .iter()
         .map(|r| r.reference().to_string())
         .collect();
-    assert_eq!(names, ["api_key \"AAAAbbbb\"", "subscription \"s1\""]);
+    assert_eq!(
+        names,
+        ["subscription \"s1\"", "api_key \"AAAAbbbb\""],
+        "parents first"
+    );
 
     let (r5, _) = s
         .apply(

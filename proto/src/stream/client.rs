@@ -1,10 +1,11 @@
 //! The gateway's end of the config stream.
 //!
-//! It says Hello with what the gateway holds, assembles chunked updates into
-//! whole revisions, checks that they follow from what is held, turns the
+//! It says Hello with what the gateway holds, hands the gateway each chunk
+//! of an update as it arrives (so that a large snapshot is lowered chunk by
+//! chunk, never held whole as wire types), checks that chunks belong
+//! together and that a revision follows from what is held, turns the
 //! gateway's apply result into ACK or NACK, and paces reconnection with
-//! jittered exponential backoff. It never applies anything itself: the
-//! gateway lowers an `Update` into its model and reports back.
+//! jittered exponential backoff. It never applies anything itself.
 
 use std::{
     collections::VecDeque,
@@ -25,7 +26,8 @@ pub struct Settings {
     pub max_resources: usize,
 }
 
-/// One whole revision, ready to apply.
+/// One chunk of a revision, to apply on top of the chunks before it. The
+/// revision is whole, and answered with `handle_applied`, after the `last`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Update {
     pub store_id: String,
@@ -33,8 +35,23 @@ pub struct Update {
     pub nonce: u64,
     /// Replaces everything held; otherwise a delta on the held revision.
     pub full: bool,
+    /// The first chunk of its revision: start from empty (full) or from
+    /// what is held (delta).
+    pub first: bool,
+    /// The last chunk: apply the revision, then answer.
+    pub last: bool,
     pub upserts: Vec<pb::Resource>,
     pub removes: Vec<pb::ResourceRef>,
+}
+
+/// The revision being received: what its chunks must agree on.
+#[derive(Debug, Clone)]
+struct Header {
+    store_id: String,
+    revision: u64,
+    nonce: u64,
+    full: bool,
+    resources: usize,
 }
 
 #[derive(Debug)]
@@ -42,8 +59,8 @@ enum State {
     /// Not connected; reconnect at this instant.
     Waiting { until: Instant },
     /// Connected; maybe in the middle of a chunked update.
-    Connected { assembling: Option<Update> },
-    /// An update was handed out and its apply result is awaited.
+    Connected { assembling: Option<Header> },
+    /// The last chunk was handed out and the apply result is awaited.
     Applying { update: (String, u64, u64) },
 }
 
@@ -109,10 +126,10 @@ impl ClientStream {
         });
     }
 
-    /// A message arrived. Returns a whole revision when its last chunk is in;
-    /// an error means the control plane broke the protocol and the stream
-    /// should be dropped.
-    pub fn handle_update(&mut self, u: pb::ConfigUpdate) -> Result<Option<Update>, StreamError> {
+    /// A message arrived: returns it as a chunk to apply. An error means the
+    /// control plane broke the protocol and the stream should be dropped
+    /// (with whatever the chunks so far built).
+    pub fn handle_update(&mut self, u: pb::ConfigUpdate) -> Result<Update, StreamError> {
         let State::Connected { assembling } = &mut self.state else {
             // Updates while applying (or after a disconnect) break the
             // one-in-flight rule.
@@ -127,62 +144,72 @@ impl ClientStream {
         };
         // The control plane answers: whatever happened before, it is up.
         self.failures = 0;
-        let whole = match assembling.take() {
-            None => Update {
-                store_id: u.store_id,
-                revision: u.revision,
-                nonce: u.nonce,
-                full: u.full,
-                upserts: u.upserts,
-                removes: u.removes,
-            },
-            Some(mut a) => {
-                if a.nonce != u.nonce {
+        let count = u.upserts.len() + u.removes.len();
+        let first = assembling.is_none();
+        let mut header = match assembling.take() {
+            None => {
+                if !u.full {
+                    match &self.held {
+                        Some((store, held)) if *store == u.store_id => {
+                            // An empty delta at the held revision means "you are current".
+                            let in_sync = u.revision == *held && count == 0 && !u.more;
+                            if u.revision < *held || (u.revision == *held && !in_sync) {
+                                return Err(StreamError::Backwards {
+                                    nonce: u.nonce,
+                                    held: *held,
+                                    revision: u.revision,
+                                });
+                            }
+                        }
+                        _ => return Err(StreamError::DeltaWithoutBase),
+                    }
+                }
+                Header {
+                    store_id: u.store_id.clone(),
+                    revision: u.revision,
+                    nonce: u.nonce,
+                    full: u.full,
+                    resources: 0,
+                }
+            }
+            Some(h) => {
+                if h.nonce != u.nonce {
                     return Err(StreamError::Interleaved {
                         nonce: u.nonce,
-                        pending: a.nonce,
+                        pending: h.nonce,
                     });
                 }
-                if a.revision != u.revision || a.store_id != u.store_id || a.full != u.full {
+                if h.revision != u.revision || h.store_id != u.store_id || h.full != u.full {
                     return Err(StreamError::ChunkMismatch { nonce: u.nonce });
                 }
-                a.upserts.extend(u.upserts);
-                a.removes.extend(u.removes);
-                a
+                h
             }
         };
-        if whole.upserts.len() + whole.removes.len() > self.settings.max_resources {
+        header.resources += count;
+        if header.resources > self.settings.max_resources {
             return Err(StreamError::TooLarge {
-                nonce: whole.nonce,
+                nonce: u.nonce,
                 limit: self.settings.max_resources,
             });
         }
-        if u.more {
-            *assembling = Some(whole);
-            return Ok(None);
+        let last = !u.more;
+        if last {
+            self.state = State::Applying {
+                update: (header.store_id.clone(), header.revision, header.nonce),
+            };
+        } else {
+            *assembling = Some(header);
         }
-        if !whole.full {
-            match &self.held {
-                Some((store, held)) if *store == whole.store_id => {
-                    // An empty delta at the held revision means "you are current".
-                    let in_sync = whole.revision == *held
-                        && whole.upserts.is_empty()
-                        && whole.removes.is_empty();
-                    if whole.revision < *held || (whole.revision == *held && !in_sync) {
-                        return Err(StreamError::Backwards {
-                            nonce: whole.nonce,
-                            held: *held,
-                            revision: whole.revision,
-                        });
-                    }
-                }
-                _ => return Err(StreamError::DeltaWithoutBase),
-            }
-        }
-        self.state = State::Applying {
-            update: (whole.store_id.clone(), whole.revision, whole.nonce),
-        };
-        Ok(Some(whole))
+        Ok(Update {
+            store_id: u.store_id,
+            revision: u.revision,
+            nonce: u.nonce,
+            full: u.full,
+            first,
+            last,
+            upserts: u.upserts,
+            removes: u.removes,
+        })
     }
 
     /// The gateway applied (or refused) the update it was handed.
@@ -300,7 +327,6 @@ mod tests {
 
         let u = c
             .handle_update(update(1, 5, true, &["a", "b"], false))
-            .unwrap()
             .unwrap();
         assert_eq!((u.revision, u.full, u.upserts.len()), (5, true, 2));
         assert_eq!(c.held(), None, "held only once applied");
@@ -314,28 +340,31 @@ mod tests {
             }))
         ));
 
-        let d = c
-            .handle_update(update(2, 6, false, &["c"], false))
-            .unwrap()
-            .unwrap();
+        let d = c.handle_update(update(2, 6, false, &["c"], false)).unwrap();
         assert!(!d.full);
         c.handle_applied(Ok(()));
         assert_eq!(c.held(), Some(("s", 6)));
     }
 
     #[test]
-    fn chunks_assemble_into_one_revision() {
+    fn chunks_arrive_one_by_one_and_make_one_revision() {
         let now = Instant::now();
         let mut c = ClientStream::new(settings(), None, 1, now);
         c.handle_connected();
         c.poll_transmit();
-        assert_eq!(c.handle_update(update(1, 9, true, &["a"], true)), Ok(None));
-        assert_eq!(c.handle_update(update(1, 9, true, &["b"], true)), Ok(None));
-        let u = c
-            .handle_update(update(1, 9, true, &["c"], false))
-            .unwrap()
-            .unwrap();
-        assert_eq!(u.upserts.len(), 3);
+        let a = c.handle_update(update(1, 9, true, &["a"], true)).unwrap();
+        assert!(a.first && !a.last);
+        let b = c.handle_update(update(1, 9, true, &["b"], true)).unwrap();
+        assert!(!b.first && !b.last);
+        let z = c.handle_update(update(1, 9, true, &["c"], false)).unwrap();
+        assert!(!z.first && z.last);
+        assert_eq!(
+            z.upserts.len(),
+            1,
+            "each chunk carries only its own resources"
+        );
+        c.handle_applied(Ok(()));
+        assert_eq!(c.held(), Some(("s", 9)));
 
         let mut c = ClientStream::new(settings(), None, 1, now);
         c.handle_connected();
@@ -362,9 +391,7 @@ mod tests {
         let mut c = ClientStream::new(settings(), Some(("s".into(), 4)), 1, now);
         c.handle_connected();
         assert_eq!(hello_of(&mut c).revision, 4, "resumes from what it holds");
-        c.handle_update(update(1, 5, false, &["x"], false))
-            .unwrap()
-            .unwrap();
+        c.handle_update(update(1, 5, false, &["x"], false)).unwrap();
         let why = pb::Rejection {
             resource: None,
             reason: "bad".into(),
@@ -403,9 +430,7 @@ mod tests {
         let mut c = ClientStream::new(settings(), Some(("s".into(), 8)), 1, now);
         c.handle_connected();
         assert!(
-            c.handle_update(update(1, 8, false, &[], false))
-                .unwrap()
-                .is_some(),
+            c.handle_update(update(1, 8, false, &[], false)).is_ok(),
             "an empty delta at the held revision: in sync"
         );
         let mut c = ClientStream::new(settings(), Some(("other".into(), 8)), 1, now);
@@ -418,11 +443,7 @@ mod tests {
         // A full snapshot may go anywhere (a restored or different store).
         let mut c = ClientStream::new(settings(), Some(("s".into(), 8)), 1, now);
         c.handle_connected();
-        assert!(
-            c.handle_update(update(1, 3, true, &[], false))
-                .unwrap()
-                .is_some()
-        );
+        assert!(c.handle_update(update(1, 3, true, &[], false)).is_ok());
     }
 
     #[test]
@@ -445,9 +466,7 @@ mod tests {
         let now = Instant::now();
         let mut c = ClientStream::new(settings(), None, 1, now);
         c.handle_connected();
-        c.handle_update(update(1, 5, true, &[], false))
-            .unwrap()
-            .unwrap();
+        c.handle_update(update(1, 5, true, &[], false)).unwrap();
         assert!(matches!(
             c.handle_update(update(2, 6, false, &[], false)),
             Err(StreamError::Interleaved {
