@@ -11,7 +11,7 @@ use stoa_proto::{
     pb::{self, discovery_server::Discovery},
     stream::server::{Event, ServerStream},
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -85,21 +85,36 @@ impl Driver {
         let mut head = self.store.head();
         let mut machine = ServerStream::new(self.store.store_id(), *head.borrow_and_update());
         let mut status: Option<pb::GatewayStatus> = None;
+        // The status row is written by its own task, latest state first:
+        // the database never sits between a change and the next update.
+        let (status_tx, status_rx) = watch::channel(None::<pb::GatewayStatus>);
+        let writer = tokio::spawn(write_status(self.store.clone(), status_rx));
         let outcome: Result<(), Status> = async {
             loop {
                 if let Some(send) = machine.poll_send() {
                     let up = self
                         .store
-                        .update_since(send.from)
+                        .update_for(send.from)
                         .await
                         .map_err(|e| Status::unavailable(e.to_string()))?;
                     machine.sent(send.nonce, up.revision);
-                    for chunk in chunks(
-                        up,
-                        send.nonce,
-                        self.store.store_id(),
-                        self.settings.max_chunk_bytes,
-                    ) {
+                    let bounds = chunk_bounds(&up, self.settings.max_chunk_bytes);
+                    let n = bounds.len();
+                    for (i, range) in bounds.into_iter().enumerate() {
+                        let chunk = pb::ConfigUpdate {
+                            store_id: self.store.store_id().to_owned(),
+                            revision: up.revision,
+                            nonce: send.nonce,
+                            full: up.full,
+                            upserts: up.upserts[range].to_vec(),
+                            removes: if i + 1 == n {
+                                up.removes.clone()
+                            } else {
+                                vec![]
+                            },
+                            more: i + 1 < n,
+                        };
+                        // Built one at a time: a snapshot is never copied whole.
                         if tx.send(Ok(chunk)).await.is_err() {
                             return Ok(());
                         }
@@ -107,6 +122,7 @@ impl Driver {
                 }
                 while let Some(ev) = machine.poll_event() {
                     self.record(&mut status, ev).await;
+                    status_tx.send_replace(status.clone());
                 }
                 tokio::select! {
                     msg = inbound.message() => match msg {
@@ -131,6 +147,9 @@ impl Driver {
             tracing::info!(gateway = ?status.as_ref().map(|s| &s.gateway_id), "config stream ended: {e}");
             let _ = tx.send(Err(e.clone())).await;
         }
+        // The last word: written after whatever the writer had pending.
+        drop(status_tx);
+        let _ = writer.await;
         if let Some(mut s) = status {
             s.connected = false;
             s.last_seen_at_unix_ms = store::now_ms();
@@ -187,47 +206,39 @@ impl Driver {
         }
         if let Some(s) = status {
             s.last_seen_at_unix_ms = now;
-            if let Err(e) = self.store.put_gateway(s).await {
-                tracing::warn!(gateway = %s.gateway_id, "gateway status not saved: {e}");
-            }
         }
     }
 }
 
-/// Cuts an update into messages of at most about `max_bytes` each; removes
-/// ride in the last one. Every chunk carries the nonce and revision; all but
-/// the last have `more` set.
-fn chunks(
-    up: store::Update,
-    nonce: u64,
-    store_id: &str,
-    max_bytes: usize,
-) -> Vec<pb::ConfigUpdate> {
-    let empty = |upserts| pb::ConfigUpdate {
-        store_id: store_id.to_owned(),
-        revision: up.revision,
-        nonce,
-        full: up.full,
-        upserts,
-        removes: vec![],
-        more: true,
-    };
+/// Writes the newest status a stream published, skipping states that a
+/// newer one replaced meanwhile.
+async fn write_status(store: Arc<Store>, mut rx: watch::Receiver<Option<pb::GatewayStatus>>) {
+    while rx.changed().await.is_ok() {
+        let Some(s) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        if let Err(e) = store.put_gateway(&s).await {
+            tracing::warn!(gateway = %s.gateway_id, "gateway status not saved: {e}");
+        }
+    }
+}
+
+/// Where to cut an update's upserts so that each message holds at most
+/// about `max_bytes`; removes ride in the last one. Always at least one
+/// (possibly empty) chunk.
+fn chunk_bounds(up: &store::Update, max_bytes: usize) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
-    let mut current = Vec::new();
-    let mut size = 0;
-    for r in up.upserts {
+    let (mut start, mut size) = (0, 0);
+    for (i, r) in up.upserts.iter().enumerate() {
         let n = r.encoded_len() + 8;
-        if size + n > max_bytes && !current.is_empty() {
-            out.push(empty(std::mem::take(&mut current)));
+        if size + n > max_bytes && i > start {
+            out.push(start..i);
+            start = i;
             size = 0;
         }
         size += n;
-        current.push(r);
     }
-    let mut last = empty(current);
-    last.removes = up.removes;
-    last.more = false;
-    out.push(last);
+    out.push(start..up.upserts.len());
     out
 }
 
@@ -237,7 +248,7 @@ mod tests {
     use stoa_proto::pb::resource::Resource as R;
 
     #[test]
-    fn chunks_respect_the_byte_budget_and_end_once() {
+    fn chunks_respect_the_byte_budget_and_cover_everything() {
         let up = store::Update {
             revision: 9,
             full: true,
@@ -252,19 +263,19 @@ mod tests {
                 .collect(),
             removes: vec![pb::ResourceRef::new(pb::Kind::Tenant, "gone")],
         };
-        let out = chunks(up, 3, "s", 1000);
+        let out = chunk_bounds(&up, 1000);
         assert!(out.len() > 10);
-        assert!(
-            out.iter()
-                .all(|c| c.encoded_len() <= 1100 && c.nonce == 3 && c.revision == 9)
-        );
-        assert_eq!(out.iter().filter(|c| !c.more).count(), 1);
-        assert!(!out.last().unwrap().more);
-        assert_eq!(out.last().unwrap().removes.len(), 1);
-        assert_eq!(out.iter().map(|c| c.upserts.len()).sum::<usize>(), 100);
+        for r in &out {
+            let bytes: usize = up.upserts[r.clone()]
+                .iter()
+                .map(|x| x.encoded_len() + 8)
+                .sum();
+            assert!(bytes <= 1000, "{bytes}");
+        }
+        assert_eq!(out.iter().map(|r| r.len()).sum::<usize>(), 100);
+        assert_eq!(out.last().unwrap().end, 100);
 
-        let empty = chunks(store::Update::default(), 1, "s", 1000);
-        assert_eq!(empty.len(), 1);
-        assert!(!empty[0].more);
+        let empty = chunk_bounds(&store::Update::default(), 1000);
+        assert_eq!(empty, vec![0..0]);
     }
 }

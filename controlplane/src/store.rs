@@ -10,6 +10,7 @@
 
 use std::{
     borrow::Cow,
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -109,6 +110,9 @@ pub struct Store {
     write: Mutex<()>,
     head: watch::Sender<u64>,
     url: String,
+    /// The last full snapshot built, shared by gateways that sync at the
+    /// same revision (a fleet starting together costs one read, not N).
+    full: Mutex<Option<Arc<Update>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -216,6 +220,7 @@ impl Store {
             write: Mutex::new(()),
             head: watch::channel(revision as u64).0,
             url,
+            full: Mutex::new(None),
         };
         if store.get(Kind::SessionKeys, "default").await?.is_none() {
             let keys = pb::SessionKeys {
@@ -332,6 +337,26 @@ impl Store {
                 .await?;
         }
         Ok(tx)
+    }
+
+    /// `update_since`, with full snapshots shared while the revision holds.
+    pub async fn update_for(&self, from: Option<u64>) -> Result<Arc<Update>> {
+        if let Some(f) = from {
+            let up = self.update_since(Some(f)).await?;
+            if !up.full {
+                return Ok(Arc::new(up));
+            }
+        }
+        let mut cached = self.full.lock().await;
+        let head = self.revision().await?;
+        if let Some(c) = cached.as_ref()
+            && c.revision == head
+        {
+            return Ok(c.clone());
+        }
+        let up = Arc::new(self.update_since(None).await?);
+        *cached = Some(up.clone());
+        Ok(up)
     }
 
     /// What a gateway holding `from` needs to reach the current revision:
@@ -542,6 +567,9 @@ impl Store {
 
     /// Writes a gateway's status row (whole).
     pub async fn put_gateway(&self, g: &GatewayStatus) -> Result<()> {
+        // In turn with config writes: SQLite would otherwise make one of
+        // them sleep in its busy handler.
+        let _turn = self.write.lock().await;
         let nack = pb::Nack {
             nonce: 0,
             revision: g.last_nack_revision,
@@ -580,6 +608,7 @@ impl Store {
     /// Marks every gateway this replica had as disconnected (at start-up,
     /// after a crash, their streams are gone).
     pub async fn disconnect_gateways_of(&self, control_plane: &str) -> Result<()> {
+        let _turn = self.write.lock().await;
         sqlx::query(
             "UPDATE gateways SET connected = $1, control_plane = '' WHERE control_plane = $2",
         )
@@ -623,6 +652,7 @@ impl Store {
 
     /// Stores a token's hash under a role; an existing hash is kept.
     pub async fn add_token(&self, name: &str, role: &str, hash: &[u8; 32]) -> Result<()> {
+        let _turn = self.write.lock().await;
         sqlx::query(
             "INSERT INTO tokens (hash, name, role, created_ms) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (hash) DO NOTHING",

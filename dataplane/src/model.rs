@@ -251,6 +251,81 @@ impl From<&Rejected> for pb::Rejection {
 
 type GrantKey = (TenantId, Arc<[String]>);
 
+/// API keys by prefix, in shards copied on write one at a time: a snapshot
+/// shares its shards with the one before it, and a one-key delta copies one
+/// shard (1/256 of the keys), not the whole index.
+#[derive(Debug, Clone, Default)]
+pub struct KeyIndex {
+    shards: Arc<Vec<Arc<Shard>>>,
+    len: usize,
+}
+
+type Shard = HashMap<KeyPrefix, Arc<ApiKey>>;
+
+impl KeyIndex {
+    const SHARDS: usize = 256;
+
+    fn shard(p: &KeyPrefix) -> usize {
+        // FNV-1a: prefixes are random already; this only spreads them.
+        let h = p.0.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+        });
+        (h as usize) % Self::SHARDS
+    }
+
+    pub fn get(&self, p: &KeyPrefix) -> Option<&Arc<ApiKey>> {
+        self.shards.get(Self::shard(p))?.get(p)
+    }
+
+    pub fn contains_key(&self, p: &KeyPrefix) -> bool {
+        self.get(p).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&KeyPrefix, &Arc<ApiKey>)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    fn shard_mut(&mut self, p: &KeyPrefix) -> &mut Shard {
+        let shards = Arc::make_mut(&mut self.shards);
+        if shards.is_empty() {
+            shards.resize_with(Self::SHARDS, Default::default);
+        }
+        Arc::make_mut(&mut shards[Self::shard(p)])
+    }
+
+    pub fn insert(&mut self, key: Arc<ApiKey>) -> Option<Arc<ApiKey>> {
+        let old = self.shard_mut(&key.prefix).insert(key.prefix, key);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    pub fn remove(&mut self, p: &KeyPrefix) -> Option<Arc<ApiKey>> {
+        if !self.contains_key(p) {
+            return None;
+        }
+        self.len -= 1;
+        self.shard_mut(p).remove(p)
+    }
+}
+
+impl std::ops::Index<&KeyPrefix> for KeyIndex {
+    type Output = Arc<ApiKey>;
+
+    fn index(&self, p: &KeyPrefix) -> &Arc<ApiKey> {
+        self.get(p).expect("no such key")
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub tenants: BTreeSet<TenantId>,
@@ -258,8 +333,7 @@ pub struct Snapshot {
     pub upstreams: BTreeMap<UpstreamName, Arc<Upstream>>,
     pub subscriptions: BTreeMap<String, Arc<Subscription>>,
     pub policies: BTreeMap<String, Arc<Policy>>,
-    /// Shared between snapshots until a key changes.
-    pub keys: Arc<HashMap<KeyPrefix, Arc<ApiKey>>>,
+    pub keys: KeyIndex,
     pub session_keys: Option<Arc<SessionSpec>>,
     /// Grants by (tenant, subscriptions), shared by keys alike; valid until
     /// a structural change.
@@ -341,7 +415,7 @@ impl Snapshot {
                 }
                 Kind::ApiKey => {
                     if let Ok(p) = KeyPrefix::parse(name) {
-                        Arc::make_mut(&mut next.keys).remove(&p);
+                        next.keys.remove(&p);
                     }
                 }
                 Kind::SessionKeys => next.session_keys = None,
@@ -419,7 +493,7 @@ impl Snapshot {
             match next.lower_key(k) {
                 Ok(key) => {
                     changed_keys.push(key.prefix);
-                    Arc::make_mut(&mut next.keys).insert(key.prefix, Arc::new(key));
+                    next.keys.insert(Arc::new(key));
                 }
                 Err(e) => rejected.push(Rejected {
                     kind: Kind::ApiKey.label(),
@@ -471,18 +545,18 @@ impl Snapshot {
     /// Recomputes every key's grants but those just lowered.
     fn regrant(&mut self, fresh: &[KeyPrefix], rejected: &mut Vec<Rejected>) {
         let fresh: BTreeSet<_> = fresh.iter().map(|p| p.0).collect();
-        let keys = Arc::make_mut(&mut self.keys);
-        let old = std::mem::take(keys);
-        let mut next = HashMap::with_capacity(old.len());
+        let old = std::mem::take(&mut self.keys);
+        let mut next = KeyIndex::default();
         let mut grants = std::mem::take(&mut self.grants);
-        for (prefix, key) in old {
+        for (prefix, key) in old.iter() {
+            let (prefix, key) = (*prefix, key.clone());
             if fresh.contains(&prefix.0) {
-                next.insert(prefix, key);
+                next.insert(key);
                 continue;
             }
             match grants_for(self, &mut grants, &key.tenant, &key.subscriptions) {
                 Ok(g) if Arc::ptr_eq(&g, &key.grants) => {
-                    next.insert(prefix, key);
+                    next.insert(key);
                 }
                 Ok(g) => {
                     let k = ApiKey {
@@ -493,7 +567,7 @@ impl Snapshot {
                         subscriptions: key.subscriptions.clone(),
                         grants: g,
                     };
-                    next.insert(prefix, Arc::new(k));
+                    next.insert(Arc::new(k));
                 }
                 Err(reason) => rejected.push(Rejected {
                     kind: Kind::ApiKey.label(),
@@ -502,7 +576,7 @@ impl Snapshot {
                 }),
             }
         }
-        *Arc::make_mut(&mut self.keys) = next;
+        self.keys = next;
         self.grants = grants;
     }
 
@@ -904,6 +978,18 @@ api_keys:
             &next.upstreams[&up("ref")],
             &base.upstreams[&up("ref")]
         ));
+        let shared = base
+            .keys
+            .shards
+            .iter()
+            .zip(next.keys.shards.iter())
+            .filter(|(a, b)| Arc::ptr_eq(a, b))
+            .count();
+        assert_eq!(
+            shared,
+            KeyIndex::SHARDS - 1,
+            "one shard copied, the rest shared"
+        );
         assert!(
             !base.keys.contains_key(&prefix("CCCCdddd")),
             "the old snapshot is untouched"

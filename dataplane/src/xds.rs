@@ -217,11 +217,17 @@ impl Client {
             std::mem::take(&mut msg.upserts),
             std::mem::take(&mut msg.removes),
         );
+        // A change to anything but keys regrants every key: with many keys,
+        // or a big chunk, leave this worker's other tasks to other workers.
+        let regrants = upserts
+            .iter()
+            .map(|r| r.kind())
+            .chain(removes.iter().map(|r| r.kind()))
+            .any(|k| !matches!(k, pb::Kind::ApiKey | pb::Kind::SessionKeys | pb::Kind::Tool));
         let env = self.env.clone();
         let lower = |snap: Snapshot| snap.apply_owned(upserts, removes, &*env);
-        // Big chunks (or any chunk that may regrant every key) leave this
-        // worker's other tasks to the other workers meanwhile.
-        let (snap, rejected) = if size > BLOCKING_APPLY || p.snap.keys.len() > BLOCKING_APPLY {
+        let heavy = size > BLOCKING_APPLY || (regrants && p.snap.keys.len() > BLOCKING_APPLY);
+        let (snap, rejected) = if heavy {
             tokio::task::block_in_place(|| lower(p.snap))
         } else {
             lower(p.snap)
