@@ -356,9 +356,21 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
+    let (status, _, body) = http_full(addr, method, path, headers, body).await;
+    (status, body)
+}
+
+/// One HTTP/1.1 request; returns status, head and body.
+pub async fn http_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-        return (0, "connect failed".into());
+        return (0, String::new(), "connect failed".into());
     };
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
@@ -370,19 +382,16 @@ pub async fn http(
     req.push_str("\r\n");
     req.push_str(body);
     if s.write_all(req.as_bytes()).await.is_err() {
-        return (0, "write failed".into());
+        return (0, String::new(), "write failed".into());
     }
     let mut buf = Vec::new();
     if s.read_to_end(&mut buf).await.is_err() {
-        return (0, "read failed".into());
+        return (0, String::new(), "read failed".into());
     }
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_owned(), body.to_owned())
 }
 
 /// A `tools/call` of the reference upstream's `echo` through a gateway, on

@@ -13,7 +13,8 @@ use std::{
 use serde_json::Value;
 
 use crate::harness::{
-    ControlPlane, Gateway, call_echo, eventually, fresh_database, http, reference, temp_dir,
+    ControlPlane, Gateway, call_echo, eventually, fresh_database, http, http_full, reference,
+    temp_dir,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -426,4 +427,95 @@ async fn server_reflection_lists_the_admin_service() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"stoa.v1.Admin".to_owned()), "{names:?}");
+}
+
+/// A 2025-11-25 request with a session, through one gateway.
+async fn session_post(
+    gw: &Gateway,
+    key: &str,
+    session: Option<&str>,
+    body: &str,
+) -> (u16, String, String) {
+    let auth = format!("Bearer {key}");
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    if let Some(s) = session {
+        headers.push(("mcp-session-id", s));
+        headers.push(("mcp-protocol-version", "2025-11-25"));
+    }
+    http_full(gw.addr, "POST", "/mcp/ref", &headers, body).await
+}
+
+fn session_id(head: &str) -> String {
+    head.lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("mcp-session-id"))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .expect("a session id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_move_between_gateways_and_survive_key_rotation_and_tools_are_discovered() {
+    let db = fresh_database("sqlite").await;
+    let cp = ControlPlane::start(&db, None).await;
+    seed(&cp, &reference());
+    let dir = temp_dir("sessions");
+    let a = Gateway::start(&cp.xds_url(), "gw-a", &dir.join("a")).await;
+    let b = Gateway::start(&cp.xds_url(), "gw-b", &dir.join("b")).await;
+    let (key, _) = new_key(&cp);
+    until_status(&a, &key, 200).await;
+    until_status(&b, &key, 200).await;
+
+    // Opened on A, used on B: both hold the control plane's session keys.
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"it","version":"0"}}}"#;
+    let (status, head, body) = session_post(&a, &key, None, init).await;
+    assert_eq!(status, 200, "{body}");
+    let sid = session_id(&head);
+    let (status, _, _) = session_post(
+        &b,
+        &key,
+        Some(&sid),
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let echo = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"across"}}}"#;
+    let (status, _, body) = session_post(&b, &key, Some(&sid), echo).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("across"), "{body}");
+
+    // After a rotation the session still opens (the old key stays accepted).
+    let rotated = cp.ctl_json(&["rotate-session-keys"]);
+    let at = revision_of(&rotated);
+    eventually("both gateways to take the rotation", WAIT, || async {
+        let gws = gateways(&cp);
+        (gws.iter().filter(|g| revision_of(g) >= at).count() == 2).then_some(())
+    })
+    .await;
+    for gw in [&a, &b] {
+        let (status, _, body) = session_post(gw, &key, Some(&sid), echo).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // The catalog: discovered when the upstream was made, and on demand.
+    let tools = eventually("the catalog to fill", WAIT, || async {
+        let v = cp.ctl_json(&["get", "tools", "--upstream", "ref"]);
+        let names: Vec<String> = v["resources"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r["tool"]["name"].as_str().map(str::to_owned))
+            .collect();
+        (!names.is_empty()).then_some(names)
+    })
+    .await;
+    assert!(tools.contains(&"echo".to_owned()), "{tools:?}");
+    let now = cp.ctl(&["discover", "ref"]);
+    assert!(now.contains("echo"), "{now}");
 }
