@@ -70,7 +70,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             });
         tracing::info!(url = %cp.url, gateway_id = %id, "taking config from the control plane");
         let client = crate::xds::Client::new(gw.clone(), cp.clone(), token, id);
-        tokio::spawn(client.run(stop_stream.clone()));
+        client
+            .spawn(stop_stream.clone())
+            .context("starting the config-stream thread")?;
     }
 
     let serve = Serve {

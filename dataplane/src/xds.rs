@@ -3,7 +3,10 @@
 //! plane, applies each revision to a copy of the current `Snapshot` and
 //! installs it in one swap (or NACKs it and keeps serving the last good
 //! one), keeps a cache file of what it applied, and reconnects with
-//! jittered backoff when the stream breaks. Requests never wait on any of it.
+//! jittered backoff when the stream breaks. Requests never wait on any of it:
+//! it runs on its own thread (`spawn`), so that lowering a large snapshot
+//! never occupies a request worker, and so that the memory of the chunks it
+//! decodes is reused chunk after chunk by one thread's allocator heap.
 
 use std::{
     io::{Read as _, Write as _},
@@ -29,10 +32,6 @@ use crate::{config::ControlPlane, gateway::Gateway, model::Snapshot};
 
 /// Resolves `${VAR}` in upstream headers.
 type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
-
-/// Updates bigger than this are applied on a blocking thread, away from
-/// the request path's workers.
-const BLOCKING_APPLY: usize = 1000;
 
 pub struct Client {
     gw: Arc<Gateway>,
@@ -86,6 +85,20 @@ impl Client {
             pending: None,
             env,
         }
+    }
+
+    /// Runs the client on a thread of its own (a single-threaded runtime)
+    /// until `stop`.
+    pub fn spawn(self, stop: CancellationToken) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("stoa-config".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the config stream");
+                rt.block_on(self.run(stop));
+            })
     }
 
     /// Runs until `stop`: connect, follow, reconnect.
@@ -191,6 +204,7 @@ impl Client {
                 snap: base,
                 rejected: Vec::new(),
                 record: Vec::new(),
+                spool: None,
                 resources: 0,
                 started: Instant::now(),
             });
@@ -209,29 +223,31 @@ impl Client {
             removes: u.removes,
             more: !last,
         };
-        if self.cache.is_some() {
-            msg.encode_length_delimited(&mut p.record)
-                .expect("a Vec grows as needed");
+        if let Some(cache) = &self.cache {
+            if !full {
+                msg.encode_length_delimited(&mut p.record)
+                    .expect("a Vec grows as needed");
+            } else {
+                // A snapshot goes to disk chunk by chunk, not into memory.
+                if u.first {
+                    p.spool = cache
+                        .begin()
+                        .map_err(|e| tracing::warn!(file = %cache.path.display(), "config cache not written: {e}"))
+                        .ok();
+                }
+                if let Some(spool) = &mut p.spool
+                    && let Err(e) = spool.write(&msg.encode_length_delimited_to_vec())
+                {
+                    tracing::warn!(file = %cache.path.display(), "config cache not written: {e}");
+                    p.spool = None;
+                }
+            }
         }
         let (upserts, removes) = (
             std::mem::take(&mut msg.upserts),
             std::mem::take(&mut msg.removes),
         );
-        // A change to anything but keys regrants every key: with many keys,
-        // or a big chunk, leave this worker's other tasks to other workers.
-        let regrants = upserts
-            .iter()
-            .map(|r| r.kind())
-            .chain(removes.iter().map(|r| r.kind()))
-            .any(|k| !matches!(k, pb::Kind::ApiKey | pb::Kind::SessionKeys | pb::Kind::Tool));
-        let env = self.env.clone();
-        let lower = |snap: Snapshot| snap.apply_owned(upserts, removes, &*env);
-        let heavy = size > BLOCKING_APPLY || (regrants && p.snap.keys.len() > BLOCKING_APPLY);
-        let (snap, rejected) = if heavy {
-            tokio::task::block_in_place(|| lower(p.snap))
-        } else {
-            lower(p.snap)
-        };
+        let (snap, rejected) = p.snap.apply_owned(upserts, removes, &*self.env);
         p.snap = snap;
         p.rejected.extend(rejected);
         p.resources += size;
@@ -264,21 +280,28 @@ impl Client {
             .with_label_values(&["applied"])
             .inc();
         tracing::info!(revision, full, resources = p.resources, keys = self.current.keys.len(), took = ?p.started.elapsed(), "config revision applied");
-        if let Some(cache) = &mut self.cache
-            && let Err(e) = cache.record(&p.record, full)
-        {
-            tracing::warn!(file = %cache.path.display(), "config cache not written: {e}");
+        if let Some(cache) = &mut self.cache {
+            let written = match (full, p.spool.take()) {
+                (true, Some(spool)) => cache.commit(spool),
+                (true, None) => Ok(()),
+                (false, _) => cache.record(&p.record, false),
+            };
+            if let Err(e) = written {
+                tracing::warn!(file = %cache.path.display(), "config cache not written: {e}");
+            }
         }
         Some(Ok(()))
     }
 }
 
 /// A revision being received: the snapshot its chunks build, and what they
-/// refused, and their encoding for the cache file.
+/// refused, and their encoding for the cache file (a delta in memory, a
+/// snapshot spooled to disk).
 struct Pending {
     snap: Snapshot,
     rejected: Vec<crate::model::Rejected>,
     record: Vec<u8>,
+    spool: Option<Spool>,
     resources: usize,
     started: Instant,
 }
@@ -335,6 +358,31 @@ impl Cache {
         Ok(Some((snap, store_id, revision)))
     }
 
+    /// Starts writing a snapshot beside the cache file.
+    fn begin(&self) -> std::io::Result<Spool> {
+        if let Some(dir) = self.path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = self.path.with_extension("partial");
+        Ok(Spool {
+            file: std::io::BufWriter::new(std::fs::File::create(&tmp)?),
+            tmp,
+            len: 0,
+        })
+    }
+
+    /// The spooled snapshot becomes the cache file, atomically.
+    fn commit(&mut self, mut spool: Spool) -> std::io::Result<()> {
+        spool.file.flush()?;
+        spool.file.get_ref().sync_all()?;
+        std::fs::rename(&spool.tmp, &self.path)?;
+        self.base_len = spool.len;
+        self.len = spool.len;
+        Ok(())
+    }
+
     fn record(&mut self, encoded: &[u8], full: bool) -> std::io::Result<()> {
         if full || self.len == 0 {
             write_atomically(&self.path, encoded)?;
@@ -369,6 +417,29 @@ impl Cache {
         self.base_len = one.len() as u64;
         self.len = self.base_len;
         Ok(())
+    }
+}
+
+/// A snapshot being written beside the cache file; dropped unfinished, it
+/// removes itself.
+struct Spool {
+    file: std::io::BufWriter<std::fs::File>,
+    tmp: PathBuf,
+    len: u64,
+}
+
+impl Spool {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        // After a commit the file was renamed away and this finds nothing.
+        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
@@ -500,6 +571,20 @@ mod tests {
         let (snap, _, rev) = c.load(&env).unwrap().unwrap();
         let names: Vec<&str> = snap.tenants.iter().map(|t| t.as_str()).collect();
         assert_eq!((names, rev), (vec!["y", "z"], 8));
+        // A snapshot spooled chunk by chunk replaces the file only when
+        // committed; an unfinished one leaves no trace.
+        let mut spool = c.begin().unwrap();
+        spool.write(&chunk(10, true, &["p"], true)).unwrap();
+        drop(spool);
+        assert!(!path.with_extension("partial").exists());
+        assert_eq!(c.load(&env).unwrap().unwrap().2, 8, "the old cache stands");
+        let mut spool = c.begin().unwrap();
+        spool.write(&chunk(11, true, &["p"], true)).unwrap();
+        spool.write(&chunk(11, true, &["q"], false)).unwrap();
+        c.commit(spool).unwrap();
+        let (snap, _, rev) = c.load(&env).unwrap().unwrap();
+        assert_eq!((snap.tenants.len(), rev), (2, 11));
+
         // A torn write (a chunk without its end) is refused.
         std::fs::write(&path, chunk(9, true, &["x"], true)).unwrap();
         assert!(c.load(&env).is_err());
