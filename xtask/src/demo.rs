@@ -204,7 +204,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     stoactl(&["apply", "-f", &seed_file.to_string_lossy()])?;
     let subs: Vec<String> = upstreams.iter().map(|(n, _)| format!("demo-{n}")).collect();
-    let key = stoactl(&[
+    let made: serde_json::Value = serde_json::from_str(&stoactl(&[
+        "-o",
+        "json",
         "create",
         "key",
         "--tenant",
@@ -213,7 +215,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "demo",
         "--subscription",
         &subs.join(","),
-    ])?;
+    ])?)?;
+    let key = made["key"]
+        .as_str()
+        .context("stoactl printed no key")?
+        .to_owned();
+    // The revision that holds the key: each gateway must serve at least it.
+    let key_revision: u64 = made["revision"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .context("stoactl printed no revision")?;
+    // A cache from an earlier run would make a gateway ready before it has
+    // this run's key.
+    for i in 0..args.gateways {
+        let _ = std::fs::remove_file(demo.join(format!("gateway-{i}.cache")));
+    }
 
     // The gateways, fed by the control plane.
     let mut bound = Vec::new();
@@ -239,7 +255,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bound.push(wait_ready(&ready, &mut children, &format!("gateway-{i}"))?);
     }
     for i in 0..args.gateways {
-        wait_configured(&format!("127.0.0.1:{}", args.port + i), &mut children)?;
+        wait_configured(
+            &format!("127.0.0.1:{}", args.port + i),
+            key_revision,
+            &mut children,
+        )?;
     }
 
     let base = format!("http://127.0.0.1:{}", args.port);
@@ -353,19 +373,24 @@ fn wait_ready(ready: &Path, children: &mut Children, what: &str) -> anyhow::Resu
     }
 }
 
-/// Waits until the gateway has its first config (`/readyz` answers 200).
-fn wait_configured(addr: &str, children: &mut Children) -> anyhow::Result<()> {
+/// Waits until the gateway serves at least `revision` (its
+/// `stoa_config_revision` metric).
+fn wait_configured(addr: &str, revision: u64, children: &mut Children) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         let ok = TcpStream::connect(addr)
             .and_then(|mut s| {
                 write!(
                     s,
-                    "GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+                    "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
                 )?;
                 let mut out = String::new();
                 s.read_to_string(&mut out)?;
-                Ok(out.starts_with("HTTP/1.1 200"))
+                Ok(out
+                    .lines()
+                    .find_map(|l| l.strip_prefix("stoa_config_revision "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .is_some_and(|v| v as u64 >= revision))
             })
             .unwrap_or(false);
         if ok {
