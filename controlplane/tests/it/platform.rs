@@ -518,4 +518,24 @@ async fn sessions_move_between_gateways_and_survive_key_rotation_and_tools_are_d
     assert!(tools.contains(&"echo".to_owned()), "{tools:?}");
     let now = cp.ctl(&["discover", "ref"]);
     assert!(now.contains("echo"), "{now}");
+
+    // A tenant policy narrows what the subscription grants, on every gateway.
+    cp.ctl(&[
+        "create", "policy", "no-echo", "--tenant", "acme", "--deny", "ec*",
+    ]);
+    for gw in [&a, &b] {
+        eventually("the policy to refuse echo", WAIT, || async {
+            let (status, body) = call_echo(gw.addr, &key).await;
+            (status == 200 && body.contains("not_granted")).then_some(())
+        })
+        .await;
+    }
+    cp.ctl(&["delete", "policy", "no-echo"]);
+    for gw in [&a, &b] {
+        eventually("echo to come back", WAIT, || async {
+            let (status, body) = call_echo(gw.addr, &key).await;
+            (status == 200 && body.contains("hi")).then_some(())
+        })
+        .await;
+    }
 }
