@@ -165,12 +165,7 @@ impl Driver {
         match ev {
             Event::Hello(peer) => {
                 // Keep what we knew of this gateway (its last NACK) across reconnects.
-                let known = self
-                    .store
-                    .gateways()
-                    .await
-                    .ok()
-                    .and_then(|all| all.into_iter().find(|g| g.gateway_id == peer.gateway_id));
+                let known = self.store.gateway(&peer.gateway_id).await.ok().flatten();
                 let mut s = known.unwrap_or_default();
                 s.gateway_id = peer.gateway_id;
                 s.version = peer.version;

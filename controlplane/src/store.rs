@@ -620,11 +620,20 @@ impl Store {
     }
 
     pub async fn gateways(&self) -> Result<Vec<GatewayStatus>> {
+        self.gateway_rows(None).await
+    }
+
+    pub async fn gateway(&self, id: &str) -> Result<Option<GatewayStatus>> {
+        Ok(self.gateway_rows(Some(id)).await?.pop())
+    }
+
+    async fn gateway_rows(&self, id: Option<&str>) -> Result<Vec<GatewayStatus>> {
         let rows = sqlx::query(
             "SELECT gateway_id, version, address, control_plane, connected, revision, connected_at_ms, \
              last_seen_ms, last_ack_revision, last_ack_ms, last_nack_revision, last_nack_ms, last_nack \
-             FROM gateways ORDER BY gateway_id",
+             FROM gateways WHERE ($1 = '' OR gateway_id = $1) ORDER BY gateway_id",
         )
+        .bind(id.unwrap_or(""))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()

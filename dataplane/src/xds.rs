@@ -284,7 +284,7 @@ impl Client {
             let written = match (full, p.spool.take()) {
                 (true, Some(spool)) => cache.commit(spool),
                 (true, None) => Ok(()),
-                (false, _) => cache.record(&p.record, false),
+                (false, _) => cache.append(&p.record),
             };
             if let Err(e) = written {
                 tracing::warn!(file = %cache.path.display(), "config cache not written: {e}");
@@ -383,11 +383,10 @@ impl Cache {
         Ok(())
     }
 
-    fn record(&mut self, encoded: &[u8], full: bool) -> std::io::Result<()> {
-        if full || self.len == 0 {
-            write_atomically(&self.path, encoded)?;
-            self.base_len = encoded.len() as u64;
-            self.len = self.base_len;
+    /// Appends a delta. With no snapshot on file (its spool failed) there
+    /// is nothing a delta could follow, and nothing is written.
+    fn append(&mut self, encoded: &[u8]) -> std::io::Result<()> {
+        if self.len == 0 {
             return Ok(());
         }
         let mut f = std::fs::OpenOptions::new().append(true).open(&self.path)?;
@@ -543,6 +542,12 @@ mod tests {
         .encode_length_delimited_to_vec()
     }
 
+    fn put_full(c: &mut Cache, encoded: &[u8]) {
+        let mut spool = c.begin().unwrap();
+        spool.write(encoded).unwrap();
+        c.commit(spool).unwrap();
+    }
+
     #[test]
     fn the_cache_replays_a_snapshot_and_its_deltas() {
         let dir = std::env::temp_dir().join(format!("stoa-cache-{}", std::process::id()));
@@ -551,8 +556,8 @@ mod tests {
         let env = |_: &str| None;
         let mut c = Cache::new(path.clone());
         assert!(c.load(&env).unwrap().is_none(), "no file: nothing cached");
-        c.record(&update(5, true, &["a", "b"], &[]), true).unwrap();
-        c.record(&update(6, false, &["c"], &["a"]), false).unwrap();
+        put_full(&mut c, &update(5, true, &["a", "b"], &[]));
+        c.append(&update(6, false, &["c"], &["a"])).unwrap();
         let (snap, store, rev) = c.load(&env).unwrap().unwrap();
         assert_eq!((store.as_str(), rev), ("s", 6));
         let names: Vec<&str> = snap.tenants.iter().map(|t| t.as_str()).collect();
@@ -566,8 +571,8 @@ mod tests {
         // A snapshot in chunks, then a delta.
         let mut two = chunk(7, true, &["x"], true);
         two.extend(chunk(7, true, &["y"], false));
-        c.record(&two, true).unwrap();
-        c.record(&update(8, false, &["z"], &["x"]), false).unwrap();
+        put_full(&mut c, &two);
+        c.append(&update(8, false, &["z"], &["x"])).unwrap();
         let (snap, _, rev) = c.load(&env).unwrap().unwrap();
         let names: Vec<&str> = snap.tenants.iter().map(|t| t.as_str()).collect();
         assert_eq!((names, rev), (vec!["y", "z"], 8));

@@ -8,7 +8,6 @@
 //! latency under open-loop load at half of that path's saturation.
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -84,19 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     let mut procs = Procs(Vec::new());
 
-    let mut reference = Command::new(bin.join("stoa-reference"))
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(reference.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let direct = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .context("reference URL")?
-        .to_owned();
+    let (reference, direct) = crate::demo::start_reference(bin, Stdio::null())?;
     procs.0.push(reference);
     let upstream_addr = direct
         .trim_start_matches("http://")

@@ -127,21 +127,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
 
     // The reference upstream, on a free port.
-    let mut reference = Command::new(bin.join("stoa-reference"))
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(demo.join("reference.log"))?)
-        .spawn()
-        .context("starting stoa-reference")?;
-    let mut line = String::new();
-    BufReader::new(reference.stdout.take().context("reference stdout")?).read_line(&mut line)?;
-    let reference_url = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .filter(|u| u.starts_with("http"))
-        .with_context(|| format!("stoa-reference said {line:?}"))?
-        .to_owned();
+    let (reference, reference_url) = start_reference(
+        &bin,
+        std::fs::File::create(demo.join("reference.log"))?.into(),
+    )?;
     children.0.push(("stoa-reference".into(), reference));
 
     // The control plane. The demo makes its tokens so it can print them.
@@ -315,6 +304,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         children.check()?;
     }
+}
+
+/// Starts `stoa-reference` on a free port; returns it and its MCP URL.
+pub fn start_reference(bin: &Path, stderr: Stdio) -> anyhow::Result<(Child, String)> {
+    let mut reference = Command::new(bin.join("stoa-reference"))
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .context("starting stoa-reference")?;
+    let mut line = String::new();
+    BufReader::new(reference.stdout.take().context("reference stdout")?).read_line(&mut line)?;
+    let url = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|u| u.starts_with("http"))
+        .with_context(|| format!("stoa-reference said {line:?}"))?
+        .to_owned();
+    Ok((reference, url))
 }
 
 fn run_cmd_build() -> anyhow::Result<()> {

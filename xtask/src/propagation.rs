@@ -4,7 +4,7 @@
 //! every gateway (repeated trials), bytes of a one-key change, gateway RSS.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
@@ -49,19 +49,7 @@ pub fn run(bin: &Path, dir: &Path, args: &PropagationArgs) -> anyhow::Result<()>
     std::fs::create_dir_all(&dir)?;
     let mut procs = Procs(Vec::new());
 
-    let mut reference = Command::new(bin.join("stoa-reference"))
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(reference.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let upstream = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .context("reference URL")?
-        .to_owned();
+    let (reference, upstream) = crate::demo::start_reference(bin, Stdio::null())?;
     procs.0.push(reference);
 
     let db = args
