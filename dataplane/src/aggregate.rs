@@ -243,7 +243,7 @@ async fn send(
     t: &Target,
     msg: &Value,
     last_event: Option<&str>,
-) -> Result<Response<hyper::body::Incoming>, GatewayError> {
+) -> Result<Response<crate::client::UpstreamBody>, GatewayError> {
     let method = if msg.is_null() {
         Method::GET
     } else {

@@ -2,6 +2,7 @@
 //! for relayed streams, and bounded reading of request bodies.
 
 use std::{
+    future::Future,
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
@@ -105,7 +106,15 @@ where
         return Err(GatewayError::BodyTooLarge { limit: max });
     }
     let limited = http_body_util::Limited::new(body, max);
-    match tokio::time::timeout(timeout, limited.collect()).await {
+    let mut collect = std::pin::pin!(limited.collect());
+    // A small body has usually arrived with the head: take it without
+    // arming a timer.
+    let first = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await;
+    let collected = match first {
+        Poll::Ready(r) => Ok(r),
+        Poll::Pending => tokio::time::timeout(timeout, collect).await,
+    };
+    match collected {
         Err(_) => Err(GatewayError::BodyTimeout),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             Err(GatewayError::BodyTooLarge { limit: max })

@@ -60,6 +60,10 @@ pub struct Listeners {
     /// Optional separate listener for /healthz, /readyz and /metrics. When
     /// absent, those paths are served on every listener.
     pub admin: Option<SocketAddr>,
+    /// Threads that serve connections, each with a runtime of its own; a
+    /// connection stays on the thread that took it, with that thread's pool
+    /// of upstream connections. Default: one per CPU.
+    pub workers: Option<usize>,
 }
 
 impl Default for Listeners {
@@ -68,6 +72,7 @@ impl Default for Listeners {
             plain: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             tls: None,
             admin: None,
+            workers: None,
         }
     }
 }

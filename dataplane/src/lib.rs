@@ -3,6 +3,7 @@
 pub mod aggregate;
 pub mod auth;
 pub mod body;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod gateway;

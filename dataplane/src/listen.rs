@@ -9,10 +9,10 @@ use std::{
     pin::{Pin, pin},
     sync::{
         Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::{Buf, Bytes};
@@ -45,6 +45,61 @@ pub struct Serve {
     pub tracker: TaskTracker,
     /// Stop accepting and ask connections to close when idle.
     pub drain: CancellationToken,
+    pub workers: Arc<Workers>,
+}
+
+/// Threads that serve connections, each running a single-threaded runtime.
+/// A connection is handed to one of them when accepted and lives there: its
+/// requests, its upstream calls and their pooled connections never cross
+/// threads, so there is no work stealing and no cross-thread wake-up on the
+/// request path. Connections are dealt out in turn, which keeps the threads
+/// evenly loaded where `SO_REUSEPORT` hashing would not.
+pub struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    next: AtomicUsize,
+    /// Dropped to let the threads' runtimes end.
+    _stop: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Workers {
+    pub fn start(n: usize) -> std::io::Result<Workers> {
+        let mut handles = Vec::with_capacity(n);
+        let mut stop = Vec::with_capacity(n);
+        for i in 0..n.max(1) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(rt.handle().clone());
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            stop.push(tx);
+            std::thread::Builder::new()
+                .name(format!("stoa-worker-{i}"))
+                .spawn(move || {
+                    rt.block_on(async {
+                        let _ = rx.await;
+                    })
+                })?;
+        }
+        Ok(Workers {
+            handles,
+            next: AtomicUsize::new(0),
+            _stop: stop,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// The thread the next connection goes to.
+    pub fn next(&self) -> &tokio::runtime::Handle {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        &self.handles[i]
+    }
 }
 
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -90,10 +145,26 @@ pub async fn serve_tcp(
             _ = s.drain.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
+        // Moved to a worker's reactor: leave this one first.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, "could not hand the connection over: {e}");
+                continue;
+            }
+        };
         let s2 = s.clone();
         let tls = tls.clone();
-        s.tracker.spawn(async move {
+        let worker = s.workers.next();
+        worker.spawn(s.tracker.track_future(async move {
             let _permit = permit;
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, "could not register the connection: {e}");
+                    return;
+                }
+            };
             let _conn = GaugeGuard::new(s2.gw.metrics.connections.with_label_values(&[transport]));
             match tls {
                 None => serve_conn(s2, stream, None, kind).await,
@@ -110,7 +181,7 @@ pub async fn serve_tcp(
                     }
                 }
             }
-        });
+        }));
     }
 }
 
@@ -142,8 +213,13 @@ where
     });
     let b = builder(&s.limits);
     let mut conn = pin!(b.serve_connection(TokioIo::new(io), svc));
-    let mut check = tokio::time::interval(s.limits.idle_timeout / 4 + Duration::from_millis(1));
+    // Idle means no byte either way and no request running for
+    // `IDLE_CHECKS` checks in a row, i.e. for about `idle_timeout`.
+    const IDLE_CHECKS: u32 = 4;
+    let mut check =
+        tokio::time::interval(s.limits.idle_timeout / IDLE_CHECKS + Duration::from_millis(1));
     check.tick().await;
+    let mut quiet_checks = 0;
     let mut closing = false;
     loop {
         tokio::select! {
@@ -158,7 +234,12 @@ where
                 conn.as_mut().graceful_shutdown();
             }
             _ = check.tick(), if !closing => {
-                if activity.idle_for() >= s.limits.idle_timeout && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                if activity.quiet_since_last_check() && activity.in_flight.load(Ordering::Relaxed) == 0 {
+                    quiet_checks += 1;
+                } else {
+                    quiet_checks = 0;
+                }
+                if quiet_checks >= IDLE_CHECKS {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
@@ -167,28 +248,27 @@ where
     }
 }
 
-/// Last read or write on a connection, and requests still being answered.
+/// Whether a connection saw a read or write since the last idle check, and
+/// requests still being answered. A flag, not a timestamp: the clock is not
+/// read on every read and write.
 struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
+    touched: AtomicBool,
     in_flight: AtomicUsize,
 }
 
 impl Activity {
     fn new() -> Self {
         Activity {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            touched: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
         }
     }
     fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.touched.store(true, Ordering::Relaxed);
     }
-    fn idle_for(&self) -> Duration {
-        let now = self.start.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    /// True if nothing happened since the previous call.
+    fn quiet_since_last_check(&self) -> bool {
+        !self.touched.swap(false, Ordering::Relaxed)
     }
 }
 
@@ -275,14 +355,16 @@ pub async fn serve_h3(s: Serve, endpoint: quinn::Endpoint) {
             continue;
         };
         let s2 = s.clone();
-        s.tracker.spawn(async move {
+        // The endpoint's I/O stays on this thread; the connection's requests
+        // are served on a worker, like a TCP connection's.
+        s.workers.next().spawn(s.tracker.track_future(async move {
             let _permit = permit;
             let _conn = GaugeGuard::new(s2.gw.metrics.connections.with_label_values(&["quic"]));
             match incoming.await {
                 Ok(conn) => serve_h3_conn(s2, conn).await,
                 Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
             }
-        });
+        }));
     }
     // Let open connections finish; refuse new ones.
     endpoint.set_server_config(None);

@@ -98,7 +98,9 @@ fn main() -> anyhow::Result<()> {
             rustls::crypto::ring::default_provider()
                 .install_default()
                 .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
+            // This thread accepts, reloads and drains; connections are
+            // served on worker threads of their own (`listen::Workers`).
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(run::run(run::Options {

@@ -4,10 +4,10 @@
 
 use std::{borrow::Cow, sync::Arc};
 
+use crate::client::UpstreamBody;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::{
@@ -212,7 +212,7 @@ async fn initialize(
     rt: &Runtime,
     key: &ApiKey,
     up: &Arc<Upstream>,
-    resp: Response<Incoming>,
+    resp: Response<UpstreamBody>,
     payload: Payload,
     requested: Option<String>,
     id: Option<Value>,
@@ -347,7 +347,7 @@ fn session_for(
 /// Relays a short upstream answer (status, type, bounded body).
 async fn passthrough(
     up: &Upstream,
-    resp: Response<Incoming>,
+    resp: Response<UpstreamBody>,
     limits: &crate::config::Limits,
 ) -> Result<Response<Body>, GatewayError> {
     let (parts, incoming) = resp.into_parts();

@@ -75,11 +75,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .context("starting the config-stream thread")?;
     }
 
+    let workers = cfg
+        .listeners
+        .workers
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let serve = Serve {
         gw: gw.clone(),
         limits: cfg.limits.clone(),
         tracker: TaskTracker::new(),
         drain: CancellationToken::new(),
+        workers: Arc::new(listen::Workers::start(workers).context("starting worker threads")?),
     };
     let mut bound = Bound::default();
     let mut cert_watch: Option<(Arc<Resolver>, CertFiles)> = None;
@@ -147,7 +153,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         anyhow::bail!("no listener configured: set listeners.plain and/or listeners.tls");
     }
     let announce = serde_json::to_string(&bound)?;
-    tracing::info!(listening = %announce, "stoa-gateway ready");
+    tracing::info!(listening = %announce, workers = serve.workers.len(), "stoa-gateway ready");
     if let Some(path) = &opts.ready_file {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, &announce)?;

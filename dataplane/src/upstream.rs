@@ -6,18 +6,15 @@ use std::{pin::pin, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Frame, Incoming};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
+use http_body_util::BodyExt;
+use hyper::body::Frame;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     body::{BoxError, ChannelBody},
+    client::{Client, ClientConfig, ClientError, UpstreamBody},
     config::Limits,
     error::GatewayError,
     mcp,
@@ -25,43 +22,41 @@ use crate::{
     sse,
 };
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
+/// The client side of the relay (see `client`): its pools of upstream
+/// connections are per thread, so a request served on a worker thread
+/// (`listen::Workers`) reuses connections owned by that thread.
 #[derive(Clone)]
 pub struct UpstreamClient {
-    client: Client<Connector, Full<Bytes>>,
+    client: Client,
 }
 
 impl UpstreamClient {
     pub fn new(limits: &Limits) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(limits.upstream_connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .expect("ring provider supports the default protocol versions")
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(https);
-        UpstreamClient { client }
+        UpstreamClient {
+            client: Client::new(ClientConfig {
+                connect_timeout: limits.upstream_connect_timeout,
+                idle_timeout: Duration::from_secs(90),
+                max_idle: 256,
+                max_head_bytes: limits.max_header_bytes.max(8192),
+            }),
+        }
     }
 
     /// Sends a request to `up` and waits at most `timeout` for its response head.
     pub async fn send(
         &self,
         up: &Upstream,
-        req: Request<Full<Bytes>>,
+        req: Request<Bytes>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, GatewayError> {
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+    ) -> Result<Response<UpstreamBody>, GatewayError> {
+        match tokio::time::timeout(timeout, self.client.send(req)).await {
             Err(_) => Err(GatewayError::UpstreamTimeout {
                 upstream: up.name.to_string(),
                 after_ms: timeout.as_millis() as u64,
+            }),
+            Ok(Err(ClientError::Protocol(reason))) => Err(GatewayError::UpstreamBadResponse {
+                upstream: up.name.to_string(),
+                reason,
             }),
             Ok(Err(e)) => Err(GatewayError::UpstreamUnavailable {
                 upstream: up.name.to_string(),
@@ -105,7 +100,7 @@ pub fn upstream_request(
     client_headers: &HeaderMap,
     upstream_session: Option<&str>,
     body: Bytes,
-) -> Result<Request<Full<Bytes>>, GatewayError> {
+) -> Result<Request<Bytes>, GatewayError> {
     let mut req = Request::builder().method(method).uri(up.url.clone());
     let h = req.headers_mut().expect("builder is valid");
     // One pass over what the client sent. 2026-07-28 also mirrors tool
@@ -125,7 +120,7 @@ pub fn upstream_request(
     for (k, v) in &up.headers {
         h.insert(k.clone(), v.clone());
     }
-    req.body(Full::new(body))
+    req.body(body)
         .map_err(|e| GatewayError::Internal(e.to_string()))
 }
 
@@ -137,7 +132,7 @@ pub enum Payload {
 }
 
 /// Classifies an upstream answer, turning its failures into our errors.
-pub fn classify(up: &Upstream, resp: &Response<Incoming>) -> Result<Payload, GatewayError> {
+pub fn classify(up: &Upstream, resp: &Response<UpstreamBody>) -> Result<Payload, GatewayError> {
     let status = resp.status();
     if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT {
         return Ok(Payload::Empty);
@@ -173,7 +168,7 @@ pub fn classify(up: &Upstream, resp: &Response<Incoming>) -> Result<Payload, Gat
 /// Reads a whole JSON answer, bounded in size and time.
 pub async fn read_json_body(
     up: &Upstream,
-    body: Incoming,
+    body: UpstreamBody,
     limits: &Limits,
 ) -> Result<Bytes, GatewayError> {
     let limited = http_body_util::Limited::new(body, limits.max_response_bytes);
@@ -197,7 +192,7 @@ pub async fn read_json_body(
 /// Reads a whole JSON answer and parses it.
 pub async fn read_json(
     up: &Upstream,
-    body: Incoming,
+    body: UpstreamBody,
     limits: &Limits,
 ) -> Result<Value, GatewayError> {
     let bytes = read_json_body(up, body, limits).await?;
@@ -211,7 +206,7 @@ pub async fn read_json(
 /// with JSON or with an SSE stream (other events on the stream are dropped).
 pub async fn read_message(
     up: &Upstream,
-    resp: Response<Incoming>,
+    resp: Response<UpstreamBody>,
     payload: Payload,
     id: Option<&Value>,
     limits: &Limits,
@@ -229,7 +224,7 @@ pub async fn read_message(
 /// Reads SSE events until the response to `id` arrives (bounded in size and time).
 async fn read_response_event(
     up: &Upstream,
-    body: Incoming,
+    body: UpstreamBody,
     id: Option<&Value>,
     limits: &Limits,
 ) -> Result<Value, GatewayError> {
@@ -303,7 +298,7 @@ pub struct PumpConfig {
 /// Relays one upstream SSE body into a client body, via a bounded channel
 /// (back-pressure reaches the upstream). Ends when either side does.
 pub fn spawn_pump(
-    body: Incoming,
+    body: UpstreamBody,
     map: impl EventMap,
     cfg: PumpConfig,
     guard: impl Send + 'static,
@@ -317,7 +312,7 @@ pub type FrameSender = mpsc::Sender<Result<Frame<Bytes>, BoxError>>;
 
 /// Like `spawn_pump`, into a channel that other pumps may share (merged streams).
 pub fn spawn_pump_into(
-    body: Incoming,
+    body: UpstreamBody,
     mut map: impl EventMap,
     cfg: PumpConfig,
     guard: impl Send + 'static,
@@ -342,7 +337,7 @@ pub fn spawn_pump_into(
                         None => break None,
                         Some(Err(e)) => break Some(GatewayError::UpstreamBadResponse {
                             upstream: cfg.upstream.clone(),
-                            reason: format!("stream failed: {}", error_chain(&e)),
+                            reason: format!("stream failed: {}", error_chain(&*e)),
                         }),
                         Some(Ok(f)) => match f.into_data() {
                             Ok(d) => d,

@@ -208,6 +208,13 @@ async fn broken_upstream(kind: &'static str) -> String {
                     "garbage" => {
                         let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 5\r\n\r\n<html").await;
                     }
+                    "one-shot" => {
+                        // Answers, then closes the connection without
+                        // saying so (no `connection: close`), after a pause.
+                        let body = r#"{"jsonrpc":"2.0","id":9,"result":{"content":[]}}"#;
+                        let _ = s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes()).await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                     "huge-event" => {
                         let event = format!("data: {{\"pad\":\"{}\"}}\n\n", "x".repeat(4096));
                         let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
@@ -226,7 +233,7 @@ async fn broken_upstream(kind: &'static str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_upstreams_get_named_errors() {
     let mut ups = Vec::new();
-    for kind in ["hang", "reset", "garbage", "huge-event"] {
+    for kind in ["hang", "reset", "garbage", "huge-event", "one-shot"] {
         ups.push((kind, broken_upstream(kind).await));
     }
     let named: Vec<(&str, &str)> = ups.iter().map(|(k, u)| (*k, u.as_str())).collect();
@@ -264,6 +271,34 @@ async fn broken_upstreams_get_named_errors() {
             why != "upstream_bad_response",
             "{kind}"
         );
+    }
+    // An upstream that drops each connection after one answer: the pooled
+    // connection it closed is not reused, and no call fails for it.
+    for i in 0..5 {
+        let r = http
+            .send(
+                Method::POST,
+                &format!("{}/mcp/one-shot", gw.url()),
+                &headers,
+                Some(&call),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "call {i}: {}", r.body);
+        assert_eq!(r.json()["id"], 9);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    // The same when the next call comes before the close is noticed: a
+    // reused connection that fails before any answer byte is retried once.
+    for i in 0..5 {
+        let r = http
+            .send(
+                Method::POST,
+                &format!("{}/mcp/one-shot", gw.url()),
+                &headers,
+                Some(&call),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "quick call {i}: {}", r.body);
     }
     // An SSE event beyond the limit: the stream ends with an error for the request.
     let r = http

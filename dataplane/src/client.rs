@@ -1,0 +1,899 @@
+//! The relay's HTTP/1.1 client to upstream MCP servers.
+//!
+//! Written for the request path rather than taken from a general client:
+//! the task that serves a request writes the upstream request and reads the
+//! answer on a connection it owns, with no connection task, channel or
+//! shared pool lock in between. Idle connections wait in a pool per thread
+//! (`listen::Workers` keeps a request on one thread), keyed by scheme and
+//! authority.
+//!
+//! - A request goes out in one write (head and body together when the body
+//!   is under 64 KiB).
+//! - A response whose `Content-Length` body arrived with its head is
+//!   returned whole, and its connection is back in the pool before the
+//!   caller sees it. Others stream: `Content-Length`, `chunked` (SSE) or
+//!   read-until-close.
+//! - Bounds: the response head (`max_head_bytes`), chunk-size and trailer
+//!   lines, connect time; the caller bounds the wait for the head and the
+//!   body's size and time.
+//! - An idle connection the upstream has closed is noticed before reuse
+//!   (the reactor has seen it readable); if a reused connection still fails
+//!   before a single response byte, the request is sent once more on a new
+//!   connection, as the upstream closed it before reading the request.
+
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
+};
+
+use crate::body::BoxError;
+
+/// Most headers a response head may carry.
+const MAX_HEADERS: usize = 128;
+/// Longest chunk-size or trailer line.
+const MAX_LINE: usize = 8 * 1024;
+/// Bodies up to this size are copied after the head: one write.
+const COALESCE_BODY: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub connect_timeout: Duration,
+    /// How long a connection may wait in the pool.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per upstream and thread.
+    pub max_idle: usize,
+    pub max_head_bytes: usize,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    cfg: Arc<ClientConfig>,
+    tls: tokio_rustls::TlsConnector,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad upstream URL: {0}")]
+    Url(String),
+    #[error("connect: {0}")]
+    Connect(String),
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("connection closed before a response")]
+    Closed,
+    #[error("invalid response: {0}")]
+    Protocol(String),
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    tls: bool,
+    authority: Box<str>,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+thread_local! {
+    static IDLE: RefCell<HashMap<Key, Vec<Idle>>> = RefCell::new(HashMap::new());
+}
+
+/// Returns a connection whose response was read to its end.
+fn release(mut conn: Conn, cfg: &ClientConfig) {
+    if !conn.buf.is_empty() {
+        // Bytes after the response: the upstream is out of step.
+        return;
+    }
+    conn.reused = true;
+    let key = conn.key.clone();
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.entry(key).or_default();
+        if list.len() < cfg.max_idle {
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    });
+}
+
+fn take_idle(key: &Key, cfg: &ClientConfig) -> Option<Conn> {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.get_mut(key)?;
+        while let Some(Idle { mut conn, since }) = list.pop() {
+            if since.elapsed() < cfg.idle_timeout && conn.io.looks_open() {
+                return Some(conn);
+            }
+        }
+        None
+    })
+}
+
+impl Client {
+    pub fn new(cfg: ClientConfig) -> Self {
+        let roots =
+            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Client {
+            cfg: Arc::new(cfg),
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+        }
+    }
+
+    /// Sends `req` (absolute URI) and reads the response head.
+    pub async fn send(&self, req: Request<Bytes>) -> Result<Response<UpstreamBody>, ClientError> {
+        let key = key_of(req.uri())?;
+        let (parts, body) = req.into_parts();
+        let mut wire = Vec::with_capacity(
+            256 + if body.len() <= COALESCE_BODY {
+                body.len()
+            } else {
+                0
+            },
+        );
+        encode_head(&parts, &key, body.len(), &mut wire);
+        let split_body = body.len() > COALESCE_BODY;
+        if !split_body {
+            wire.extend_from_slice(&body);
+        }
+        let head_only = parts.method == Method::HEAD;
+
+        if let Some(conn) = take_idle(&key, &self.cfg) {
+            match self
+                .exchange(conn, &wire, split_body.then_some(&body), head_only)
+                .await
+            {
+                Ok(resp) => return Ok(resp),
+                // The upstream closed the idle connection before reading
+                // the request: send it again on a new one.
+                Err(Exchange::Unanswered(_)) => {}
+                Err(Exchange::Failed(e)) => return Err(e),
+            }
+        }
+        let conn = self.connect(&key).await?;
+        self.exchange(conn, &wire, split_body.then_some(&body), head_only)
+            .await
+            .map_err(|e| match e {
+                Exchange::Unanswered(e) | Exchange::Failed(e) => e,
+            })
+    }
+
+    async fn exchange(
+        &self,
+        mut conn: Conn,
+        wire: &[u8],
+        body: Option<&Bytes>,
+        head_only: bool,
+    ) -> Result<Response<UpstreamBody>, Exchange> {
+        let reused = conn.reused;
+        let unanswered = |e: ClientError| {
+            if reused {
+                Exchange::Unanswered(e)
+            } else {
+                Exchange::Failed(e)
+            }
+        };
+        let written = async {
+            conn.io.write_all(wire).await?;
+            if let Some(b) = body {
+                conn.io.write_all(b).await?;
+            }
+            conn.io.flush().await
+        }
+        .await;
+        written.map_err(|e| unanswered(e.into()))?;
+        let head = loop {
+            match parse_head(&conn.buf, self.cfg.max_head_bytes) {
+                Ok(Some(head)) => {
+                    conn.buf.advance(head.len);
+                    if head.status.is_informational()
+                        && head.status != StatusCode::SWITCHING_PROTOCOLS
+                    {
+                        continue;
+                    }
+                    break head;
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Exchange::Failed(e)),
+            }
+            let empty = conn.buf.is_empty();
+            let n = conn.read_more().await.map_err(|e| {
+                if empty {
+                    unanswered(e.into())
+                } else {
+                    Exchange::Failed(e.into())
+                }
+            })?;
+            if n == 0 {
+                let e = ClientError::Closed;
+                return Err(if empty {
+                    unanswered(e)
+                } else {
+                    Exchange::Failed(e)
+                });
+            }
+        };
+        let framing = head.framing(head_only).map_err(Exchange::Failed)?;
+        let mut resp = Response::new(UpstreamBody::empty());
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        let keep = head.keep_alive;
+        let body = match framing {
+            Framing::Length(0) => {
+                if keep {
+                    release(conn, &self.cfg);
+                }
+                UpstreamBody::empty()
+            }
+            Framing::Length(n) if conn.buf.len() as u64 >= n => {
+                let data = conn.buf.split_to(n as usize).freeze();
+                if keep {
+                    release(conn, &self.cfg);
+                }
+                UpstreamBody::full(data)
+            }
+            framing => UpstreamBody {
+                inner: Inner::Stream(Box::new(Stream {
+                    conn: Some(conn),
+                    framing,
+                    keep,
+                    cfg: self.cfg.clone(),
+                })),
+            },
+        };
+        *resp.body_mut() = body;
+        Ok(resp)
+    }
+
+    async fn connect(&self, key: &Key) -> Result<Conn, ClientError> {
+        let timeout = self.cfg.connect_timeout;
+        let work = async {
+            let addrs: Vec<SocketAddr> = match key.authority.parse::<SocketAddr>() {
+                Ok(a) => vec![a],
+                Err(_) => tokio::net::lookup_host(&*key.authority)
+                    .await
+                    .map_err(|e| ClientError::Connect(format!("resolving {}: {e}", key.authority)))?
+                    .collect(),
+            };
+            let mut last = None;
+            let mut tcp = None;
+            for a in addrs {
+                match TcpStream::connect(a).await {
+                    Ok(s) => {
+                        tcp = Some(s);
+                        break;
+                    }
+                    Err(e) => last = Some(format!("{a}: {e}")),
+                }
+            }
+            let tcp = tcp.ok_or_else(|| {
+                ClientError::Connect(
+                    last.unwrap_or_else(|| format!("{} has no address", key.authority)),
+                )
+            })?;
+            let _ = tcp.set_nodelay(true);
+            let io = if key.tls {
+                let host = host_of(&key.authority);
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|e| ClientError::Url(format!("{host}: {e}")))?;
+                let tls = self.tls.connect(name, tcp).await.map_err(|e| {
+                    ClientError::Connect(format!("TLS with {}: {e}", key.authority))
+                })?;
+                Io::Tls(Box::new(tls))
+            } else {
+                Io::Plain(tcp)
+            };
+            Ok(Conn {
+                io,
+                buf: BytesMut::with_capacity(READ_CHUNK),
+                key: key.clone(),
+                reused: false,
+            })
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| ClientError::ConnectTimeout(timeout))?
+    }
+}
+
+enum Exchange {
+    /// Failed before any byte of a response, on a reused connection.
+    Unanswered(ClientError),
+    Failed(ClientError),
+}
+
+fn key_of(uri: &http::Uri) -> Result<Key, ClientError> {
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        other => return Err(ClientError::Url(format!("scheme {other:?}: http or https"))),
+    };
+    let auth = uri
+        .authority()
+        .ok_or_else(|| ClientError::Url(format!("{uri}: no host")))?;
+    let port = auth.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    Ok(Key {
+        tls,
+        authority: format!("{}:{port}", auth.host()).into(),
+    })
+}
+
+fn host_of(authority: &str) -> &str {
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Framing and connection headers are the client's to write.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::*;
+    name == HOST
+        || name == CONTENT_LENGTH
+        || name == TRANSFER_ENCODING
+        || name == CONNECTION
+        || name == TE
+        || name == UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
+}
+
+fn encode_head(parts: &http::request::Parts, key: &Key, body_len: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    let default_port = if key.tls { ":443" } else { ":80" };
+    out.extend_from_slice(
+        key.authority
+            .strip_suffix(default_port)
+            .unwrap_or(&key.authority)
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if hop_by_hop(name) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let has_body = body_len > 0
+        || !matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+        );
+    if has_body {
+        out.extend_from_slice(b"content-length: ");
+        let _ = std::io::Write::write_fmt(out, format_args!("{body_len}"));
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+struct Head {
+    len: usize,
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    keep_alive: bool,
+}
+
+fn parse_head(buf: &[u8], max: usize) -> Result<Option<Head>, ClientError> {
+    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut raw);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > max => {
+            return Err(ClientError::Protocol(format!(
+                "response head exceeds {max} bytes"
+            )));
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(ClientError::Protocol(format!("response head: {e}"))),
+    };
+    if len > max {
+        return Err(ClientError::Protocol(format!(
+            "response head exceeds {max} bytes"
+        )));
+    }
+    let code = r.code.unwrap_or(0);
+    let status =
+        StatusCode::from_u16(code).map_err(|_| ClientError::Protocol(format!("status {code}")))?;
+    let version = if r.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    let mut keep_alive = version == Version::HTTP_11;
+    for h in r.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| ClientError::Protocol(format!("header name {:?}", h.name)))?;
+        let value = HeaderValue::from_bytes(h.value)
+            .map_err(|_| ClientError::Protocol(format!("header {name} has an invalid value")))?;
+        if name == http::header::CONNECTION {
+            let v = value.as_bytes();
+            if has_token(v, b"close") {
+                keep_alive = false;
+            } else if has_token(v, b"keep-alive") {
+                keep_alive = true;
+            }
+        }
+        headers.append(name, value);
+    }
+    Ok(Some(Head {
+        len,
+        status,
+        version,
+        headers,
+        keep_alive,
+    }))
+}
+
+fn has_token(list: &[u8], token: &[u8]) -> bool {
+    list.split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+impl Head {
+    /// RFC 9112 §6.3: how the body ends.
+    fn framing(&self, head_request: bool) -> Result<Framing, ClientError> {
+        if head_request
+            || self.status.is_informational()
+            || self.status == StatusCode::NO_CONTENT
+            || self.status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(Framing::Length(0));
+        }
+        if let Some(te) = self
+            .headers
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+        {
+            let last = te
+                .as_bytes()
+                .rsplit(|b| *b == b',')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
+            return if last.eq_ignore_ascii_case(b"chunked") {
+                Ok(Framing::Chunked(Chunk::Size))
+            } else {
+                Ok(Framing::Close)
+            };
+        }
+        let mut length = None;
+        for v in self.headers.get_all(http::header::CONTENT_LENGTH) {
+            let n: u64 = std::str::from_utf8(v.as_bytes())
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| ClientError::Protocol("invalid content-length".into()))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ClientError::Protocol("conflicting content-length".into()));
+            }
+            length = Some(n);
+        }
+        Ok(match length {
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        })
+    }
+}
+
+struct Conn {
+    io: Io,
+    buf: BytesMut,
+    key: Key,
+    reused: bool,
+}
+
+impl Conn {
+    async fn read_more(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
+    }
+
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_CHUNK);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    /// False if the reactor has seen the idle connection readable: the
+    /// upstream closed it or sent bytes nobody asked for.
+    fn looks_open(&mut self) -> bool {
+        let tcp = match self {
+            Io::Plain(s) => &*s,
+            Io::Tls(s) => s.get_ref().0,
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        tcp.poll_read_ready(&mut cx).is_pending()
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Bytes still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes (no reuse).
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    /// Bytes left in the current chunk.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+}
+
+/// An upstream response body: whole, or read from the connection as the
+/// caller polls (which also returns the connection to the pool at its end).
+pub struct UpstreamBody {
+    inner: Inner,
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Stream(Box<Stream>),
+    Done,
+}
+
+struct Stream {
+    conn: Option<Conn>,
+    framing: Framing,
+    keep: bool,
+    cfg: Arc<ClientConfig>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct BodyError(String);
+
+impl UpstreamBody {
+    fn empty() -> Self {
+        UpstreamBody { inner: Inner::Done }
+    }
+    fn full(b: Bytes) -> Self {
+        UpstreamBody {
+            inner: Inner::Full(Some(b)),
+        }
+    }
+}
+
+/// The next data from what is buffered: `Ok(Some)` data, `Ok(None)` need
+/// more bytes, or the end (`framing` becomes `Length(0)`).
+fn take(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Bytes>, BoxError> {
+    loop {
+        match *framing {
+            Framing::Length(0) => return Ok(None),
+            Framing::Length(rem) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = (buf.len() as u64).min(rem) as usize;
+                *framing = Framing::Length(rem - n as u64);
+                return Ok(Some(buf.split_to(n).freeze()));
+            }
+            Framing::Close => {
+                return Ok((!buf.is_empty()).then(|| buf.split().freeze()));
+            }
+            Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                Ok(httparse::Status::Complete((used, 0))) => {
+                    buf.advance(used);
+                    *framing = Framing::Chunked(Chunk::Trailers);
+                }
+                Ok(httparse::Status::Complete((used, size))) => {
+                    buf.advance(used);
+                    *framing = Framing::Chunked(Chunk::Data(size));
+                }
+                Ok(httparse::Status::Partial) if buf.len() > MAX_LINE => {
+                    return Err(Box::new(BodyError("chunk-size line too long".into())));
+                }
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(_) => return Err(Box::new(BodyError("invalid chunk size".into()))),
+            },
+            Framing::Chunked(Chunk::Data(rem)) => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = (buf.len() as u64).min(rem) as usize;
+                *framing = Framing::Chunked(if rem == n as u64 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(rem - n as u64)
+                });
+                return Ok(Some(buf.split_to(n).freeze()));
+            }
+            Framing::Chunked(Chunk::DataEnd) => {
+                if buf.len() < 2 {
+                    return Ok(None);
+                }
+                if &buf[..2] != b"\r\n" {
+                    return Err(Box::new(BodyError(
+                        "chunk data not followed by CRLF".into(),
+                    )));
+                }
+                buf.advance(2);
+                *framing = Framing::Chunked(Chunk::Size);
+            }
+            Framing::Chunked(Chunk::Trailers) => {
+                let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+                    if buf.len() > MAX_LINE {
+                        return Err(Box::new(BodyError("trailer line too long".into())));
+                    }
+                    return Ok(None);
+                };
+                buf.advance(end + 2);
+                if end == 0 {
+                    *framing = Framing::Length(0);
+                }
+            }
+        }
+    }
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut self.inner;
+        let s = match this {
+            Inner::Done => return Poll::Ready(None),
+            Inner::Full(b) => {
+                let b = b.take();
+                *this = Inner::Done;
+                return Poll::Ready(b.map(|b| Ok(Frame::data(b))));
+            }
+            Inner::Stream(s) => s,
+        };
+        loop {
+            let conn = s.conn.as_mut().expect("stream has its connection");
+            match take(&mut s.framing, &mut conn.buf) {
+                Err(e) => {
+                    *this = Inner::Done;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Ok(Some(data)) => {
+                    if s.framing == Framing::Length(0) {
+                        finish(this);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(None) if s.framing == Framing::Length(0) => {
+                    finish(this);
+                    return Poll::Ready(None);
+                }
+                Ok(None) => {}
+            }
+            let conn = s.conn.as_mut().expect("stream has its connection");
+            match conn.poll_read_more(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    *this = Inner::Done;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                Poll::Ready(Ok(0)) => {
+                    let framing = s.framing;
+                    *this = Inner::Done;
+                    return Poll::Ready(match framing {
+                        Framing::Close => None,
+                        _ => Some(Err(Box::new(BodyError(
+                            "upstream closed the connection in the middle of the body".into(),
+                        )))),
+                    });
+                }
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.inner, Inner::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) | Inner::Done => SizeHint::with_exact(0),
+            Inner::Stream(s) => match s.framing {
+                Framing::Length(n) => {
+                    let buffered = s.conn.as_ref().map_or(0, |c| c.buf.len() as u64);
+                    SizeHint::with_exact(n.max(buffered).min(n))
+                }
+                _ => SizeHint::default(),
+            },
+        }
+    }
+}
+
+/// The body ended cleanly: its connection goes back to the pool.
+fn finish(inner: &mut Inner) {
+    if let Inner::Stream(s) = std::mem::replace(inner, Inner::Done)
+        && let Some(conn) = s.conn
+        && s.keep
+    {
+        release(conn, &s.cfg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(framing: &mut Framing, bytes: &[u8]) -> Result<Vec<u8>, BoxError> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(b) = take(framing, &mut buf)? {
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn chunked_bodies_decode() {
+        let mut f = Framing::Chunked(Chunk::Size);
+        let body = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n";
+        assert_eq!(drain(&mut f, body).unwrap(), b"hello, world");
+        assert_eq!(f, Framing::Length(0));
+    }
+
+    #[test]
+    fn partial_chunks_wait_for_more() {
+        let mut f = Framing::Chunked(Chunk::Size);
+        assert_eq!(drain(&mut f, b"a\r\n0123").unwrap(), b"0123");
+        assert_eq!(f, Framing::Chunked(Chunk::Data(6)));
+    }
+
+    #[test]
+    fn bad_chunks_are_errors() {
+        for bad in [&b"zz\r\n"[..], b"2\r\nabXY", &[b'1'; MAX_LINE + 10]] {
+            assert!(drain(&mut Framing::Chunked(Chunk::Size), bad).is_err());
+        }
+    }
+
+    #[test]
+    fn lengths_stop_at_the_end() {
+        let mut f = Framing::Length(3);
+        assert_eq!(drain(&mut f, b"abcdef").unwrap(), b"abc");
+        assert_eq!(f, Framing::Length(0));
+    }
+
+    #[test]
+    fn heads_parse_with_framing() {
+        let h = parse_head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+            1024,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.status, StatusCode::OK);
+        assert!(!h.keep_alive);
+        assert_eq!(h.framing(false).unwrap(), Framing::Length(5));
+        assert_eq!(h.framing(true).unwrap(), Framing::Length(0));
+        let h = parse_head(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            1024,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.keep_alive);
+        assert_eq!(h.framing(false).unwrap(), Framing::Chunked(Chunk::Size));
+        let h = parse_head(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+            1024,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.framing(false).is_err());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\n", 1024).unwrap().is_none());
+        assert!(parse_head(&[b'x'; 64], 1024).is_err());
+        let long = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(2000));
+        assert!(parse_head(long.as_bytes(), 1024).is_err());
+    }
+
+    #[test]
+    fn heads_are_encoded_for_the_origin() {
+        let req = Request::post("http://up.example/mcp?x=1")
+            .header("content-type", "application/json")
+            .header("connection", "keep-alive")
+            .header("host", "evil")
+            .body(())
+            .unwrap();
+        let key = key_of(req.uri()).unwrap();
+        assert_eq!(&*key.authority, "up.example:80");
+        let (parts, ()) = req.into_parts();
+        let mut out = Vec::new();
+        encode_head(&parts, &key, 2, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /mcp?x=1 HTTP/1.1\r\nhost: up.example\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
+        );
+    }
+}
