@@ -141,6 +141,8 @@ impl Client {
         .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
+        let mut tls = tls;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Client {
             cfg: Arc::new(cfg),
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),

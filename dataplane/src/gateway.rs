@@ -341,7 +341,7 @@ impl Gateway {
         }
         let key = auth::authenticate(&rt.snapshot, &parts.headers).map_err(|e| (e, None))?;
         ctx.key = Some(key.name.to_string());
-        if self.draining.is_cancelled() && parts.method == Method::GET {
+        if parts.method == Method::GET && self.draining.is_cancelled() {
             return Err((GatewayError::ShuttingDown, None));
         }
         let body = match parts.method {
