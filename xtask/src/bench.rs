@@ -5,7 +5,8 @@
 //!
 //! For each path: latency at concurrency 1 (closed loop, one connection),
 //! saturation throughput (closed loop, `--concurrency` workers), and
-//! latency under open-loop load at half of that path's saturation.
+//! latency under open-loop load at one rate per group of paths (h1; h2c,
+//! h2 and h3): half of the group's slowest saturation.
 
 use std::{
     path::{Path, PathBuf},
@@ -274,17 +275,38 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             rates[i].push(load(url, *http, *key, args.concurrency, None)?);
         }
     }
+    let sats: Vec<(Run, u64)> = rates
+        .into_iter()
+        .map(|mut runs| {
+            runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+            let errors = runs.iter().map(|r| r.errors).sum();
+            (runs[runs.len() / 2].clone(), errors)
+        })
+        .collect();
+    // Half load is one rate for every path of a group (h1; h2c, h2 and h3),
+    // half of the group's slowest saturation (the 1-worker variant aside):
+    // a path and its baseline are compared under the same offered load.
+    let half_rate = |h1: bool| {
+        paths
+            .iter()
+            .zip(&sats)
+            .filter(|((name, _, http, _), _)| (*http == 1) == h1 && !name.contains("1 worker"))
+            .map(|(_, (r, _))| r.rate)
+            .fold(f64::INFINITY, f64::min)
+            / 2.0
+    };
+    let (half_h1, half_h2) = (half_rate(true), half_rate(false));
+    println!("half load: {half_h1:.0} req/s on h1 paths, {half_h2:.0} req/s on h2c/h2/h3 paths\n");
     println!(
         "{:<20} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9} {:>7}",
         "path", "c1 p50µs", "c1 p99µs", "sat req/s", "half p50", "half p99", "lag p99", "errors"
     );
+
     let mut results = Vec::new();
-    for ((name, url, http, key), mut sats) in paths.iter().zip(rates) {
-        sats.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-        let sat = sats[sats.len() / 2].clone();
-        let errors: u64 = sats.iter().map(|r| r.errors).sum();
+    for ((name, url, http, key), (sat, errors)) in paths.iter().zip(sats) {
         let c1 = load(url, *http, *key, 1, None)?;
-        let half = load(url, *http, *key, args.concurrency, Some(sat.rate / 2.0))?;
+        let rate = if *http == 1 { half_h1 } else { half_h2 };
+        let half = load(url, *http, *key, args.concurrency, Some(rate))?;
         println!(
             "{:<20} {:>9.0} {:>9.0} {:>11.0} {:>9.0} {:>9.0} {:>9.0} {:>7}",
             name,
