@@ -33,7 +33,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
@@ -82,10 +82,11 @@ pub enum ClientError {
     Protocol(String),
 }
 
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct Key {
+/// Where a connection goes: scheme and the URL's authority as written.
+#[derive(Clone, Copy)]
+struct Key<'a> {
     tls: bool,
-    authority: Box<str>,
+    authority: &'a str,
 }
 
 struct Idle {
@@ -93,8 +94,11 @@ struct Idle {
     since: Instant,
 }
 
+/// Idle connections of this thread, by authority: `[plain, tls]`.
+type Pools = [HashMap<Box<str>, Vec<Idle>>; 2];
+
 thread_local! {
-    static IDLE: RefCell<HashMap<Key, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<Pools> = RefCell::new([HashMap::new(), HashMap::new()]);
 }
 
 /// Returns a connection whose response was read to its end.
@@ -104,10 +108,13 @@ fn release(mut conn: Conn, cfg: &ClientConfig) {
         return;
     }
     conn.reused = true;
-    let key = conn.key.clone();
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.entry(key).or_default();
+        let pool = &mut idle[usize::from(conn.tls)];
+        let list = match pool.get_mut(&*conn.authority) {
+            Some(list) => list,
+            None => pool.entry(conn.authority.clone()).or_default(),
+        };
         if list.len() < cfg.max_idle {
             list.push(Idle {
                 conn,
@@ -117,10 +124,10 @@ fn release(mut conn: Conn, cfg: &ClientConfig) {
     });
 }
 
-fn take_idle(key: &Key, cfg: &ClientConfig) -> Option<Conn> {
+fn take_idle(key: Key<'_>, cfg: &ClientConfig) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.get_mut(key)?;
+        let list = idle[usize::from(key.tls)].get_mut(key.authority)?;
         while let Some(Idle { mut conn, since }) = list.pop() {
             if since.elapsed() < cfg.idle_timeout && conn.io.looks_open() {
                 return Some(conn);
@@ -128,6 +135,42 @@ fn take_idle(key: &Key, cfg: &ClientConfig) -> Option<Conn> {
         }
         None
     })
+}
+
+/// A request to an upstream. Its header lines are encoded as they are
+/// added; the client writes the request line, `host`, framing and body.
+pub struct Outgoing {
+    method: Method,
+    uri: Uri,
+    lines: Vec<u8>,
+    body: Bytes,
+}
+
+impl Outgoing {
+    pub fn new(method: Method, uri: Uri) -> Self {
+        Outgoing {
+            method,
+            uri,
+            lines: Vec::with_capacity(256),
+            body: Bytes::new(),
+        }
+    }
+
+    /// Adds a header; framing and connection headers are the client's own
+    /// and are not taken.
+    pub fn header(&mut self, name: &HeaderName, value: &HeaderValue) {
+        if hop_by_hop(name) {
+            return;
+        }
+        self.lines.extend_from_slice(name.as_str().as_bytes());
+        self.lines.extend_from_slice(b": ");
+        self.lines.extend_from_slice(value.as_bytes());
+        self.lines.extend_from_slice(b"\r\n");
+    }
+
+    pub fn body(&mut self, body: Bytes) {
+        self.body = body;
+    }
 }
 
 impl Client {
@@ -150,28 +193,21 @@ impl Client {
     }
 
     /// Sends `req` (absolute URI) and reads the response head.
-    pub async fn send(&self, req: Request<Bytes>) -> Result<Response<UpstreamBody>, ClientError> {
-        let key = key_of(req.uri())?;
-        let (parts, body) = req.into_parts();
-        let mut wire = Vec::with_capacity(
-            256 + if body.len() <= COALESCE_BODY {
-                body.len()
-            } else {
-                0
-            },
-        );
-        encode_head(&parts, &key, body.len(), &mut wire);
+    pub async fn send(&self, req: Outgoing) -> Result<Response<UpstreamBody>, ClientError> {
+        let key = key_of(&req.uri)?;
+        let body = &req.body;
         let split_body = body.len() > COALESCE_BODY;
+        let mut wire =
+            Vec::with_capacity(64 + req.lines.len() + if split_body { 0 } else { body.len() });
+        encode_head(&req, key, &mut wire);
         if !split_body {
-            wire.extend_from_slice(&body);
+            wire.extend_from_slice(body);
         }
-        let head_only = parts.method == Method::HEAD;
+        let head_only = req.method == Method::HEAD;
+        let rest = split_body.then_some(body);
 
-        if let Some(conn) = take_idle(&key, &self.cfg) {
-            match self
-                .exchange(conn, &wire, split_body.then_some(&body), head_only)
-                .await
-            {
+        if let Some(conn) = take_idle(key, &self.cfg) {
+            match self.exchange(conn, &wire, rest, head_only).await {
                 Ok(resp) => return Ok(resp),
                 // The upstream closed the idle connection before reading
                 // the request: send it again on a new one.
@@ -179,8 +215,9 @@ impl Client {
                 Err(Exchange::Failed(e)) => return Err(e),
             }
         }
-        let conn = self.connect(&key).await?;
-        self.exchange(conn, &wire, split_body.then_some(&body), head_only)
+        // Boxed: connecting is rare, and its future is large.
+        let conn = Box::pin(self.connect(key)).await?;
+        self.exchange(conn, &wire, rest, head_only)
             .await
             .map_err(|e| match e {
                 Exchange::Unanswered(e) | Exchange::Failed(e) => e,
@@ -275,14 +312,15 @@ impl Client {
         Ok(resp)
     }
 
-    async fn connect(&self, key: &Key) -> Result<Conn, ClientError> {
+    async fn connect(&self, key: Key<'_>) -> Result<Conn, ClientError> {
         let timeout = self.cfg.connect_timeout;
+        let (host, port) = host_port(key);
         let work = async {
-            let addrs: Vec<SocketAddr> = match key.authority.parse::<SocketAddr>() {
-                Ok(a) => vec![a],
-                Err(_) => tokio::net::lookup_host(&*key.authority)
+            let addrs: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, port)],
+                Err(_) => tokio::net::lookup_host((host, port))
                     .await
-                    .map_err(|e| ClientError::Connect(format!("resolving {}: {e}", key.authority)))?
+                    .map_err(|e| ClientError::Connect(format!("resolving {host}: {e}")))?
                     .collect(),
             };
             let mut last = None;
@@ -303,7 +341,6 @@ impl Client {
             })?;
             let _ = tcp.set_nodelay(true);
             let io = if key.tls {
-                let host = host_of(&key.authority);
                 let name = rustls::pki_types::ServerName::try_from(host.to_owned())
                     .map_err(|e| ClientError::Url(format!("{host}: {e}")))?;
                 let tls = self.tls.connect(name, tcp).await.map_err(|e| {
@@ -316,7 +353,8 @@ impl Client {
             Ok(Conn {
                 io,
                 buf: BytesMut::with_capacity(READ_CHUNK),
-                key: key.clone(),
+                tls: key.tls,
+                authority: key.authority.into(),
                 reused: false,
             })
         };
@@ -332,7 +370,7 @@ enum Exchange {
     Failed(ClientError),
 }
 
-fn key_of(uri: &http::Uri) -> Result<Key, ClientError> {
+fn key_of(uri: &Uri) -> Result<Key<'_>, ClientError> {
     let tls = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
@@ -341,16 +379,24 @@ fn key_of(uri: &http::Uri) -> Result<Key, ClientError> {
     let auth = uri
         .authority()
         .ok_or_else(|| ClientError::Url(format!("{uri}: no host")))?;
-    let port = auth.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    if auth.as_str().contains('@') {
+        return Err(ClientError::Url("credentials in the URL authority".into()));
+    }
     Ok(Key {
         tls,
-        authority: format!("{}:{port}", auth.host()).into(),
+        authority: auth.as_str(),
     })
 }
 
-fn host_of(authority: &str) -> &str {
-    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-    host.trim_start_matches('[').trim_end_matches(']')
+/// Host (without IPv6 brackets) and port, the scheme's default if absent.
+fn host_port(key: Key<'_>) -> (&str, u16) {
+    let default = if key.tls { 443 } else { 80 };
+    let a = key.authority;
+    let (host, port) = match a.rfind(':') {
+        Some(i) if !a[i..].contains(']') => (&a[..i], a[i + 1..].parse().unwrap_or(default)),
+        _ => (a, default),
+    };
+    (host.trim_start_matches('[').trim_end_matches(']'), port)
 }
 
 /// Framing and connection headers are the client's to write.
@@ -366,43 +412,27 @@ fn hop_by_hop(name: &HeaderName) -> bool {
         || name.as_str() == "proxy-connection"
 }
 
-fn encode_head(parts: &http::request::Parts, key: &Key, body_len: usize, out: &mut Vec<u8>) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+fn encode_head(req: &Outgoing, key: Key<'_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(
-        parts
-            .uri
+        req.uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .as_bytes(),
     );
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    let default_port = if key.tls { ":443" } else { ":80" };
-    out.extend_from_slice(
-        key.authority
-            .strip_suffix(default_port)
-            .unwrap_or(&key.authority)
-            .as_bytes(),
-    );
+    out.extend_from_slice(key.authority.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
-        if hop_by_hop(name) {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    let has_body = body_len > 0
+    out.extend_from_slice(&req.lines);
+    let has_body = !req.body.is_empty()
         || !matches!(
-            parts.method,
+            req.method,
             Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
         );
     if has_body {
-        out.extend_from_slice(b"content-length: ");
-        let _ = std::io::Write::write_fmt(out, format_args!("{body_len}"));
-        out.extend_from_slice(b"\r\n");
+        let _ =
+            std::io::Write::write_fmt(out, format_args!("content-length: {}\r\n", req.body.len()));
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -521,7 +551,8 @@ impl Head {
 struct Conn {
     io: Io,
     buf: BytesMut,
-    key: Key,
+    tls: bool,
+    authority: Box<str>,
     reused: bool,
 }
 
@@ -882,20 +913,33 @@ mod tests {
 
     #[test]
     fn heads_are_encoded_for_the_origin() {
-        let req = Request::post("http://up.example/mcp?x=1")
-            .header("content-type", "application/json")
-            .header("connection", "keep-alive")
-            .header("host", "evil")
-            .body(())
-            .unwrap();
-        let key = key_of(req.uri()).unwrap();
-        assert_eq!(&*key.authority, "up.example:80");
-        let (parts, ()) = req.into_parts();
+        let mut req = Outgoing::new(Method::POST, "http://up.example/mcp?x=1".parse().unwrap());
+        for (n, v) in [
+            ("content-type", "application/json"),
+            ("connection", "keep-alive"),
+            ("host", "evil"),
+        ] {
+            req.header(&HeaderName::from_static(n), &HeaderValue::from_static(v));
+        }
+        req.body(Bytes::from_static(b"{}"));
+        let key = key_of(&req.uri).unwrap();
+        assert_eq!(host_port(key), ("up.example", 80));
         let mut out = Vec::new();
-        encode_head(&parts, &key, 2, &mut out);
+        encode_head(&req, key, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /mcp?x=1 HTTP/1.1\r\nhost: up.example\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
         );
+        let get = Outgoing::new(Method::GET, "https://[::1]:8443/mcp".parse().unwrap());
+        let key = key_of(&get.uri).unwrap();
+        assert_eq!(host_port(key), ("::1", 8443));
+        let mut out = Vec::new();
+        encode_head(&get, key, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /mcp HTTP/1.1\r\nhost: [::1]:8443\r\n\r\n"
+        );
+        assert!(key_of(&"ftp://x/".parse().unwrap()).is_err());
+        assert!(key_of(&"http://u:p@x/".parse().unwrap()).is_err());
     }
 }

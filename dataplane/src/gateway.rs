@@ -166,7 +166,8 @@ pub enum Listener {
 
 /// Per-request facts for logs and metrics.
 pub struct ReqCtx {
-    pub id: String,
+    /// Also sent back as `x-request-id`.
+    pub id: HeaderValue,
     pub method: &'static str,
     pub upstream: String,
     pub tool: Option<String>,
@@ -223,16 +224,23 @@ impl Gateway {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    fn request_id(&self, headers: &HeaderMap) -> String {
-        if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+    /// The client's `X-Request-Id` if it is short and printable, or a new
+    /// one: this process's random prefix and a counter, in hex.
+    fn request_id(&self, headers: &HeaderMap) -> HeaderValue {
+        if let Some(v) = headers.get("x-request-id")
             && !v.is_empty()
             && v.len() <= 64
-            && v.bytes().all(|b| b.is_ascii_graphic())
+            && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
         {
-            return v.to_owned();
+            return v.clone();
         }
         let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}{:08x}", self.id_prefix, n)
+        let mut id = [0u8; 16];
+        let digits = (u64::from(self.id_prefix) << 32) ^ n;
+        for (i, d) in id.iter_mut().enumerate() {
+            *d = b"0123456789abcdef"[((digits >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
     }
 
     pub async fn handle<B>(self: Arc<Self>, req: Request<B>, listener: Listener) -> Response<Body>
@@ -249,7 +257,7 @@ impl Gateway {
             tool: None,
             key: None,
         };
-        let span = tracing::info_span!("request", id = %ctx.id, http = %req.method(), path = %req.uri().path());
+        let span = tracing::info_span!("request", id = ctx.id.to_str().unwrap_or(""), http = %req.method(), path = %req.uri().path());
         let path = req.uri().path().to_owned();
         let route = route(&path, listener, rt.admin_separate);
         let mut resp = match route {
@@ -297,9 +305,7 @@ impl Gateway {
                 }
             }
         };
-        if let Ok(v) = HeaderValue::from_str(&ctx.id) {
-            resp.headers_mut().insert("x-request-id", v);
-        }
+        resp.headers_mut().insert("x-request-id", ctx.id.clone());
         if let Route::Mcp(_) = route {
             let status = resp.status();
             let route_label = if ctx.upstream.is_empty() || path == "/mcp" {

@@ -5,7 +5,7 @@
 use std::{pin::pin, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use serde_json::Value;
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     body::{BoxError, ChannelBody},
-    client::{Client, ClientConfig, ClientError, UpstreamBody},
+    client::{Client, ClientConfig, ClientError, Outgoing, UpstreamBody},
     config::Limits,
     error::GatewayError,
     mcp,
@@ -46,7 +46,7 @@ impl UpstreamClient {
     pub async fn send(
         &self,
         up: &Upstream,
-        req: Request<Bytes>,
+        req: Outgoing,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, GatewayError> {
         match tokio::time::timeout(timeout, self.client.send(req)).await {
@@ -93,35 +93,37 @@ const FORWARDED: &[&str] = &[
 ];
 
 /// Builds a request to `up`: the client's MCP headers, the upstream's own
-/// session id, and the upstream's configured credentials.
+/// session id, and the upstream's configured credentials (which win over a
+/// client header of the same name).
 pub fn upstream_request(
     up: &Upstream,
     method: http::Method,
     client_headers: &HeaderMap,
     upstream_session: Option<&str>,
     body: Bytes,
-) -> Result<Request<Bytes>, GatewayError> {
-    let mut req = Request::builder().method(method).uri(up.url.clone());
-    let h = req.headers_mut().expect("builder is valid");
+) -> Result<Outgoing, GatewayError> {
+    let mut req = Outgoing::new(method, up.url.clone());
     // One pass over what the client sent. 2026-07-28 also mirrors tool
     // arguments into `Mcp-Param-*`, which the upstream checks.
     for (name, v) in client_headers {
         let n = name.as_str();
-        if FORWARDED.contains(&n) || n.starts_with("mcp-param-") {
-            h.append(name.clone(), v.clone());
+        if (FORWARDED.contains(&n) || n.starts_with("mcp-param-"))
+            && !up.headers.iter().any(|(k, _)| k == name)
+        {
+            req.header(name, v);
         }
     }
     if let Some(s) = upstream_session {
         let v = HeaderValue::from_str(s).map_err(|_| {
             GatewayError::Internal("sealed upstream session id is not a header value".into())
         })?;
-        h.insert(mcp::HDR_SESSION, v);
+        req.header(&HeaderName::from_static(mcp::HDR_SESSION), &v);
     }
     for (k, v) in &up.headers {
-        h.insert(k.clone(), v.clone());
+        req.header(k, v);
     }
-    req.body(body)
-        .map_err(|e| GatewayError::Internal(e.to_string()))
+    req.body(body);
+    Ok(req)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
