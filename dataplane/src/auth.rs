@@ -15,9 +15,63 @@ use crate::{
 const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 const SECRET_LEN: usize = 32;
 
-/// Finds and checks the caller's key. Never logs or stores the key itself.
-pub fn authenticate(snap: &Snapshot, headers: &HeaderMap) -> Result<Arc<ApiKey>, GatewayError> {
+/// Finds and checks the caller's key. Never logs the key. With a `memo`
+/// (one per connection), a key this connection already proved against this
+/// very snapshot is recognised by a constant-time comparison instead of a
+/// new SHA-256.
+pub fn authenticate(
+    snap: &Arc<Snapshot>,
+    headers: &HeaderMap,
+    memo: Option<&Memo>,
+) -> Result<Arc<ApiKey>, GatewayError> {
     let presented = presented_key(headers).ok_or(GatewayError::MissingKey)?;
+    if let Some(key) = memo.and_then(|m| m.recall(snap, presented)) {
+        return Ok(key);
+    }
+    let key = verify(snap, presented)?;
+    if let Some(m) = memo {
+        m.remember(snap, presented, &key);
+    }
+    Ok(key)
+}
+
+/// The last key a connection proved, and the snapshot it was proved against.
+/// The snapshot is held weakly: its allocation cannot be reused for another
+/// snapshot while the memo points at it, so a new snapshot (a revocation)
+/// is never mistaken for the old one, and the old one's keys are not kept
+/// alive. The key bytes stay in the connection's own memory, as its
+/// request headers do.
+#[derive(Default)]
+pub struct Memo(std::sync::Mutex<Option<Proved>>);
+
+struct Proved {
+    snapshot: std::sync::Weak<Snapshot>,
+    presented: Box<[u8]>,
+    key: Arc<ApiKey>,
+}
+
+impl Memo {
+    fn recall(&self, snap: &Arc<Snapshot>, presented: &str) -> Option<Arc<ApiKey>> {
+        let guard = self.0.lock().ok()?;
+        let p = guard.as_ref()?;
+        (std::ptr::eq(p.snapshot.as_ptr(), Arc::as_ptr(snap))
+            && p.presented.len() == presented.len()
+            && bool::from(p.presented.ct_eq(presented.as_bytes())))
+        .then(|| p.key.clone())
+    }
+
+    fn remember(&self, snap: &Arc<Snapshot>, presented: &str, key: &Arc<ApiKey>) {
+        if let Ok(mut guard) = self.0.lock() {
+            *guard = Some(Proved {
+                snapshot: Arc::downgrade(snap),
+                presented: presented.as_bytes().into(),
+                key: key.clone(),
+            });
+        }
+    }
+}
+
+fn verify(snap: &Snapshot, presented: &str) -> Result<Arc<ApiKey>, GatewayError> {
     let (prefix, _) = split_key(presented).ok_or(GatewayError::BadKey)?;
     let key = snap.keys.get(&prefix).ok_or(GatewayError::BadKey)?;
     let hash = digest::digest(&digest::SHA256, presented.as_bytes());
@@ -84,14 +138,14 @@ mod tests {
     use super::*;
     use crate::config::FileConfig;
 
-    fn snapshot_with(key: &str, prefix: &str) -> Snapshot {
+    fn snapshot_with(key: &str, prefix: &str) -> Arc<Snapshot> {
         let yaml = format!(
             "tenants: [{{name: t}}]\napi_keys: [{{name: k, tenant: t, prefix: {prefix}, hash: \"{}\", subscriptions: []}}]",
             hash_key(key)
         );
         let (snap, rejected) = Snapshot::build(&FileConfig::parse(&yaml).unwrap());
         assert!(rejected.is_empty(), "{rejected:?}");
-        snap
+        Arc::new(snap)
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -110,8 +164,8 @@ mod tests {
         let (key, prefix) = generate_key();
         let snap = snapshot_with(&key, &prefix);
         let bearer = format!("Bearer {key}");
-        assert!(authenticate(&snap, &headers(&[("authorization", &bearer)])).is_ok());
-        assert!(authenticate(&snap, &headers(&[("x-api-key", &key)])).is_ok());
+        assert!(authenticate(&snap, &headers(&[("authorization", &bearer)]), None).is_ok());
+        assert!(authenticate(&snap, &headers(&[("x-api-key", &key)]), None).is_ok());
     }
 
     #[test]
@@ -119,7 +173,7 @@ mod tests {
         let (key, prefix) = generate_key();
         let snap = snapshot_with(&key, &prefix);
         assert!(matches!(
-            authenticate(&snap, &headers(&[])),
+            authenticate(&snap, &headers(&[]), None),
             Err(GatewayError::MissingKey)
         ));
         let mut wrong = key.clone();
@@ -132,9 +186,37 @@ mod tests {
             "Basic abc",
             "nonsense",
         ] {
-            let r = authenticate(&snap, &headers(&[("x-api-key", bad)]));
+            let r = authenticate(&snap, &headers(&[("x-api-key", bad)]), None);
             assert!(matches!(r, Err(GatewayError::BadKey)), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_memo_recalls_a_key_only_for_the_snapshot_it_was_proved_against() {
+        let (key, prefix) = generate_key();
+        let snap = snapshot_with(&key, &prefix);
+        let memo = Memo::default();
+        let good = headers(&[("x-api-key", &key)]);
+        assert!(authenticate(&snap, &good, Some(&memo)).is_ok());
+        assert!(memo.recall(&snap, &key).is_some());
+        // Same length, one character off: not recalled, and refused.
+        let mut wrong = key.clone();
+        wrong.pop();
+        wrong.push(if key.ends_with('A') { 'B' } else { 'A' });
+        assert!(memo.recall(&snap, &wrong).is_none());
+        assert!(matches!(
+            authenticate(&snap, &headers(&[("x-api-key", &wrong)]), Some(&memo)),
+            Err(GatewayError::BadKey)
+        ));
+        // The key is revoked: the next snapshot lacks it. The memo of the
+        // old snapshot does not vouch for it.
+        let (other, other_prefix) = generate_key();
+        let revoked = snapshot_with(&other, &other_prefix);
+        assert!(memo.recall(&revoked, &key).is_none());
+        assert!(matches!(
+            authenticate(&revoked, &good, Some(&memo)),
+            Err(GatewayError::BadKey)
+        ));
     }
 
     #[test]

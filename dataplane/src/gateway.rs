@@ -243,7 +243,13 @@ impl Gateway {
         HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
     }
 
-    pub async fn handle<B>(self: Arc<Self>, req: Request<B>, listener: Listener) -> Response<Body>
+    /// `memo` is the connection's (see `auth::Memo`), if it keeps one.
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+        listener: Listener,
+        memo: Option<&auth::Memo>,
+    ) -> Response<Body>
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -281,7 +287,7 @@ impl Gateway {
                 &json!({"error": "not found", "hint": "the MCP endpoint is /mcp (every granted upstream) or /mcp/<upstream>"}),
             ),
             Route::Mcp(target) => {
-                let fut = self.clone().mcp(&rt, req, target, &mut ctx);
+                let fut = self.clone().mcp(&rt, req, target, &mut ctx, memo);
                 // With info logging off the span is disabled: skip the wrapper.
                 let r = if span.is_disabled() {
                     fut.await
@@ -335,6 +341,7 @@ impl Gateway {
         req: Request<B>,
         target: Option<&str>,
         ctx: &mut ReqCtx,
+        memo: Option<&auth::Memo>,
     ) -> Result<Response<Body>, (GatewayError, Option<serde_json::Value>)>
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
@@ -345,7 +352,7 @@ impl Gateway {
         if !rt.configured {
             return Err((GatewayError::NotConfigured, None));
         }
-        let key = auth::authenticate(&rt.snapshot, &parts.headers).map_err(|e| (e, None))?;
+        let key = auth::authenticate(&rt.snapshot, &parts.headers, memo).map_err(|e| (e, None))?;
         ctx.key = Some(key.name.to_string());
         if parts.method == Method::GET && self.draining.is_cancelled() {
             return Err((GatewayError::ShuttingDown, None));

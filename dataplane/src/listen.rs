@@ -196,13 +196,15 @@ where
     };
     let gw = s.gw.clone();
     let act = activity.clone();
+    let memo = Arc::new(crate::auth::Memo::default());
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let gw = gw.clone();
         let alt_svc = alt_svc.clone();
         let act = act.clone();
+        let memo = memo.clone();
         async move {
             act.in_flight.fetch_add(1, Ordering::Relaxed);
-            let mut resp = gw.handle(req, kind).await;
+            let mut resp = gw.handle(req, kind, Some(&memo)).await;
             act.in_flight.fetch_sub(1, Ordering::Relaxed);
             act.touch();
             if let Some(v) = alt_svc {
@@ -383,13 +385,15 @@ async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
         }
     };
     let mut closing = false;
+    let memo = Arc::new(crate::auth::Memo::default());
     loop {
         tokio::select! {
             r = h3.accept() => match r {
                 Ok(Some(resolver)) => {
                     let gw = s.gw.clone();
+                    let memo = memo.clone();
                     s.tracker.spawn(async move {
-                        if let Err(e) = serve_h3_request(gw, resolver).await {
+                        if let Err(e) = serve_h3_request(gw, resolver, &memo).await {
                             tracing::debug!("HTTP/3 request failed: {e}");
                         }
                     });
@@ -412,6 +416,7 @@ async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
 async fn serve_h3_request(
     gw: Arc<Gateway>,
     resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
+    memo: &crate::auth::Memo,
 ) -> anyhow::Result<()> {
     let (req, stream) = resolver.resolve_request().await?;
     let (mut send, mut recv) = stream.split();
@@ -436,7 +441,7 @@ async fn serve_h3_request(
     };
     tokio::spawn(reader);
     let req = req.map(|()| ChannelBody::new(rx));
-    let resp: Response<Body> = gw.handle(req, Listener::Public).await;
+    let resp: Response<Body> = gw.handle(req, Listener::Public, Some(memo)).await;
     let (parts, body) = resp.into_parts();
     send.send_response(Response::from_parts(parts, ())).await?;
     let mut body = pin!(body);
