@@ -196,6 +196,19 @@ async fn config_reloads_atomically_and_bad_config_keeps_the_last_good_one() {
         "last good config still serves"
     );
     assert_eq!(status(&newcomer).await, StatusCode::OK);
+
+    // Revoked while the client's keep-alive connections (which have already
+    // proved the key) stay open: the next request on them is refused.
+    assert_eq!(status(&newcomer).await, StatusCode::OK);
+    spec.keys.pop();
+    std::fs::write(&gw.config, spec.yaml(&gw.dir)).unwrap();
+    eventually(
+        "the revoked key to be refused",
+        Duration::from_secs(10),
+        || async { (status(&newcomer).await == StatusCode::UNAUTHORIZED).then_some(()) },
+    )
+    .await;
+    assert_eq!(status(&key).await, StatusCode::OK);
 }
 
 #[tokio::test(flavor = "multi_thread")]
