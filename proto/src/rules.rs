@@ -71,7 +71,14 @@ pub fn upstream_url(s: &str) -> Result<(), String> {
         .or_else(|| s.strip_prefix("https://"));
     match rest {
         Some(r) if !r.is_empty() && !r.starts_with('/') && !s.chars().any(char::is_whitespace) => {
-            Ok(())
+            let authority = r.split(['/', '?', '#']).next().unwrap_or("");
+            if authority.contains('@') {
+                Err(format!(
+                    "url {s:?} carries credentials: give them as upstream headers instead"
+                ))
+            } else {
+                Ok(())
+            }
         }
         _ => Err(format!("url {s:?} must be absolute http:// or https://")),
     }
@@ -206,7 +213,15 @@ mod tests {
     fn urls_and_headers() {
         assert!(upstream_url("http://127.0.0.1:9/mcp").is_ok());
         assert!(upstream_url("https://x").is_ok());
-        for bad in ["/mcp", "ftp://x", "http://", "http:///x", "http://a b"] {
+        assert!(upstream_url("http://x/a@b").is_ok());
+        for bad in [
+            "/mcp",
+            "ftp://x",
+            "http://",
+            "http:///x",
+            "http://a b",
+            "https://user:pw@x/mcp",
+        ] {
             assert!(upstream_url(bad).is_err(), "{bad}");
         }
         assert!(header("Authorization", "Bearer x").is_ok());
