@@ -58,6 +58,8 @@ pub struct ClientConfig {
     /// Idle connections kept per upstream and thread.
     pub max_idle: usize,
     pub max_head_bytes: usize,
+    /// Trusted for TLS upstreams besides the web roots.
+    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 #[derive(Clone)]
@@ -175,8 +177,16 @@ impl Outgoing {
 
 impl Client {
     pub fn new(cfg: ClientConfig) -> Self {
-        let roots =
+        let mut roots =
             rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let (added, ignored) = roots.add_parsable_certificates(cfg.extra_roots.iter().cloned());
+        if ignored > 0 {
+            tracing::warn!(
+                added,
+                ignored,
+                "upstream_ca_file: some certificates are not usable as roots"
+            );
+        }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -573,15 +583,16 @@ enum Io {
 }
 
 impl Io {
-    /// False if the reactor has seen the idle connection readable: the
-    /// upstream closed it or sent bytes nobody asked for.
+    /// False if the idle connection was closed or sent bytes nobody asked
+    /// for. A read is tried without waiting: it costs nothing unless the
+    /// reactor has seen the socket readable, and under TLS it lets rustls
+    /// take records that carry no data (session tickets) and see a
+    /// `close_notify`.
     fn looks_open(&mut self) -> bool {
-        let tcp = match self {
-            Io::Plain(s) => &*s,
-            Io::Tls(s) => s.get_ref().0,
-        };
         let mut cx = Context::from_waker(Waker::noop());
-        tcp.poll_read_ready(&mut cx).is_pending()
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        Pin::new(self).poll_read(&mut cx, &mut buf).is_pending()
     }
 }
 

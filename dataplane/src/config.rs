@@ -36,6 +36,9 @@ pub struct FileConfig {
     )]
     #[schemars(with = "String")]
     pub watch_interval: Duration,
+    /// PEM file of CA certificates trusted for `https://` upstreams besides
+    /// the public web roots (an internal PKI). Read at start.
+    pub upstream_ca_file: Option<std::path::PathBuf>,
     /// Take tenants, upstreams, subscriptions, keys and session keys from a
     /// control plane's config stream instead of this file (which then must
     /// not list any).

@@ -31,9 +31,13 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(limits: &Limits) -> Self {
+    pub fn new(
+        limits: &Limits,
+        extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Self {
         UpstreamClient {
             client: Client::new(ClientConfig {
+                extra_roots: extra_roots.to_vec(),
                 connect_timeout: limits.upstream_connect_timeout,
                 idle_timeout: Duration::from_secs(90),
                 max_idle: 256,

@@ -121,3 +121,57 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
     );
     assert!(gw.log().contains("TLS certificate reloaded"));
 }
+
+/// An `https://` upstream behind a private CA (`upstream_ca_file`): here a
+/// second gateway's TLS listener, reached with that gateway's own key as the
+/// upstream's configured credential. Calls reuse the pooled TLS connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_upstream_is_reached_with_a_private_ca() {
+    let reference = Reference::start(None);
+    let (mut inner_spec, inner_key) = GatewaySpec::open(&[("reference", &reference.url)]);
+    inner_spec.tls = true;
+    let inner = Gateway::start(&inner_spec).await;
+    let inner_url = format!("{}/mcp/reference", inner.tls_url());
+
+    let (mut outer_spec, key) = GatewaySpec::open(&[("inner", &inner_url)]);
+    outer_spec.extra = format!("upstream_ca_file: {:?}\n", inner.ca());
+    // The inner gateway's key rides as the upstream's credential header.
+    let dir = crate::harness::temp_dir("gw");
+    let yaml = outer_spec.yaml(&dir).replace(
+        &format!("{{name: inner, url: \"{inner_url}\"}}"),
+        &format!(
+            "{{name: inner, url: \"{inner_url}\", headers: {{Authorization: \"{}\"}}}}",
+            inner_key.bearer()
+        ),
+    );
+    assert!(yaml.contains("headers: {Authorization"), "{yaml}");
+    let config = dir.join("gateway.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    let outer = Gateway::start_with(dir, config).await;
+    let url = format!("{}/mcp/inner", outer.url());
+    for _ in 0..3 {
+        assert_eq!(
+            echo_over(&Http::h1(), &url, &key.bearer()).await,
+            (Version::HTTP_11, "over the wire".into())
+        );
+    }
+
+    // Without the private CA the same upstream is refused by name.
+    let (plain_spec, key) = GatewaySpec::open(&[("inner", &inner_url)]);
+    let untrusting = Gateway::start(&plain_spec).await;
+    let r = Http::h1()
+        .send(
+            http::Method::POST,
+            &format!("{}/mcp/inner", untrusting.url()),
+            &[
+                ("authorization", key.bearer().as_str()),
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+            ],
+            Some(r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
+        )
+        .await;
+    assert_eq!(r.status, http::StatusCode::BAD_GATEWAY, "{}", r.body);
+    assert_eq!(r.json()["error"]["data"]["reason"], "upstream_unavailable");
+    assert!(r.body.contains("TLS"), "{}", r.body);
+}
