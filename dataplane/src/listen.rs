@@ -16,6 +16,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes};
+use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
@@ -45,7 +46,57 @@ pub struct Serve {
     pub tracker: TaskTracker,
     /// Stop accepting and ask connections to close when idle.
     pub drain: CancellationToken,
+    /// The same signal as `drain`, for connection loops: polled on every
+    /// wake-up of every connection, so it must cost no lock.
+    pub closing: Arc<Closing>,
     pub workers: Arc<Workers>,
+}
+
+/// Tells every open connection that the gateway is draining. A connection
+/// registers once; polling is an atomic load and an `AtomicWaker` update.
+/// (`CancellationToken::cancelled` takes a mutex on every poll.)
+#[derive(Default)]
+pub struct Closing {
+    started: AtomicBool,
+    waiting: std::sync::Mutex<Vec<std::sync::Weak<AtomicWaker>>>,
+}
+
+impl Closing {
+    /// Wakes every registered connection; later polls see it at once.
+    pub fn start(&self) {
+        self.started.store(true, Ordering::SeqCst);
+        let waiting = std::mem::take(&mut *self.lock());
+        for w in waiting.iter().filter_map(std::sync::Weak::upgrade) {
+            w.wake();
+        }
+    }
+
+    fn register(&self) -> Arc<AtomicWaker> {
+        let w = Arc::new(AtomicWaker::new());
+        let mut waiting = self.lock();
+        // Connections that ended leave dead entries: sweep when they
+        // could be half of the list.
+        if waiting.len() >= 64 && waiting.len().is_power_of_two() {
+            waiting.retain(|w| w.strong_count() > 0);
+        }
+        waiting.push(Arc::downgrade(&w));
+        w
+    }
+
+    fn poll(&self, waker: &AtomicWaker, cx: &mut Context<'_>) -> Poll<()> {
+        waker.register(cx.waker());
+        if self.started.load(Ordering::SeqCst) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<std::sync::Weak<AtomicWaker>>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// Threads that serve connections, each running a single-threaded runtime.
@@ -223,6 +274,7 @@ where
     check.tick().await;
     let mut quiet_checks = 0;
     let mut closing = false;
+    let drain_waker = s.closing.register();
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -231,7 +283,7 @@ where
                 }
                 return;
             }
-            _ = s.drain.cancelled(), if !closing => {
+            _ = std::future::poll_fn(|cx| s.closing.poll(&drain_waker, cx)), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -457,4 +509,47 @@ async fn serve_h3_request(
     }
     send.finish().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts its wake-ups.
+    struct Count(AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn closing_wakes_registered_connections_and_is_seen_by_later_ones() {
+        let closing = Closing::default();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let early = closing.register();
+        assert!(closing.poll(&early, &mut cx).is_pending());
+        closing.start();
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the waiting connection is woken"
+        );
+        assert!(closing.poll(&early, &mut cx).is_ready());
+        let late = closing.register();
+        assert!(closing.poll(&late, &mut cx).is_ready());
+    }
+
+    #[test]
+    fn ended_connections_are_swept_from_the_list() {
+        let closing = Closing::default();
+        for _ in 0..1000 {
+            drop(closing.register());
+        }
+        let live = closing.register();
+        assert!(closing.lock().len() < 200, "{}", closing.lock().len());
+        drop(live);
+    }
 }

@@ -85,6 +85,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         limits: cfg.limits.clone(),
         tracker: TaskTracker::new(),
         drain: CancellationToken::new(),
+        closing: Arc::default(),
         workers: Arc::new(listen::Workers::start(workers).context("starting worker threads")?),
     };
     let mut bound = Bound::default();
@@ -192,6 +193,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     stop_stream.cancel();
     gw.draining.cancel();
     serve.drain.cancel();
+    serve.closing.start();
     serve.tracker.close();
     if tokio::time::timeout(drain_timeout, serve.tracker.wait())
         .await
