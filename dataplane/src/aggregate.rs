@@ -86,7 +86,7 @@ async fn post(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failur
     }
     let session = call
         .gw
-        .open_session(call.rt, call.headers, call.key.prefix.as_str())
+        .open_session(call.rt, call.headers, call.key.prefix.as_str(), call.memo)
         .map_err(fail)?;
     if session.is_none() && version != mcp::STATELESS {
         return Err(fail(GatewayError::MissingSession));
@@ -182,7 +182,7 @@ fn session_targets(call: &Call<'_>) -> Result<Vec<Target>, GatewayError> {
     let version = mcp::request_version(call.headers)?;
     let session = call
         .gw
-        .open_session(call.rt, call.headers, call.key.prefix.as_str())?
+        .open_session(call.rt, call.headers, call.key.prefix.as_str(), call.memo)?
         .ok_or(GatewayError::MissingSession)?;
     Ok(targets(call, Some(&session), &version))
 }

@@ -264,12 +264,12 @@ impl Gateway {
         HeaderValue::from_bytes(&id).expect("hex digits are a valid header value")
     }
 
-    /// `memo` is the connection's (see `auth::Memo`), if it keeps one.
+    /// `memo` is the connection's (see `ConnMemo`), if it keeps one.
     pub async fn handle<B>(
         self: Arc<Self>,
         req: Request<B>,
         listener: Listener,
-        memo: Option<&auth::Memo>,
+        memo: Option<&ConnMemo>,
     ) -> Response<Body>
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
@@ -362,7 +362,7 @@ impl Gateway {
         req: Request<B>,
         target: Option<&str>,
         ctx: &mut ReqCtx,
-        memo: Option<&auth::Memo>,
+        memo: Option<&ConnMemo>,
     ) -> Result<Response<Body>, (GatewayError, Option<serde_json::Value>)>
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
@@ -373,7 +373,8 @@ impl Gateway {
         if !rt.configured {
             return Err((GatewayError::NotConfigured, None));
         }
-        let key = auth::authenticate(&rt.snapshot, &parts.headers, memo).map_err(|e| (e, None))?;
+        let key = auth::authenticate(&rt.snapshot, &parts.headers, memo.map(|m| &m.auth))
+            .map_err(|e| (e, None))?;
         ctx.key = Some(key.name.to_string());
         if parts.method == Method::GET && self.draining.is_cancelled() {
             return Err((GatewayError::ShuttingDown, None));
@@ -394,6 +395,7 @@ impl Gateway {
             method: parts.method,
             headers: &parts.headers,
             body,
+            memo,
         };
         match target {
             Some(name) => {
@@ -419,16 +421,21 @@ impl Gateway {
         rt: &Runtime,
         headers: &HeaderMap,
         key_prefix: &str,
+        memo: Option<&ConnMemo>,
     ) -> Result<Option<Arc<SessionState>>, GatewayError> {
         let Some(v) = headers.get(crate::mcp::HDR_SESSION) else {
             return Ok(None);
         };
         let id = v.to_str().map_err(|_| GatewayError::UnknownSession)?;
-        let state = rt.sessions.open(id, unix_now()).map_err(|e| match e {
-            SealError::Expired | SealError::Invalid | SealError::BadKey => {
-                GatewayError::UnknownSession
-            }
-        })?;
+        let memo = memo.map(|m| &m.session);
+        let state = rt
+            .sessions
+            .open_with(id, unix_now(), memo)
+            .map_err(|e| match e {
+                SealError::Expired | SealError::Invalid | SealError::BadKey => {
+                    GatewayError::UnknownSession
+                }
+            })?;
         if state.key != key_prefix {
             return Err(GatewayError::UnknownSession);
         }
@@ -436,8 +443,18 @@ impl Gateway {
     }
 }
 
+/// What a connection remembers between its requests, so that the next
+/// request with the same key and session id skips the SHA-256 and the AEAD.
+#[derive(Default)]
+pub struct ConnMemo {
+    pub auth: auth::Memo,
+    pub session: crate::session::Memo,
+}
+
 /// One MCP request, authenticated, with its body read.
 pub struct Call<'a> {
+    /// The connection's memo, if it keeps one.
+    pub memo: Option<&'a ConnMemo>,
     pub gw: &'a Arc<Gateway>,
     pub rt: &'a Runtime,
     pub key: &'a Arc<crate::model::ApiKey>,

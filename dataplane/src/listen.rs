@@ -247,7 +247,7 @@ where
     };
     let gw = s.gw.clone();
     let act = activity.clone();
-    let memo = Arc::new(crate::auth::Memo::default());
+    let memo = Arc::new(crate::gateway::ConnMemo::default());
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let gw = gw.clone();
         let alt_svc = alt_svc.clone();
@@ -437,7 +437,7 @@ async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
         }
     };
     let mut closing = false;
-    let memo = Arc::new(crate::auth::Memo::default());
+    let memo = Arc::new(crate::gateway::ConnMemo::default());
     loop {
         tokio::select! {
             r = h3.accept() => match r {
@@ -468,7 +468,7 @@ async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
 async fn serve_h3_request(
     gw: Arc<Gateway>,
     resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
-    memo: &crate::auth::Memo,
+    memo: &crate::gateway::ConnMemo,
 ) -> anyhow::Result<()> {
     let (req, stream) = resolver.resolve_request().await?;
     let (mut send, mut recv) = stream.split();

@@ -85,6 +85,7 @@ async fn post(
         key,
         headers,
         body,
+        memo,
         ..
     } = call;
     // Accept is the upstream's to judge: this endpoint relays unchanged.
@@ -93,7 +94,7 @@ async fn post(
     let fail = |e: GatewayError| (e, id.clone());
 
     let session = gw
-        .open_session(rt, headers, key.prefix.as_str())
+        .open_session(rt, headers, key.prefix.as_str(), memo)
         .map_err(fail)?;
     let up_session = match &session {
         Some(s) => Some(
@@ -262,6 +263,7 @@ async fn get(
         rt,
         key,
         headers,
+        memo,
         ..
     } = call;
     ctx.method = "GET";
@@ -269,7 +271,7 @@ async fn get(
         return Err(GatewayError::NotAcceptable);
     }
     mcp::request_version(headers)?;
-    let session = gw.open_session(rt, headers, key.prefix.as_str())?;
+    let session = gw.open_session(rt, headers, key.prefix.as_str(), memo)?;
     let up_session = session_for(session.as_deref(), up)?;
     let req = upstream::upstream_request(
         up,
@@ -306,11 +308,12 @@ async fn delete(
         rt,
         key,
         headers,
+        memo,
         ..
     } = call;
     ctx.method = "DELETE";
     let session = gw
-        .open_session(rt, headers, key.prefix.as_str())?
+        .open_session(rt, headers, key.prefix.as_str(), memo)?
         .ok_or(GatewayError::MissingSession)?;
     let up_session = session_for(Some(&session), up)?;
     let req = upstream::upstream_request(

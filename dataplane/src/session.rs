@@ -129,6 +129,31 @@ impl SessionKeys {
         format!("{TAG}{}", URL_SAFE_NO_PAD.encode(out))
     }
 
+    /// `open`, first asking the connection's memo: a connection usually
+    /// presents the same session id on every request. The memo holds these
+    /// keys weakly, so after a key rotation it no longer answers.
+    pub fn open_with(
+        self: &Arc<Self>,
+        id: &str,
+        now: u64,
+        memo: Option<&Memo>,
+    ) -> Result<Arc<SessionState>, SealError> {
+        let state = match memo.and_then(|m| m.recall(self, id)) {
+            Some(state) => state,
+            None => {
+                let state = self.open(id, now)?;
+                if let Some(m) = memo {
+                    m.remember(self, id, &state);
+                }
+                state
+            }
+        };
+        if now.saturating_sub(state.issued) > self.ttl_secs {
+            return Err(SealError::Expired);
+        }
+        Ok(state)
+    }
+
     /// Opens a session id presented by a client at unix time `now`.
     pub fn open(&self, id: &str, now: u64) -> Result<Arc<SessionState>, SealError> {
         let cached = self.cache().get(id).cloned();
@@ -177,6 +202,36 @@ impl SessionKeys {
     }
 }
 
+/// The last session id a connection presented, opened, and the keys that
+/// opened it (held weakly: their allocation is not reused while the memo
+/// points at it, so rotated keys are never mistaken for these).
+#[derive(Default)]
+pub struct Memo(std::sync::Mutex<Option<Opened>>);
+
+struct Opened {
+    keys: std::sync::Weak<SessionKeys>,
+    id: Box<str>,
+    state: Arc<SessionState>,
+}
+
+impl Memo {
+    fn recall(&self, keys: &Arc<SessionKeys>, id: &str) -> Option<Arc<SessionState>> {
+        let guard = self.0.lock().ok()?;
+        let o = guard.as_ref()?;
+        (std::ptr::eq(o.keys.as_ptr(), Arc::as_ptr(keys)) && *o.id == *id).then(|| o.state.clone())
+    }
+
+    fn remember(&self, keys: &Arc<SessionKeys>, id: &str, state: &Arc<SessionState>) {
+        if let Ok(mut guard) = self.0.lock() {
+            *guard = Some(Opened {
+                keys: Arc::downgrade(keys),
+                id: id.into(),
+                state: state.clone(),
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +247,24 @@ mod tests {
                 version: "2025-06-18".into(),
             }],
         }
+    }
+
+    #[test]
+    fn a_memo_answers_only_for_its_keys_and_never_past_the_ttl() {
+        let keys = Arc::new(SessionKeys::new([7; 32], &[], 60));
+        let memo = Memo::default();
+        let id = keys.seal(&state());
+        assert_eq!(*keys.open_with(&id, 1010, Some(&memo)).unwrap(), state());
+        assert!(memo.recall(&keys, &id).is_some());
+        assert!(memo.recall(&keys, "stoa1.other").is_none());
+        assert!(matches!(
+            keys.open_with(&id, 1061, Some(&memo)),
+            Err(SealError::Expired)
+        ));
+        // Rotated away: new keys that do not open the old id.
+        let rotated = Arc::new(SessionKeys::new([9; 32], &[], 60));
+        assert!(memo.recall(&rotated, &id).is_none());
+        assert!(rotated.open_with(&id, 1010, Some(&memo)).is_err());
     }
 
     #[test]
