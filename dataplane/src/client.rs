@@ -23,7 +23,7 @@
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     io,
     net::SocketAddr,
     pin::Pin,
@@ -96,8 +96,11 @@ struct Idle {
     since: Instant,
 }
 
-/// Idle connections of this thread, by authority: `[plain, tls]`.
-type Pools = [HashMap<Box<str>, Vec<Idle>>; 2];
+/// Idle connections of this thread, by authority: `[plain, tls]`. Newest
+/// at the back (taken first, while warm); the oldest, at the front, are
+/// dropped once past the idle timeout whenever a connection comes back, so
+/// connections the upstream closed do not linger.
+type Pools = [HashMap<Box<str>, VecDeque<Idle>>; 2];
 
 thread_local! {
     static IDLE: RefCell<Pools> = RefCell::new([HashMap::new(), HashMap::new()]);
@@ -117,11 +120,15 @@ fn release(mut conn: Conn, cfg: &ClientConfig) {
             Some(list) => list,
             None => pool.entry(conn.authority.clone()).or_default(),
         };
+        let now = Instant::now();
+        while list
+            .front()
+            .is_some_and(|i| now.duration_since(i.since) >= cfg.idle_timeout)
+        {
+            list.pop_front();
+        }
         if list.len() < cfg.max_idle {
-            list.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            list.push_back(Idle { conn, since: now });
         }
     });
 }
@@ -130,7 +137,7 @@ fn take_idle(key: Key<'_>, cfg: &ClientConfig) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle[usize::from(key.tls)].get_mut(key.authority)?;
-        while let Some(Idle { mut conn, since }) = list.pop() {
+        while let Some(Idle { mut conn, since }) = list.pop_back() {
             if since.elapsed() < cfg.idle_timeout && conn.io.looks_open() {
                 return Some(conn);
             }
@@ -294,7 +301,8 @@ impl Client {
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
-        let keep = head.keep_alive;
+        // A switched protocol is not HTTP/1.1 any more (we never ask for it).
+        let keep = head.keep_alive && head.status != StatusCode::SWITCHING_PROTOCOLS;
         let body = match framing {
             Framing::Length(0) => {
                 if keep {
@@ -827,10 +835,7 @@ impl HttpBody for UpstreamBody {
             Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Full(None) | Inner::Done => SizeHint::with_exact(0),
             Inner::Stream(s) => match s.framing {
-                Framing::Length(n) => {
-                    let buffered = s.conn.as_ref().map_or(0, |c| c.buf.len() as u64);
-                    SizeHint::with_exact(n.max(buffered).min(n))
-                }
+                Framing::Length(n) => SizeHint::with_exact(n),
                 _ => SizeHint::default(),
             },
         }
