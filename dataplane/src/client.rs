@@ -265,6 +265,9 @@ impl Client {
         }
         .await;
         written.map_err(|e| unanswered(e.into()))?;
+        // Whether the upstream sent anything at all (a 1xx included): only
+        // a connection that stayed silent may have the request sent again.
+        let mut got_bytes = !conn.buf.is_empty();
         let head = loop {
             match parse_head(&conn.buf, self.cfg.max_head_bytes) {
                 Ok(Some(head)) => {
@@ -279,7 +282,7 @@ impl Client {
                 Ok(None) => {}
                 Err(e) => return Err(Exchange::Failed(e)),
             }
-            let empty = conn.buf.is_empty();
+            let empty = !got_bytes;
             let n = conn.read_more().await.map_err(|e| {
                 if empty {
                     unanswered(e.into())
@@ -287,6 +290,7 @@ impl Client {
                     Exchange::Failed(e.into())
                 }
             })?;
+            got_bytes |= n > 0;
             if n == 0 {
                 let e = ClientError::Closed;
                 return Err(if empty {
@@ -297,12 +301,22 @@ impl Client {
             }
         };
         let framing = head.framing(head_only).map_err(Exchange::Failed)?;
+        let has_te = head.headers.contains_key(http::header::TRANSFER_ENCODING);
+        // A switched protocol is not HTTP/1.1 any more (we never ask for
+        // it); HTTP/1.0 with Transfer-Encoding is faulty framing (RFC 9112
+        // §6.1): neither connection is reused.
+        let keep = head.keep_alive
+            && head.status != StatusCode::SWITCHING_PROTOCOLS
+            && !(has_te && head.version == Version::HTTP_10);
         let mut resp = Response::new(UpstreamBody::empty());
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
-        // A switched protocol is not HTTP/1.1 any more (we never ask for it).
-        let keep = head.keep_alive && head.status != StatusCode::SWITCHING_PROTOCOLS;
+        if has_te {
+            // Transfer-Encoding overrode it (RFC 9112 §6.3): passing it on
+            // would make the next hop frame the body by a wrong length.
+            resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+        }
         let body = match framing {
             Framing::Length(0) => {
                 if keep {
@@ -332,7 +346,7 @@ impl Client {
 
     async fn connect(&self, key: Key<'_>) -> Result<Conn, ClientError> {
         let timeout = self.cfg.connect_timeout;
-        let (host, port) = host_port(key);
+        let (host, port) = host_port(key)?;
         let work = async {
             let addrs: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
                 Ok(ip) => vec![SocketAddr::new(ip, port)],
@@ -407,14 +421,19 @@ fn key_of(uri: &Uri) -> Result<Key<'_>, ClientError> {
 }
 
 /// Host (without IPv6 brackets) and port, the scheme's default if absent.
-fn host_port(key: Key<'_>) -> (&str, u16) {
+fn host_port(key: Key<'_>) -> Result<(&str, u16), ClientError> {
     let default = if key.tls { 443 } else { 80 };
     let a = key.authority;
     let (host, port) = match a.rfind(':') {
-        Some(i) if !a[i..].contains(']') => (&a[..i], a[i + 1..].parse().unwrap_or(default)),
+        Some(i) if !a[i..].contains(']') => {
+            let port = a[i + 1..]
+                .parse()
+                .map_err(|_| ClientError::Url(format!("port of {a:?}")))?;
+            (&a[..i], port)
+        }
         _ => (a, default),
     };
-    (host.trim_start_matches('[').trim_end_matches(']'), port)
+    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
 /// Framing and connection headers are the client's to write.
@@ -436,7 +455,9 @@ fn encode_head(req: &Outgoing, key: Key<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(
         req.uri
             .path_and_query()
-            .map_or("/", |p| p.as_str())
+            .map(|p| p.as_str())
+            .filter(|p| p.starts_with('/'))
+            .unwrap_or("/")
             .as_bytes(),
     );
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
@@ -550,9 +571,10 @@ impl Head {
         }
         let mut length = None;
         for v in self.headers.get_all(http::header::CONTENT_LENGTH) {
-            let n: u64 = std::str::from_utf8(v.as_bytes())
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
+            let digits = v.as_bytes().trim_ascii();
+            let n: u64 = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(digits).ok()?.parse().ok())
+                .flatten()
                 .ok_or_else(|| ClientError::Protocol("invalid content-length".into()))?;
             if length.is_some_and(|l| l != n) {
                 return Err(ClientError::Protocol("conflicting content-length".into()));
@@ -711,6 +733,10 @@ fn take(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Bytes>, BoxE
             }
             Framing::Close => {
                 return Ok((!buf.is_empty()).then(|| buf.split().freeze()));
+            }
+            Framing::Chunked(Chunk::Size) if buf.is_empty() => return Ok(None),
+            Framing::Chunked(Chunk::Size) if !buf[0].is_ascii_hexdigit() => {
+                return Err(Box::new(BodyError("invalid chunk size".into())));
             }
             Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
                 Ok(httparse::Status::Complete((used, 0))) => {
@@ -882,7 +908,14 @@ mod tests {
 
     #[test]
     fn bad_chunks_are_errors() {
-        for bad in [&b"zz\r\n"[..], b"2\r\nabXY", &[b'1'; MAX_LINE + 10]] {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"2\r\nabXY",
+            &[b'1'; MAX_LINE + 10],
+            // No digits: must not read as the last chunk.
+            b"5\r\nhello\r\n\r\n",
+            b";x\r\n",
+        ] {
             assert!(drain(&mut Framing::Chunked(Chunk::Size), bad).is_err());
         }
     }
@@ -921,6 +954,10 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(h.framing(false).is_err());
+        let h = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n", 1024)
+            .unwrap()
+            .unwrap();
+        assert!(h.framing(false).is_err(), "digits only");
         assert!(parse_head(b"HTTP/1.1 200 OK\r\n", 1024).unwrap().is_none());
         assert!(parse_head(&[b'x'; 64], 1024).is_err());
         let long = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(2000));
@@ -939,7 +976,7 @@ mod tests {
         }
         req.body(Bytes::from_static(b"{}"));
         let key = key_of(&req.uri).unwrap();
-        assert_eq!(host_port(key), ("up.example", 80));
+        assert_eq!(host_port(key).unwrap(), ("up.example", 80));
         let mut out = Vec::new();
         encode_head(&req, key, &mut out);
         assert_eq!(
@@ -948,7 +985,7 @@ mod tests {
         );
         let get = Outgoing::new(Method::GET, "https://[::1]:8443/mcp".parse().unwrap());
         let key = key_of(&get.uri).unwrap();
-        assert_eq!(host_port(key), ("::1", 8443));
+        assert_eq!(host_port(key).unwrap(), ("::1", 8443));
         let mut out = Vec::new();
         encode_head(&get, key, &mut out);
         assert_eq!(
@@ -956,6 +993,8 @@ mod tests {
             "GET /mcp HTTP/1.1\r\nhost: [::1]:8443\r\n\r\n"
         );
         assert!(key_of(&"ftp://x/".parse().unwrap()).is_err());
+        let big: Uri = "http://up:99999/".parse().unwrap();
+        assert!(host_port(key_of(&big).unwrap()).is_err());
         assert!(key_of(&"http://u:p@x/".parse().unwrap()).is_err());
     }
 }

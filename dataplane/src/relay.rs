@@ -182,13 +182,16 @@ async fn post(
                 filter_tools(&mut v, &f);
                 return Ok(body::json_response(status, &v));
             }
-            let limit = rt.limits.max_response_bytes;
+            // Read whole, bounded in size and in time (an upstream that
+            // stalls mid-body must not hold the client's connection); most
+            // answers arrived with their head and cost no wait at all.
             let (parts, incoming) = resp.into_parts();
-            let b = http_body_util::Limited::new(incoming, limit).boxed();
-            let mut out = Response::new(b);
+            let bytes = upstream::read_json_body(up, incoming, &rt.limits)
+                .await
+                .map_err(fail)?;
+            let mut out = Response::new(body::full(bytes));
             *out.status_mut() = parts.status;
             copy_header(&parts.headers, out.headers_mut(), header::CONTENT_TYPE);
-            copy_header(&parts.headers, out.headers_mut(), header::CONTENT_LENGTH);
             Ok(out)
         }
         Payload::Sse => {

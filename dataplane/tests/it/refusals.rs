@@ -12,7 +12,7 @@ use crate::{
     http::{ACCEPT_BOTH, Http, Session},
 };
 
-const TIGHT: &str = "limits: {max_body_bytes: 2048, header_read_timeout: 300ms, upstream_response_timeout: 500ms, max_sse_event_bytes: 1024, max_header_bytes: 8192, idle_timeout: 400ms}\n";
+const TIGHT: &str = "limits: {max_body_bytes: 2048, header_read_timeout: 300ms, upstream_response_timeout: 500ms, request_timeout: 2s, max_sse_event_bytes: 1024, max_header_bytes: 8192, idle_timeout: 400ms}\n";
 
 fn reason(body: &str) -> Value {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
@@ -208,6 +208,18 @@ async fn broken_upstream(kind: &'static str) -> String {
                     "garbage" => {
                         let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 5\r\n\r\n<html").await;
                     }
+                    "stall-body" => {
+                        // Promises 1000 bytes, sends 10, then stalls.
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"jsonrpc\"").await;
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                    "te-and-length" => {
+                        // Transfer-Encoding wins over Content-Length, which
+                        // must not reach the client.
+                        let body = r#"{"jsonrpc":"2.0","id":9,"result":{}}"#;
+                        let _ = s.write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n", body.len()).as_bytes()).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                     "one-shot" => {
                         // Answers, then closes the connection without
                         // saying so (no `connection: close`), after a pause.
@@ -233,7 +245,15 @@ async fn broken_upstream(kind: &'static str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn broken_upstreams_get_named_errors() {
     let mut ups = Vec::new();
-    for kind in ["hang", "reset", "garbage", "huge-event", "one-shot"] {
+    for kind in [
+        "hang",
+        "reset",
+        "garbage",
+        "huge-event",
+        "one-shot",
+        "stall-body",
+        "te-and-length",
+    ] {
         ups.push((kind, broken_upstream(kind).await));
     }
     let named: Vec<(&str, &str)> = ups.iter().map(|(k, u)| (*k, u.as_str())).collect();
@@ -252,6 +272,11 @@ async fn broken_upstreams_get_named_errors() {
         ("hang", StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
         ("reset", StatusCode::BAD_GATEWAY, "upstream_unavailable"),
         ("garbage", StatusCode::BAD_GATEWAY, "upstream_bad_response"),
+        (
+            "stall-body",
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+        ),
     ];
     for (kind, status, why) in expect {
         let r = http
@@ -272,6 +297,17 @@ async fn broken_upstreams_get_named_errors() {
             "{kind}"
         );
     }
+    // A chunked answer that also claims a Content-Length arrives whole.
+    let r = http
+        .send(
+            Method::POST,
+            &format!("{}/mcp/te-and-length", gw.url()),
+            &headers,
+            Some(&call),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.json()["result"], json!({}), "{}", r.body);
     // An upstream that drops each connection after one answer: the pooled
     // connection it closed is not reused, and no call fails for it.
     for i in 0..5 {
