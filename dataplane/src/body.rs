@@ -106,15 +106,7 @@ where
         return Err(GatewayError::BodyTooLarge { limit: max });
     }
     let limited = http_body_util::Limited::new(body, max);
-    let mut collect = std::pin::pin!(limited.collect());
-    // A small body has usually arrived with the head: take it without
-    // arming a timer.
-    let first = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await;
-    let collected = match first {
-        Poll::Ready(r) => Ok(r),
-        Poll::Pending => tokio::time::timeout(timeout, collect).await,
-    };
-    match collected {
+    match within(timeout, limited.collect()).await {
         Err(_) => Err(GatewayError::BodyTimeout),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             Err(GatewayError::BodyTooLarge { limit: max })
@@ -123,5 +115,19 @@ where
             "request body failed: {e}"
         ))),
         Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// `tokio::time::timeout`, but a future that is ready at once (a small body
+/// that arrived with its head) is taken without arming a timer.
+pub async fn within<F: Future>(
+    timeout: Duration,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(r) => Ok(r),
+        Poll::Pending => tokio::time::timeout(timeout, fut).await,
     }
 }

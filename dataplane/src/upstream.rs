@@ -178,7 +178,7 @@ pub async fn read_json_body(
     limits: &Limits,
 ) -> Result<Bytes, GatewayError> {
     let limited = http_body_util::Limited::new(body, limits.max_response_bytes);
-    match tokio::time::timeout(limits.request_timeout, limited.collect()).await {
+    match crate::body::within(limits.request_timeout, limited.collect()).await {
         Err(_) => Err(GatewayError::UpstreamTimeout {
             upstream: up.name.to_string(),
             after_ms: limits.request_timeout.as_millis() as u64,
