@@ -25,51 +25,18 @@ pub fn authenticate(
     memo: Option<&Memo>,
 ) -> Result<Arc<ApiKey>, GatewayError> {
     let presented = presented_key(headers).ok_or(GatewayError::MissingKey)?;
-    if let Some(key) = memo.and_then(|m| m.recall(snap, presented)) {
+    if let Some(key) = memo.and_then(|m| m.recall(snap, presented.as_bytes())) {
         return Ok(key);
     }
     let key = verify(snap, presented)?;
     if let Some(m) = memo {
-        m.remember(snap, presented, &key);
+        m.remember(snap, presented.as_bytes(), &key);
     }
     Ok(key)
 }
 
-/// The last key a connection proved, and the snapshot it was proved against.
-/// The snapshot is held weakly: its allocation cannot be reused for another
-/// snapshot while the memo points at it, so a new snapshot (a revocation)
-/// is never mistaken for the old one, and the old one's keys are not kept
-/// alive. The key bytes stay in the connection's own memory, as its
-/// request headers do.
-#[derive(Default)]
-pub struct Memo(std::sync::Mutex<Option<Proved>>);
-
-struct Proved {
-    snapshot: std::sync::Weak<Snapshot>,
-    presented: Box<[u8]>,
-    key: Arc<ApiKey>,
-}
-
-impl Memo {
-    fn recall(&self, snap: &Arc<Snapshot>, presented: &str) -> Option<Arc<ApiKey>> {
-        let guard = self.0.lock().ok()?;
-        let p = guard.as_ref()?;
-        (std::ptr::eq(p.snapshot.as_ptr(), Arc::as_ptr(snap))
-            && p.presented.len() == presented.len()
-            && bool::from(p.presented.ct_eq(presented.as_bytes())))
-        .then(|| p.key.clone())
-    }
-
-    fn remember(&self, snap: &Arc<Snapshot>, presented: &str, key: &Arc<ApiKey>) {
-        if let Ok(mut guard) = self.0.lock() {
-            *guard = Some(Proved {
-                snapshot: Arc::downgrade(snap),
-                presented: presented.as_bytes().into(),
-                key: key.clone(),
-            });
-        }
-    }
-}
+/// The last key a connection proved, for the snapshot it proved it against.
+pub type Memo = crate::memo::Memo<Snapshot, ApiKey>;
 
 fn verify(snap: &Snapshot, presented: &str) -> Result<Arc<ApiKey>, GatewayError> {
     let (prefix, _) = split_key(presented).ok_or(GatewayError::BadKey)?;
@@ -198,12 +165,12 @@ mod tests {
         let memo = Memo::default();
         let good = headers(&[("x-api-key", &key)]);
         assert!(authenticate(&snap, &good, Some(&memo)).is_ok());
-        assert!(memo.recall(&snap, &key).is_some());
+        assert!(memo.recall(&snap, key.as_bytes()).is_some());
         // Same length, one character off: not recalled, and refused.
         let mut wrong = key.clone();
         wrong.pop();
         wrong.push(if key.ends_with('A') { 'B' } else { 'A' });
-        assert!(memo.recall(&snap, &wrong).is_none());
+        assert!(memo.recall(&snap, wrong.as_bytes()).is_none());
         assert!(matches!(
             authenticate(&snap, &headers(&[("x-api-key", &wrong)]), Some(&memo)),
             Err(GatewayError::BadKey)
@@ -212,7 +179,7 @@ mod tests {
         // old snapshot does not vouch for it.
         let (other, other_prefix) = generate_key();
         let revoked = snapshot_with(&other, &other_prefix);
-        assert!(memo.recall(&revoked, &key).is_none());
+        assert!(memo.recall(&revoked, key.as_bytes()).is_none());
         assert!(matches!(
             authenticate(&revoked, &good, Some(&memo)),
             Err(GatewayError::BadKey)

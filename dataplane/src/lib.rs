@@ -9,6 +9,7 @@ pub mod error;
 pub mod gateway;
 pub mod listen;
 pub mod mcp;
+pub mod memo;
 pub mod metrics;
 pub mod model;
 pub mod names;

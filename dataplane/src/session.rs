@@ -130,24 +130,28 @@ impl SessionKeys {
     }
 
     /// `open`, first asking the connection's memo: a connection usually
-    /// presents the same session id on every request. The memo holds these
-    /// keys weakly, so after a key rotation it no longer answers.
+    /// presents the same session id on every request.
     pub fn open_with(
         self: &Arc<Self>,
         id: &str,
         now: u64,
         memo: Option<&Memo>,
     ) -> Result<Arc<SessionState>, SealError> {
-        let state = match memo.and_then(|m| m.recall(self, id)) {
-            Some(state) => state,
-            None => {
-                let state = self.open(id, now)?;
-                if let Some(m) = memo {
-                    m.remember(self, id, &state);
-                }
-                state
-            }
-        };
+        if let Some(state) = memo.and_then(|m| m.recall(self, id.as_bytes())) {
+            return self.unexpired(state, now);
+        }
+        let state = self.open(id, now)?;
+        if let Some(m) = memo {
+            m.remember(self, id.as_bytes(), &state);
+        }
+        Ok(state)
+    }
+
+    fn unexpired(
+        &self,
+        state: Arc<SessionState>,
+        now: u64,
+    ) -> Result<Arc<SessionState>, SealError> {
         if now.saturating_sub(state.issued) > self.ttl_secs {
             return Err(SealError::Expired);
         }
@@ -169,10 +173,7 @@ impl SessionKeys {
                 s
             }
         };
-        if now.saturating_sub(state.issued) > self.ttl_secs {
-            return Err(SealError::Expired);
-        }
-        Ok(state)
+        self.unexpired(state, now)
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<SessionState>>> {
@@ -202,35 +203,8 @@ impl SessionKeys {
     }
 }
 
-/// The last session id a connection presented, opened, and the keys that
-/// opened it (held weakly: their allocation is not reused while the memo
-/// points at it, so rotated keys are never mistaken for these).
-#[derive(Default)]
-pub struct Memo(std::sync::Mutex<Option<Opened>>);
-
-struct Opened {
-    keys: std::sync::Weak<SessionKeys>,
-    id: Box<str>,
-    state: Arc<SessionState>,
-}
-
-impl Memo {
-    fn recall(&self, keys: &Arc<SessionKeys>, id: &str) -> Option<Arc<SessionState>> {
-        let guard = self.0.lock().ok()?;
-        let o = guard.as_ref()?;
-        (std::ptr::eq(o.keys.as_ptr(), Arc::as_ptr(keys)) && *o.id == *id).then(|| o.state.clone())
-    }
-
-    fn remember(&self, keys: &Arc<SessionKeys>, id: &str, state: &Arc<SessionState>) {
-        if let Ok(mut guard) = self.0.lock() {
-            *guard = Some(Opened {
-                keys: Arc::downgrade(keys),
-                id: id.into(),
-                state: state.clone(),
-            });
-        }
-    }
-}
+/// The last session id a connection opened, for the keys that opened it.
+pub type Memo = crate::memo::Memo<SessionKeys, SessionState>;
 
 #[cfg(test)]
 mod tests {
@@ -255,15 +229,15 @@ mod tests {
         let memo = Memo::default();
         let id = keys.seal(&state());
         assert_eq!(*keys.open_with(&id, 1010, Some(&memo)).unwrap(), state());
-        assert!(memo.recall(&keys, &id).is_some());
-        assert!(memo.recall(&keys, "stoa1.other").is_none());
+        assert!(memo.recall(&keys, id.as_bytes()).is_some());
+        assert!(memo.recall(&keys, b"stoa1.other").is_none());
         assert!(matches!(
             keys.open_with(&id, 1061, Some(&memo)),
             Err(SealError::Expired)
         ));
         // Rotated away: new keys that do not open the old id.
         let rotated = Arc::new(SessionKeys::new([9; 32], &[], 60));
-        assert!(memo.recall(&rotated, &id).is_none());
+        assert!(memo.recall(&rotated, id.as_bytes()).is_none());
         assert!(rotated.open_with(&id, 1010, Some(&memo)).is_err());
     }
 
