@@ -29,7 +29,7 @@ use tokio::{
     net::TcpListener,
     sync::{Semaphore, mpsc},
 };
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 
 use crate::{
     body::{Body, ChannelBody},
@@ -45,24 +45,35 @@ pub struct Serve {
     pub limits: Limits,
     pub tracker: TaskTracker,
     /// Stop accepting and ask connections to close when idle.
-    pub drain: CancellationToken,
-    /// The same signal as `drain`, for connection loops: polled on every
-    /// wake-up of every connection, so it must cost no lock.
-    pub closing: Arc<Closing>,
+    pub drain: Arc<Drain>,
     pub workers: Arc<Workers>,
 }
 
-/// Tells every open connection that the gateway is draining. A connection
-/// registers once; polling is an atomic load and an `AtomicWaker` update.
-/// (`CancellationToken::cancelled` takes a mutex on every poll.)
+/// Tells accept loops and every open connection that the gateway is
+/// draining. A loop registers once (`watch`); polling is then an atomic load
+/// and an `AtomicWaker` update, cheap enough for a connection loop that polls
+/// it on every wake-up (`CancellationToken::cancelled` takes a mutex there).
 #[derive(Default)]
-pub struct Closing {
+pub struct Drain {
     started: AtomicBool,
     waiting: std::sync::Mutex<Vec<std::sync::Weak<AtomicWaker>>>,
 }
 
-impl Closing {
-    /// Wakes every registered connection; later polls see it at once.
+/// One loop's registration with the `Drain`.
+pub struct Watch {
+    drain: Arc<Drain>,
+    waker: Arc<AtomicWaker>,
+}
+
+impl Watch {
+    /// Resolves once the drain has started.
+    pub async fn started(&self) {
+        std::future::poll_fn(|cx| self.drain.poll(&self.waker, cx)).await
+    }
+}
+
+impl Drain {
+    /// Wakes every registered loop; later polls see it at once.
     pub fn start(&self) {
         self.started.store(true, Ordering::SeqCst);
         let waiting = std::mem::take(&mut *self.lock());
@@ -71,11 +82,18 @@ impl Closing {
         }
     }
 
+    pub fn watch(self: &Arc<Self>) -> Watch {
+        Watch {
+            drain: self.clone(),
+            waker: self.register(),
+        }
+    }
+
     fn register(&self) -> Arc<AtomicWaker> {
         let w = Arc::new(AtomicWaker::new());
         let mut waiting = self.lock();
-        // Connections that ended leave dead entries: sweep when they
-        // could be half of the list.
+        // Loops that ended leave dead entries: sweep when they could be
+        // half of the list.
         if waiting.len() >= 64 && waiting.len().is_power_of_two() {
             waiting.retain(|w| w.strong_count() > 0);
         }
@@ -178,10 +196,11 @@ pub async fn serve_tcp(
 ) {
     let limit = Arc::new(Semaphore::new(s.limits.max_connections));
     let transport = if tls.is_some() { "tls" } else { "tcp" };
+    let drained = s.drain.watch();
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => p.expect("semaphore is never closed"),
-            _ = s.drain.cancelled() => return,
+            _ = drained.started() => return,
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -193,7 +212,7 @@ pub async fn serve_tcp(
                     continue;
                 }
             },
-            _ = s.drain.cancelled() => return,
+            _ = drained.started() => return,
         };
         let _ = stream.set_nodelay(true);
         // Moved to a worker's reactor: leave this one first.
@@ -274,7 +293,7 @@ where
     check.tick().await;
     let mut quiet_checks = 0;
     let mut closing = false;
-    let drain_waker = s.closing.register();
+    let drained = s.drain.watch();
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -283,7 +302,7 @@ where
                 }
                 return;
             }
-            _ = std::future::poll_fn(|cx| s.closing.poll(&drain_waker, cx)), if !closing => {
+            _ = drained.started(), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -399,10 +418,11 @@ pub fn quic_endpoint(
 
 pub async fn serve_h3(s: Serve, endpoint: quinn::Endpoint) {
     let limit = Arc::new(Semaphore::new(s.limits.max_connections));
+    let drained = s.drain.watch();
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => return },
-            _ = s.drain.cancelled() => break,
+            _ = drained.started() => break,
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             incoming.refuse();
@@ -436,6 +456,7 @@ async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
             return;
         }
     };
+    let drained = s.drain.watch();
     let mut closing = false;
     let memo = Arc::new(crate::gateway::ConnMemo::default());
     loop {
@@ -456,7 +477,7 @@ async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
                     return;
                 }
             },
-            _ = s.drain.cancelled(), if !closing => {
+            _ = drained.started(), if !closing => {
                 closing = true;
                 // GOAWAY: finish what is running, accept nothing new.
                 let _ = h3.shutdown(0).await;
@@ -524,32 +545,32 @@ mod tests {
     }
 
     #[test]
-    fn closing_wakes_registered_connections_and_is_seen_by_later_ones() {
-        let closing = Closing::default();
+    fn a_drain_wakes_registered_loops_and_is_seen_by_later_ones() {
+        let drain = Arc::new(Drain::default());
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = std::task::Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
-        let early = closing.register();
-        assert!(closing.poll(&early, &mut cx).is_pending());
-        closing.start();
+        let early = drain.register();
+        assert!(drain.poll(&early, &mut cx).is_pending());
+        drain.start();
         assert_eq!(
             count.0.load(Ordering::SeqCst),
             1,
             "the waiting connection is woken"
         );
-        assert!(closing.poll(&early, &mut cx).is_ready());
-        let late = closing.register();
-        assert!(closing.poll(&late, &mut cx).is_ready());
+        assert!(drain.poll(&early, &mut cx).is_ready());
+        let late = drain.watch();
+        assert!(drain.poll(&late.waker, &mut cx).is_ready());
     }
 
     #[test]
-    fn ended_connections_are_swept_from_the_list() {
-        let closing = Closing::default();
+    fn ended_loops_are_swept_from_the_list() {
+        let drain = Arc::new(Drain::default());
         for _ in 0..1000 {
-            drop(closing.register());
+            drop(drain.watch());
         }
-        let live = closing.register();
-        assert!(closing.lock().len() < 200, "{}", closing.lock().len());
+        let live = drain.watch();
+        assert!(drain.lock().len() < 200, "{}", drain.lock().len());
         drop(live);
     }
 }

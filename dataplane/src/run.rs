@@ -84,8 +84,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         gw: gw.clone(),
         limits: cfg.limits.clone(),
         tracker: TaskTracker::new(),
-        drain: CancellationToken::new(),
-        closing: Arc::default(),
+        drain: Arc::default(),
         workers: Arc::new(listen::Workers::start(workers).context("starting worker threads")?),
     };
     let mut bound = Bound::default();
@@ -192,8 +191,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     gw.set_ready(false);
     stop_stream.cancel();
     gw.draining.cancel();
-    serve.drain.cancel();
-    serve.closing.start();
+    serve.drain.start();
     serve.tracker.close();
     if tokio::time::timeout(drain_timeout, serve.tracker.wait())
         .await
