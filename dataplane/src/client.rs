@@ -58,8 +58,6 @@ pub struct ClientConfig {
     /// Idle connections kept per upstream and thread.
     pub max_idle: usize,
     pub max_head_bytes: usize,
-    /// Trusted for TLS upstreams besides the web roots.
-    pub extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 #[derive(Clone)]
@@ -183,10 +181,14 @@ impl Outgoing {
 }
 
 impl Client {
-    pub fn new(cfg: ClientConfig) -> Self {
+    /// `extra_roots` are trusted for TLS upstreams besides the web roots.
+    pub fn new(
+        cfg: ClientConfig,
+        extra_roots: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Self {
         let mut roots =
             rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let (added, ignored) = roots.add_parsable_certificates(cfg.extra_roots.iter().cloned());
+        let (added, ignored) = roots.add_parsable_certificates(extra_roots.iter().cloned());
         if ignored > 0 {
             tracing::warn!(
                 added,
@@ -194,14 +196,13 @@ impl Client {
                 "upstream_ca_file: some certificates are not usable as roots"
             );
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let mut tls = tls;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Client {
             cfg: Arc::new(cfg),

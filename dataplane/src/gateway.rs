@@ -45,9 +45,6 @@ pub struct Runtime {
     pub allowed_origins: Vec<String>,
     /// Health and metrics live on a separate admin listener.
     pub admin_separate: bool,
-    /// CAs trusted for `https://` upstreams besides the web roots; the
-    /// upstream client is built with them at start.
-    pub upstream_roots: Arc<Vec<rustls::pki_types::CertificateDer<'static>>>,
 }
 
 impl Runtime {
@@ -103,25 +100,8 @@ impl Runtime {
                 }
             },
         };
-        let upstream_roots = match &cfg.upstream_ca_file {
-            None => Arc::new(Vec::new()),
-            Some(path) => {
-                use rustls::pki_types::{CertificateDer, pem::PemObject};
-                let certs = CertificateDer::pem_file_iter(path)
-                    .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("upstream_ca_file {}: {e}", path.display()))?;
-                if certs.is_empty() {
-                    return Err(format!(
-                        "upstream_ca_file {}: no certificate",
-                        path.display()
-                    ));
-                }
-                Arc::new(certs)
-            }
-        };
         Ok((
             Runtime {
-                upstream_roots,
                 session_spec: snapshot.session_keys.clone(),
                 snapshot,
                 configured,
@@ -153,7 +133,6 @@ impl Runtime {
             session_ttl: self.session_ttl,
             allowed_origins: self.allowed_origins.clone(),
             admin_separate: self.admin_separate,
-            upstream_roots: self.upstream_roots.clone(),
         }
     }
 }
@@ -196,8 +175,13 @@ pub struct ReqCtx {
 }
 
 impl Gateway {
-    pub fn new(runtime: Runtime) -> Arc<Self> {
-        let client = UpstreamClient::new(&runtime.limits, &runtime.upstream_roots);
+    /// `upstream_roots`: CAs trusted for `https://` upstreams besides the
+    /// web roots (`upstream_ca_file`, read once at start).
+    pub fn new(
+        runtime: Runtime,
+        upstream_roots: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Arc<Self> {
+        let client = UpstreamClient::new(&runtime.limits, upstream_roots);
         let mut seed = [0u8; 4];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
             .expect("OS random source");

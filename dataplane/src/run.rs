@@ -45,7 +45,22 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     for r in &rejected {
         tracing::error!("{r}");
     }
-    let gw = Gateway::new(rt);
+    let upstream_roots = match &cfg.upstream_ca_file {
+        None => Vec::new(),
+        Some(path) => {
+            use rustls::pki_types::{CertificateDer, pem::PemObject};
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("upstream_ca_file {}", path.display()))?;
+            anyhow::ensure!(
+                !certs.is_empty(),
+                "upstream_ca_file {}: no certificate",
+                path.display()
+            );
+            certs
+        }
+    };
+    let gw = Gateway::new(rt, &upstream_roots);
     gw.metrics.config_rejected.set(rejected.len() as i64);
     let stop_stream = CancellationToken::new();
     if let Some(cp) = &cfg.control_plane {
@@ -245,8 +260,11 @@ fn reload(
     }
     if format!("{:?}", cfg.listeners) != format!("{:?}", running.listeners)
         || format!("{:?}", cfg.control_plane) != format!("{:?}", running.control_plane)
+        || cfg.upstream_ca_file != running.upstream_ca_file
     {
-        tracing::warn!("listener and control_plane changes take effect at the next restart");
+        tracing::warn!(
+            "listener, control_plane and upstream_ca_file changes take effect at the next restart"
+        );
     }
     if cfg.control_plane.is_some() {
         gw.reload_keeping_snapshot(rt);

@@ -36,13 +36,15 @@ impl UpstreamClient {
         extra_roots: &[rustls::pki_types::CertificateDer<'static>],
     ) -> Self {
         UpstreamClient {
-            client: Client::new(ClientConfig {
-                extra_roots: extra_roots.to_vec(),
-                connect_timeout: limits.upstream_connect_timeout,
-                idle_timeout: Duration::from_secs(90),
-                max_idle: 256,
-                max_head_bytes: limits.max_header_bytes.max(8192),
-            }),
+            client: Client::new(
+                ClientConfig {
+                    connect_timeout: limits.upstream_connect_timeout,
+                    idle_timeout: Duration::from_secs(90),
+                    max_idle: 256,
+                    max_head_bytes: limits.max_header_bytes.max(8192),
+                },
+                extra_roots,
+            ),
         }
     }
 
