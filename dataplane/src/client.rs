@@ -36,7 +36,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    io::{AsyncRead, AsyncWriteExt, ReadBuf},
     net::TcpStream,
 };
 
@@ -136,7 +136,7 @@ fn take_idle(key: Key<'_>, cfg: &ClientConfig) -> Option<Conn> {
         let mut idle = idle.borrow_mut();
         let list = idle[usize::from(key.tls)].get_mut(key.authority)?;
         while let Some(Idle { mut conn, since }) = list.pop_back() {
-            if since.elapsed() < cfg.idle_timeout && conn.io.looks_open() {
+            if since.elapsed() < cfg.idle_timeout && looks_open(&mut conn.io) {
                 return Some(conn);
             }
         }
@@ -268,7 +268,7 @@ impl Client {
         written.map_err(|e| unanswered(e.into()))?;
         // Whether the upstream sent anything at all (a 1xx included): only
         // a connection that stayed silent may have the request sent again.
-        let mut got_bytes = !conn.buf.is_empty();
+        let mut got_bytes = false;
         let head = loop {
             match parse_head(&conn.buf, self.cfg.max_head_bytes) {
                 Ok(Some(head)) => {
@@ -283,22 +283,18 @@ impl Client {
                 Ok(None) => {}
                 Err(e) => return Err(Exchange::Failed(e)),
             }
-            let empty = !got_bytes;
-            let n = conn.read_more().await.map_err(|e| {
-                if empty {
-                    unanswered(e.into())
-                } else {
-                    Exchange::Failed(e.into())
-                }
-            })?;
-            got_bytes |= n > 0;
-            if n == 0 {
-                let e = ClientError::Closed;
-                return Err(if empty {
+            let silent = !got_bytes;
+            let fail = |e: ClientError| {
+                if silent {
                     unanswered(e)
                 } else {
                     Exchange::Failed(e)
-                });
+                }
+            };
+            match conn.read_more().await {
+                Ok(0) => return Err(fail(ClientError::Closed)),
+                Ok(_) => got_bytes = true,
+                Err(e) => return Err(fail(e.into())),
             }
         };
         let framing = head.framing(head_only).map_err(Exchange::Failed)?;
@@ -319,12 +315,7 @@ impl Client {
             resp.headers_mut().remove(http::header::CONTENT_LENGTH);
         }
         let body = match framing {
-            Framing::Length(0) => {
-                if keep {
-                    release(conn, &self.cfg);
-                }
-                UpstreamBody::empty()
-            }
+            // Complete already (an empty body included).
             Framing::Length(n) if conn.buf.len() as u64 >= n => {
                 let data = conn.buf.split_to(n as usize).freeze();
                 if keep {
@@ -334,7 +325,7 @@ impl Client {
             }
             framing => UpstreamBody {
                 inner: Inner::Stream(Box::new(Stream {
-                    conn: Some(conn),
+                    conn,
                     framing,
                     keep,
                     cfg: self.cfg.clone(),
@@ -379,9 +370,9 @@ impl Client {
                 let tls = self.tls.connect(name, tcp).await.map_err(|e| {
                     ClientError::Connect(format!("TLS with {}: {e}", key.authority))
                 })?;
-                Io::Tls(Box::new(tls))
+                Io::Right(Box::new(tls))
             } else {
-                Io::Plain(tcp)
+                Io::Left(tcp)
             };
             Ok(Conn {
                 io,
@@ -608,61 +599,18 @@ impl Conn {
     }
 }
 
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
+/// A plain or TLS connection to an upstream.
+type Io = tokio_util::either::Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
-impl Io {
-    /// False if the idle connection was closed or sent bytes nobody asked
-    /// for. A read is tried without waiting: it costs nothing unless the
-    /// reactor has seen the socket readable, and under TLS it lets rustls
-    /// take records that carry no data (session tickets) and see a
-    /// `close_notify`.
-    fn looks_open(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        let mut byte = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut byte);
-        Pin::new(self).poll_read(&mut cx, &mut buf).is_pending()
-    }
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_flush(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
+/// False if the idle connection was closed or sent bytes nobody asked for.
+/// A read is tried without waiting: it costs nothing unless the reactor has
+/// seen the socket readable, and under TLS it lets rustls take records that
+/// carry no data (session tickets) and see a `close_notify`.
+fn looks_open(io: &mut Io) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    Pin::new(io).poll_read(&mut cx, &mut buf).is_pending()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -697,7 +645,7 @@ enum Inner {
 }
 
 struct Stream {
-    conn: Option<Conn>,
+    conn: Conn,
     framing: Framing,
     keep: bool,
     cfg: Arc<ClientConfig>,
@@ -712,6 +660,9 @@ impl UpstreamBody {
         UpstreamBody { inner: Inner::Done }
     }
     fn full(b: Bytes) -> Self {
+        if b.is_empty() {
+            return Self::empty();
+        }
         UpstreamBody {
             inner: Inner::Full(Some(b)),
         }
@@ -813,8 +764,7 @@ impl HttpBody for UpstreamBody {
             Inner::Stream(s) => s,
         };
         loop {
-            let conn = s.conn.as_mut().expect("stream has its connection");
-            match take(&mut s.framing, &mut conn.buf) {
+            match take(&mut s.framing, &mut s.conn.buf) {
                 Err(e) => {
                     *this = Inner::Done;
                     return Poll::Ready(Some(Err(e)));
@@ -831,8 +781,7 @@ impl HttpBody for UpstreamBody {
                 }
                 Ok(None) => {}
             }
-            let conn = s.conn.as_mut().expect("stream has its connection");
-            match conn.poll_read_more(cx) {
+            match s.conn.poll_read_more(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
                     *this = Inner::Done;
@@ -872,10 +821,9 @@ impl HttpBody for UpstreamBody {
 /// The body ended cleanly: its connection goes back to the pool.
 fn finish(inner: &mut Inner) {
     if let Inner::Stream(s) = std::mem::replace(inner, Inner::Done)
-        && let Some(conn) = s.conn
         && s.keep
     {
-        release(conn, &s.cfg);
+        release(s.conn, &s.cfg);
     }
 }
 
