@@ -4,7 +4,6 @@
 
 use std::{borrow::Cow, sync::Arc};
 
-use crate::client::UpstreamBody;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -12,6 +11,7 @@ use serde_json::Value;
 
 use crate::{
     body::{self, Body},
+    client::UpstreamBody,
     error::GatewayError,
     gateway::{Call, Gateway, ReqCtx, Runtime, unix_now},
     mcp::{self, Kind, Peek},

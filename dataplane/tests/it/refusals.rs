@@ -268,6 +268,11 @@ async fn broken_upstreams_get_named_errors() {
         ("accept", ACCEPT_BOTH),
     ];
     let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "x", "arguments": {}}}).to_string();
+    let call_on = |kind: &'static str| {
+        let (http, url, headers, call) =
+            (&http, format!("{}/mcp/{kind}", gw.url()), &headers, &call);
+        async move { http.send(Method::POST, &url, headers, Some(call)).await }
+    };
     let expect = [
         ("hang", StatusCode::GATEWAY_TIMEOUT, "upstream_timeout"),
         ("reset", StatusCode::BAD_GATEWAY, "upstream_unavailable"),
@@ -279,14 +284,7 @@ async fn broken_upstreams_get_named_errors() {
         ),
     ];
     for (kind, status, why) in expect {
-        let r = http
-            .send(
-                Method::POST,
-                &format!("{}/mcp/{kind}", gw.url()),
-                &headers,
-                Some(&call),
-            )
-            .await;
+        let r = call_on(kind).await;
         assert_eq!(r.status, status, "{kind}: {}", r.body);
         let v: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["id"], 9, "{kind}: the error answers the request");
@@ -298,27 +296,13 @@ async fn broken_upstreams_get_named_errors() {
         );
     }
     // A chunked answer that also claims a Content-Length arrives whole.
-    let r = http
-        .send(
-            Method::POST,
-            &format!("{}/mcp/te-and-length", gw.url()),
-            &headers,
-            Some(&call),
-        )
-        .await;
+    let r = call_on("te-and-length").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.json()["result"], json!({}), "{}", r.body);
     // An upstream that drops each connection after one answer: the pooled
     // connection it closed is not reused, and no call fails for it.
     for i in 0..5 {
-        let r = http
-            .send(
-                Method::POST,
-                &format!("{}/mcp/one-shot", gw.url()),
-                &headers,
-                Some(&call),
-            )
-            .await;
+        let r = call_on("one-shot").await;
         assert_eq!(r.status, StatusCode::OK, "call {i}: {}", r.body);
         assert_eq!(r.json()["id"], 9);
         tokio::time::sleep(Duration::from_millis(60)).await;
@@ -326,25 +310,11 @@ async fn broken_upstreams_get_named_errors() {
     // The same when the next call comes before the close is noticed: a
     // reused connection that fails before any answer byte is retried once.
     for i in 0..5 {
-        let r = http
-            .send(
-                Method::POST,
-                &format!("{}/mcp/one-shot", gw.url()),
-                &headers,
-                Some(&call),
-            )
-            .await;
+        let r = call_on("one-shot").await;
         assert_eq!(r.status, StatusCode::OK, "quick call {i}: {}", r.body);
     }
     // An SSE event beyond the limit: the stream ends with an error for the request.
-    let r = http
-        .send(
-            Method::POST,
-            &format!("{}/mcp/huge-event", gw.url()),
-            &headers,
-            Some(&call),
-        )
-        .await;
+    let r = call_on("huge-event").await;
     assert_eq!(r.status, StatusCode::OK);
     let v = r.json();
     assert_eq!(v["id"], 9);
