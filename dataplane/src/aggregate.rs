@@ -359,11 +359,14 @@ async fn initialize(
     {
         return Err(e);
     }
-    ctx.upstream = sessions
-        .iter()
-        .map(|s| s.name.as_str())
-        .collect::<Vec<_>>()
-        .join(",");
+    ctx.upstream = Some(
+        sessions
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+            .into(),
+    );
     let mut result = json!({
         "protocolVersion": version,
         "capabilities": caps,
@@ -614,11 +617,11 @@ async fn routed(
             if method == "tools/call" {
                 ctx.tool = Some(name.clone());
                 if !t.filter.allows(&name) {
-                    call.gw
-                        .metrics
-                        .tool_calls
-                        .with_label_values(&[t.up.name.as_str(), &name, "refused"])
-                        .inc();
+                    call.gw.metrics.tool_refused(
+                        t.up.name.as_str(),
+                        &name,
+                        call.memo.map(|m| &m.tool_calls),
+                    );
                     return Err(GatewayError::NotGranted(format!(
                         "tool {v:?} is not granted to this key"
                     )));
@@ -659,13 +662,16 @@ async fn routed(
             t
         }
     };
-    ctx.upstream = t.up.name.to_string();
+    ctx.upstream = Some(t.up.name.shared());
     let resp = send(call, &t, &msg, None).await?;
     let payload = upstream::classify(&t.up, &resp).inspect_err(|e| count_error(call, &t, e))?;
     if let Some(tool) = &ctx.tool {
-        call.gw
-            .metrics
-            .tool_relayed(t.up.name.as_str(), tool, resp.status());
+        call.gw.metrics.tool_relayed(
+            t.up.name.as_str(),
+            tool,
+            resp.status(),
+            call.memo.map(|m| &m.tool_calls),
+        );
     }
     let status = resp.status();
     let map = Rewrite {

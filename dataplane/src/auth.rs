@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use ring::{digest, rand::SecureRandom};
-use subtle::ConstantTimeEq;
 
 use crate::{
     error::GatewayError,
@@ -42,12 +41,14 @@ fn verify(snap: &Snapshot, presented: &str) -> Result<Arc<ApiKey>, GatewayError>
     let (prefix, _) = split_key(presented).ok_or(GatewayError::BadKey)?;
     let key = snap.keys.get(&prefix).ok_or(GatewayError::BadKey)?;
     let hash = digest::digest(&digest::SHA256, presented.as_bytes());
-    if bool::from(hash.as_ref().ct_eq(&key.hash)) {
+    if constant_time_eq::constant_time_eq(hash.as_ref(), &key.hash) {
         Ok(key.clone())
     } else {
         Err(GatewayError::BadKey)
     }
 }
+
+const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get(http::header::AUTHORIZATION) {
@@ -55,7 +56,7 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         let (scheme, token) = v.split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
     }
-    headers.get("x-api-key")?.to_str().ok().map(str::trim)
+    headers.get(X_API_KEY)?.to_str().ok().map(str::trim)
 }
 
 fn split_key(key: &str) -> Option<(KeyPrefix, &str)> {

@@ -23,8 +23,9 @@
 
 use std::{
     cell::RefCell,
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     io,
+    mem::MaybeUninit,
     net::SocketAddr,
     pin::Pin,
     sync::Arc,
@@ -35,6 +36,7 @@ use std::{
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use rustc_hash::FxHashMap;
 use tokio::{
     io::{AsyncRead, AsyncWriteExt, ReadBuf},
     net::TcpStream,
@@ -97,11 +99,12 @@ struct Idle {
 /// Idle connections of this thread, by authority: `[plain, tls]`. Newest
 /// at the back (taken first, while warm); the oldest, at the front, are
 /// dropped once past the idle timeout whenever a connection comes back, so
-/// connections the upstream closed do not linger.
-type Pools = [HashMap<Box<str>, VecDeque<Idle>>; 2];
+/// connections the upstream closed do not linger. Authorities come from
+/// config, not from clients, so a fast unkeyed hash is safe here.
+type Pools = [FxHashMap<Box<str>, VecDeque<Idle>>; 2];
 
 thread_local! {
-    static IDLE: RefCell<Pools> = RefCell::new([HashMap::new(), HashMap::new()]);
+    static IDLE: RefCell<Pools> = RefCell::new(Default::default());
 }
 
 /// Returns a connection whose response was read to its end.
@@ -270,9 +273,8 @@ impl Client {
         // a connection that stayed silent may have the request sent again.
         let mut got_bytes = false;
         let head = loop {
-            match parse_head(&conn.buf, self.cfg.max_head_bytes) {
+            match parse_head(&mut conn.buf, self.cfg.max_head_bytes) {
                 Ok(Some(head)) => {
-                    conn.buf.advance(head.len);
                     if head.status.is_informational()
                         && head.status != StatusCode::SWITCHING_PROTOCOLS
                     {
@@ -469,17 +471,20 @@ fn encode_head(req: &Outgoing, key: Key<'_>, out: &mut Vec<u8>) {
 }
 
 struct Head {
-    len: usize,
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
     keep_alive: bool,
 }
 
-fn parse_head(buf: &[u8], max: usize) -> Result<Option<Head>, ClientError> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut raw);
-    let len = match r.parse(buf) {
+/// Parses the response head at the front of `buf` and takes it out of it.
+/// Header values are slices of the head's bytes, not copies.
+fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, ClientError> {
+    let mut raw = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut r, buf, &mut raw)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > max => {
             return Err(ClientError::Protocol(format!(
@@ -502,12 +507,26 @@ fn parse_head(buf: &[u8], max: usize) -> Result<Option<Head>, ClientError> {
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(r.headers.len());
+    // Where each name and value sits in the head (which is at most `max`
+    // bytes), so that the values can be sliced out once it is taken.
+    let at = |s: &[u8]| (s.as_ptr() as usize - buf.as_ptr() as usize, s.len());
+    let spans: Vec<_> = r
+        .headers
+        .iter()
+        .map(|h| (at(h.name.as_bytes()), at(h.value)))
+        .collect();
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
     let mut keep_alive = version == Version::HTTP_11;
-    for h in r.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| ClientError::Protocol(format!("header name {:?}", h.name)))?;
-        let value = HeaderValue::from_bytes(h.value)
+    for ((n_at, n_len), (v_at, v_len)) in spans {
+        let raw_name = &head[n_at..n_at + n_len];
+        let name = HeaderName::from_bytes(raw_name).map_err(|_| {
+            ClientError::Protocol(format!(
+                "header name {:?}",
+                String::from_utf8_lossy(raw_name)
+            ))
+        })?;
+        let value = HeaderValue::from_maybe_shared(head.slice(v_at..v_at + v_len))
             .map_err(|_| ClientError::Protocol(format!("header {name} has an invalid value")))?;
         if name == http::header::CONNECTION {
             let v = value.as_bytes();
@@ -520,7 +539,6 @@ fn parse_head(buf: &[u8], max: usize) -> Result<Option<Head>, ClientError> {
         headers.append(name, value);
     }
     Ok(Some(Head {
-        len,
         status,
         version,
         headers,
@@ -665,6 +683,16 @@ impl UpstreamBody {
         }
         UpstreamBody {
             inner: Inner::Full(Some(b)),
+        }
+    }
+
+    /// The whole body, if it is already here (it came with the head);
+    /// otherwise the body back, to be read.
+    pub fn into_complete(self) -> Result<Bytes, UpstreamBody> {
+        match self.inner {
+            Inner::Full(b) => Ok(b.unwrap_or_default()),
+            Inner::Done => Ok(Bytes::new()),
+            inner => Err(UpstreamBody { inner }),
         }
     }
 }
@@ -878,39 +906,38 @@ mod tests {
 
     #[test]
     fn heads_parse_with_framing() {
-        let h = parse_head(
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
-            1024,
-        )
-        .unwrap()
-        .unwrap();
+        fn head(b: &[u8]) -> Result<Option<Head>, ClientError> {
+            parse_head(&mut BytesMut::from(b), 1024)
+        }
+        // The head is taken out of the buffer; the body stays.
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\nhello"[..]);
+        let h = parse_head(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!(&buf[..], b"hello");
+        assert_eq!(h.headers["x-a"], "1");
+        let h = head(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
+            .unwrap()
+            .unwrap();
         assert_eq!(h.status, StatusCode::OK);
         assert!(!h.keep_alive);
         assert_eq!(h.framing(false).unwrap(), Framing::Length(5));
         assert_eq!(h.framing(true).unwrap(), Framing::Length(0));
-        let h = parse_head(
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
-            1024,
-        )
-        .unwrap()
-        .unwrap();
+        let h = head(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(h.keep_alive);
         assert_eq!(h.framing(false).unwrap(), Framing::Chunked(Chunk::Size));
-        let h = parse_head(
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
-            1024,
-        )
-        .unwrap()
-        .unwrap();
+        let h = head(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(h.framing(false).is_err());
-        let h = parse_head(b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n", 1024)
+        let h = head(b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(h.framing(false).is_err(), "digits only");
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\n", 1024).unwrap().is_none());
-        assert!(parse_head(&[b'x'; 64], 1024).is_err());
+        assert!(head(b"HTTP/1.1 200 OK\r\n").unwrap().is_none());
+        assert!(head(&[b'x'; 64][..]).is_err());
         let long = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(2000));
-        assert!(parse_head(long.as_bytes(), 1024).is_err());
+        assert!(head(long.as_bytes()).is_err());
     }
 
     #[test]

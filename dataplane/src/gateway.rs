@@ -157,6 +157,8 @@ pub struct Gateway {
     id_prefix: u32,
 }
 
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// Which listener a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listener {
@@ -169,9 +171,17 @@ pub struct ReqCtx {
     /// Also sent back as `x-request-id`.
     pub id: HeaderValue,
     pub method: &'static str,
-    pub upstream: String,
+    /// Empty until routed; several, comma-separated, for an aggregated
+    /// `initialize`.
+    pub upstream: Option<Arc<str>>,
     pub tool: Option<String>,
-    pub key: Option<String>,
+    pub key: Option<Arc<crate::model::ApiKey>>,
+}
+
+impl ReqCtx {
+    pub fn upstream(&self) -> &str {
+        self.upstream.as_deref().unwrap_or("")
+    }
 }
 
 impl Gateway {
@@ -232,7 +242,7 @@ impl Gateway {
     /// The client's `X-Request-Id` if it is short and printable, or a new
     /// one: this process's random prefix and a counter, in hex.
     fn request_id(&self, headers: &HeaderMap) -> HeaderValue {
-        if let Some(v) = headers.get("x-request-id")
+        if let Some(v) = headers.get(X_REQUEST_ID)
             && !v.is_empty()
             && v.len() <= 64
             && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
@@ -264,13 +274,14 @@ impl Gateway {
         let mut ctx = ReqCtx {
             id: self.request_id(req.headers()),
             method: "",
-            upstream: String::new(),
+            upstream: None,
             tool: None,
             key: None,
         };
         let span = tracing::info_span!("request", id = ctx.id.to_str().unwrap_or(""), http = %req.method(), path = %req.uri().path());
-        let path = req.uri().path().to_owned();
-        let route = route(&path, listener, rt.admin_separate);
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path();
+        let route = route(path, listener, rt.admin_separate);
         let mut resp = match route {
             Route::Health => plain(StatusCode::OK, "ok"),
             Route::Ready => {
@@ -292,7 +303,7 @@ impl Gateway {
                 &json!({"error": "not found", "hint": "the MCP endpoint is /mcp (every granted upstream) or /mcp/<upstream>"}),
             ),
             Route::Mcp(target) => {
-                let fut = self.clone().mcp(&rt, req, target, &mut ctx, memo);
+                let fut = self.clone().mcp(&rt, &parts, body, target, &mut ctx, memo);
                 // With info logging off the span is disabled: skip the wrapper.
                 let r = if span.is_disabled() {
                     fut.await
@@ -316,25 +327,24 @@ impl Gateway {
                 }
             }
         };
-        resp.headers_mut().insert("x-request-id", ctx.id.clone());
+        // Moved, not cloned: a clone would make its bytes shared (an allocation).
+        let id = std::mem::replace(&mut ctx.id, HeaderValue::from_static(""));
+        resp.headers_mut().insert(X_REQUEST_ID, id);
         if let Route::Mcp(_) = route {
             let status = resp.status();
-            let route_label = if ctx.upstream.is_empty() || path == "/mcp" {
+            let route_label = if ctx.upstream.is_none() || path == "/mcp" {
                 "aggregate"
             } else {
                 "upstream"
             };
-            self.metrics
-                .requests
-                .with_label_values(&[route_label, ctx.method, &ctx.upstream, status.as_str()])
-                .inc();
             let elapsed = started.elapsed();
-            self.metrics
-                .latency
-                .with_label_values(&[route_label, ctx.method, &ctx.upstream])
-                .observe(elapsed.as_secs_f64());
-            tracing::info!(parent: &span, status = status.as_u16(), mcp = ctx.method, upstream = %ctx.upstream,
-                tool = ctx.tool.as_deref().unwrap_or(""), key = ctx.key.as_deref().unwrap_or(""),
+            self.metrics.request_done(
+                [route_label, ctx.method, ctx.upstream(), status.as_str()],
+                elapsed.as_secs_f64(),
+                memo.map(|m| &m.requests),
+            );
+            tracing::info!(parent: &span, status = status.as_u16(), mcp = ctx.method, upstream = ctx.upstream(),
+                tool = ctx.tool.as_deref().unwrap_or(""), key = ctx.key.as_ref().map_or("", |k| &*k.name),
                 micros = elapsed.as_micros() as u64, "done");
         }
         resp
@@ -343,7 +353,8 @@ impl Gateway {
     async fn mcp<B>(
         self: Arc<Self>,
         rt: &Runtime,
-        req: Request<B>,
+        parts: &http::request::Parts,
+        body: B,
         target: Option<&str>,
         ctx: &mut ReqCtx,
         memo: Option<&ConnMemo>,
@@ -352,14 +363,13 @@ impl Gateway {
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let (parts, body) = req.into_parts();
         check_origin(&parts.headers, &rt.allowed_origins).map_err(|e| (e, None))?;
         if !rt.configured {
             return Err((GatewayError::NotConfigured, None));
         }
         let key = auth::authenticate(&rt.snapshot, &parts.headers, memo.map(|m| &m.auth))
             .map_err(|e| (e, None))?;
-        ctx.key = Some(key.name.to_string());
+        ctx.key = Some(key.clone());
         if parts.method == Method::GET && self.draining.is_cancelled() {
             return Err((GatewayError::ShuttingDown, None));
         }
@@ -376,7 +386,7 @@ impl Gateway {
             gw: &self,
             rt,
             key: &key,
-            method: parts.method,
+            method: parts.method.clone(),
             headers: &parts.headers,
             body,
             memo,
@@ -393,7 +403,7 @@ impl Gateway {
                             .map(|u| (u.clone(), f.clone()))
                     })
                     .ok_or_else(|| (GatewayError::NoSuchUpstream(name.to_owned()), None))?;
-                ctx.upstream = up.0.name.to_string();
+                ctx.upstream = Some(up.0.name.shared());
                 relay::handle(call, &up.0, &up.1, ctx).await
             }
             None => aggregate::handle(call, ctx).await,
@@ -428,11 +438,15 @@ impl Gateway {
 }
 
 /// What a connection remembers between its requests, so that the next
-/// request with the same key and session id skips the SHA-256 and the AEAD.
+/// request with the same key and session id skips the SHA-256 and the AEAD,
+/// and one counted like the last skips the metric lookups.
 #[derive(Default)]
 pub struct ConnMemo {
     pub auth: auth::Memo,
     pub session: crate::session::Memo,
+    /// The metric series its last request was counted in.
+    pub requests: crate::metrics::RecentRequest,
+    pub tool_calls: crate::metrics::Recent<prometheus::IntCounter>,
 }
 
 /// One MCP request, authenticated, with its body read.

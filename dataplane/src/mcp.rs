@@ -3,17 +3,18 @@
 
 use std::borrow::Cow;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::error::GatewayError;
 
-pub const HDR_SESSION: &str = "mcp-session-id";
-pub const HDR_VERSION: &str = "mcp-protocol-version";
-pub const HDR_METHOD: &str = "mcp-method";
-pub const HDR_NAME: &str = "mcp-name";
-pub const HDR_LAST_EVENT: &str = "last-event-id";
+// Header names as `HeaderName`s: a lookup by one skips parsing the name.
+pub const HDR_SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
+pub const HDR_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+pub const HDR_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+pub const HDR_NAME: HeaderName = HeaderName::from_static("mcp-name");
+pub const HDR_LAST_EVENT: HeaderName = HeaderName::from_static("last-event-id");
 
 /// Protocol revisions the gateway speaks, oldest first.
 pub const VERSIONS: &[&str] = &["2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28"];
@@ -31,12 +32,12 @@ pub fn is_supported(v: &str) -> bool {
 /// body. The body itself is forwarded byte for byte.
 #[derive(Debug, Deserialize)]
 pub struct Peek<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub jsonrpc: Option<Cow<'a, str>>,
     /// Present-but-null stays `Some("null")` so it can be refused.
     #[serde(borrow, default, deserialize_with = "present")]
     pub id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub method: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub params: Option<PeekParams<'a>>,
@@ -48,11 +49,16 @@ pub struct Peek<'a> {
 
 #[derive(Debug, Default, Deserialize)]
 pub struct PeekParams<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub uri: Option<Cow<'a, str>>,
-    #[serde(rename = "protocolVersion", borrow, default)]
+    #[serde(
+        rename = "protocolVersion",
+        borrow,
+        default,
+        deserialize_with = "borrowed"
+    )]
     pub protocol_version: Option<Cow<'a, str>>,
 }
 
@@ -77,7 +83,10 @@ impl<'a> Peek<'a> {
                 ));
             }
         }
-        let peek: Peek = serde_json::from_slice(body).map_err(|e| {
+        // JSON is UTF-8 (RFC 8259): checked once here, not string by string.
+        let text = std::str::from_utf8(body)
+            .map_err(|e| GatewayError::Parse(format!("the body is not UTF-8: {e}")))?;
+        let peek: Peek = serde_json::from_str(text).map_err(|e| {
             if e.is_syntax() || e.is_eof() {
                 GatewayError::Parse(e.to_string())
             } else {
@@ -125,6 +134,14 @@ impl<'a> Peek<'a> {
     }
 }
 
+/// serde borrows a `Cow<str>` only when it is the field's type, not inside
+/// an `Option`: this borrows it there too (owned only if it has escapes).
+fn borrowed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
+    Option::<Borrowed<'de>>::deserialize(d).map(|o| o.map(|b| b.0))
+}
+
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
@@ -165,7 +182,7 @@ pub fn check_mirrored_headers(
     version: &str,
 ) -> Result<(), GatewayError> {
     let stateless = version == STATELESS;
-    let method_hdr = header_str(headers, HDR_METHOD)?;
+    let method_hdr = header_str(headers, HDR_METHOD, "Mcp-Method")?;
     let method_hdr = method_hdr.as_deref();
     if kind != Kind::Response {
         match method_hdr {
@@ -186,7 +203,7 @@ pub fn check_mirrored_headers(
             _ => {}
         }
     }
-    let name_hdr = header_str(headers, HDR_NAME)?;
+    let name_hdr = header_str(headers, HDR_NAME, "Mcp-Name")?;
     match (name_hdr.as_deref(), peek.target()) {
         (Some(found), Some(expected)) if found != expected => Err(GatewayError::HeaderMismatch {
             header: "Mcp-Name",
@@ -211,10 +228,11 @@ pub fn check_mirrored_headers(
 /// `=?base64?…?=` form (used for values that are not plain ASCII) decoded.
 fn header_str<'h>(
     headers: &'h HeaderMap,
-    name: &'static str,
+    name: HeaderName,
+    label: &'static str,
 ) -> Result<Option<Cow<'h, str>>, GatewayError> {
     let bad = |found: &str| GatewayError::HeaderMismatch {
-        header: name,
+        header: label,
         found: found.to_owned(),
         expected: String::new(),
     };
@@ -335,6 +353,26 @@ mod tests {
                 .map_err(|e| e.reason());
             assert_eq!(&got, want, "{body}");
         }
+        let not_utf8 = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\"}";
+        assert_eq!(
+            Peek::parse(not_utf8, v).unwrap_err().reason(),
+            "parse_error"
+        );
+    }
+
+    #[test]
+    fn peek_borrows_plain_strings() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ec\u0068o","uri":null}}"#;
+        let (p, _) = Peek::parse(body, LATEST).unwrap();
+        assert!(matches!(p.method, Some(Cow::Borrowed("tools/call"))));
+        let params = p.params.as_ref().unwrap();
+        assert!(matches!(&params.name, Some(Cow::Owned(n)) if n == "echo"));
+        assert!(params.uri.is_none());
+        let bad = br#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"name":7}}"#;
+        assert_eq!(
+            Peek::parse(bad, LATEST).unwrap_err().reason(),
+            "invalid_request"
+        );
     }
 
     #[test]

@@ -11,8 +11,6 @@
 
 use std::sync::{Arc, Mutex, Weak};
 
-use subtle::ConstantTimeEq;
-
 pub struct Memo<S, V>(Mutex<Option<Entry<S, V>>>);
 
 struct Entry<S, V> {
@@ -33,8 +31,7 @@ impl<S, V> Memo<S, V> {
         let guard = self.0.lock().ok()?;
         let e = guard.as_ref()?;
         (std::ptr::eq(e.scope.as_ptr(), Arc::as_ptr(scope))
-            && e.secret.len() == secret.len()
-            && bool::from(e.secret.ct_eq(secret)))
+            && constant_time_eq::constant_time_eq(&e.secret, secret))
         .then(|| e.value.clone())
     }
 

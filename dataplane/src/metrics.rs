@@ -1,10 +1,15 @@
 //! Prometheus metrics. Label values are bounded: JSON-RPC methods outside
-//! the MCP method set are counted as `other`, upstreams and tools come from
-//! config or from upstream tool lists, never from arbitrary client input.
+//! the MCP method set are counted as `other`, upstreams come from config,
+//! and tool names (which clients choose) are capped per upstream.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Mutex, PoisonError},
+};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -23,7 +28,14 @@ pub struct Metrics {
     pub config_updates: IntCounterVec,
     pub control_plane_connected: IntGauge,
     pub config_bytes: prometheus::IntCounter,
+    /// Tool label values seen, by upstream (see `MAX_TOOL_LABELS`).
+    tool_labels: Mutex<HashMap<Box<str>, HashSet<Box<str>>>>,
 }
+
+/// Tool names come from clients (a call may name a tool no upstream has):
+/// each upstream gets at most this many tool label values, and calls of
+/// further names are counted as tool `other`.
+pub const MAX_TOOL_LABELS: usize = 256;
 
 const KNOWN_METHODS: &[&str] = &[
     "initialize",
@@ -193,19 +205,84 @@ impl Metrics {
             config_updates,
             control_plane_connected,
             config_bytes,
+            tool_labels: Mutex::default(),
+        }
+    }
+
+    /// `tool` as a label value of `upstream`'s series, or `other` once the
+    /// upstream has `MAX_TOOL_LABELS` others.
+    pub fn tool_label<'t>(&self, upstream: &str, tool: &'t str) -> &'t str {
+        let mut seen = self
+            .tool_labels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let tools = match seen.get_mut(upstream) {
+            Some(t) => t,
+            None => seen.entry(upstream.into()).or_default(),
+        };
+        if tools.contains(tool) {
+            tool
+        } else if tools.len() < MAX_TOOL_LABELS {
+            tools.insert(tool.into());
+            tool
+        } else {
+            "other"
+        }
+    }
+
+    /// Counts a `tools/call` the gateway refused (the key may not call it).
+    pub fn tool_refused(&self, upstream: &str, tool: &str, recent: Option<&Recent<IntCounter>>) {
+        self.count_tool(upstream, tool, "refused", recent);
+    }
+
+    fn count_tool(
+        &self,
+        upstream: &str,
+        tool: &str,
+        outcome: &'static str,
+        recent: Option<&Recent<IntCounter>>,
+    ) {
+        let lookup = || {
+            self.tool_calls
+                .with_label_values(&[upstream, self.tool_label(upstream, tool), outcome])
+        };
+        match recent {
+            Some(r) => r.with(&[upstream, tool, outcome], lookup, IntCounter::inc),
+            None => lookup().inc(),
         }
     }
 
     /// Counts a `tools/call` the gateway relayed, by how the upstream answered.
-    pub fn tool_relayed(&self, upstream: &str, tool: &str, status: http::StatusCode) {
+    pub fn tool_relayed(
+        &self,
+        upstream: &str,
+        tool: &str,
+        status: http::StatusCode,
+        recent: Option<&Recent<IntCounter>>,
+    ) {
         let outcome = if status.is_success() {
             "relayed"
         } else {
             "upstream_error"
         };
-        self.tool_calls
-            .with_label_values(&[upstream, tool, outcome])
-            .inc();
+        self.count_tool(upstream, tool, outcome, recent);
+    }
+
+    /// Counts a finished MCP request and its latency.
+    pub fn request_done(&self, labels: [&str; 4], seconds: f64, recent: Option<&RecentRequest>) {
+        let [route, method, upstream, _] = labels;
+        let count = || self.requests.with_label_values(&labels);
+        let time = || self.latency.with_label_values(&[route, method, upstream]);
+        match recent {
+            Some(r) => {
+                r.requests.with(&labels, count, IntCounter::inc);
+                r.latency.with(&labels[..3], time, |h| h.observe(seconds));
+            }
+            None => {
+                count().inc();
+                time().observe(seconds);
+            }
+        }
     }
 
     pub fn render(&self) -> String {
@@ -223,6 +300,44 @@ impl Default for Metrics {
     }
 }
 
+/// A connection's last-used series of one metric, by its label values: a
+/// request counted like the one before it skips the lookup (hashing the
+/// labels under a read lock). Series are never removed, so a remembered
+/// one stays registered.
+pub struct Recent<M>(Mutex<Option<(Labels, M)>>);
+
+type Labels = Box<[Box<str>]>;
+
+impl<M> Default for Recent<M> {
+    fn default() -> Self {
+        Recent(Mutex::new(None))
+    }
+}
+
+impl<M> Recent<M> {
+    /// Applies `f` to the series with `labels`, found by `lookup` unless it
+    /// is the one remembered.
+    pub fn with(&self, labels: &[&str], lookup: impl FnOnce() -> M, f: impl FnOnce(&M)) {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((known, m)) = &*last
+            && known.len() == labels.len()
+            && known.iter().zip(labels).all(|(k, l)| **k == **l)
+        {
+            return f(m);
+        }
+        let m = lookup();
+        f(&m);
+        *last = Some((labels.iter().map(|l| Box::from(*l)).collect(), m));
+    }
+}
+
+/// The series a connection's requests are counted in (`Metrics::request_done`).
+#[derive(Default)]
+pub struct RecentRequest {
+    requests: Recent<IntCounter>,
+    latency: Recent<Histogram>,
+}
+
 /// Decrements a gauge when dropped, so streams that end any way are counted out.
 pub struct GaugeGuard(pub IntGauge);
 
@@ -236,5 +351,66 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_labels_are_capped_per_upstream() {
+        let m = Metrics::new();
+        for i in 0..MAX_TOOL_LABELS {
+            assert_eq!(m.tool_label("a", &format!("t{i}")), format!("t{i}"));
+        }
+        assert_eq!(m.tool_label("a", "one-more"), "other");
+        assert_eq!(
+            m.tool_label("a", "t7"),
+            "t7",
+            "known names keep their label"
+        );
+        assert_eq!(m.tool_label("b", "one-more"), "one-more", "per upstream");
+        m.tool_relayed("a", "another", http::StatusCode::OK, None);
+        let text = m.render();
+        assert!(text.contains(r#"tool="other""#), "{text}");
+        assert!(!text.contains(r#"tool="another""#));
+    }
+
+    #[test]
+    fn recent_series_skip_the_lookup() {
+        let recent = Recent::<IntCounter>::default();
+        let c = IntCounter::new("c", "c").unwrap();
+        let lookups = std::cell::Cell::new(0);
+        let lookup = || {
+            lookups.set(lookups.get() + 1);
+            c.clone()
+        };
+        for _ in 0..3 {
+            recent.with(&["a", "b"], lookup, IntCounter::inc);
+        }
+        assert_eq!((lookups.get(), c.get()), (1, 3));
+        recent.with(&["a", "c"], lookup, IntCounter::inc);
+        recent.with(&["a"], lookup, IntCounter::inc);
+        assert_eq!((lookups.get(), c.get()), (3, 5));
+    }
+
+    #[test]
+    fn requests_are_counted_with_or_without_a_memo() {
+        let m = Metrics::new();
+        let recent = RecentRequest::default();
+        m.request_done(["upstream", "ping", "ref", "200"], 0.001, Some(&recent));
+        m.request_done(["upstream", "ping", "ref", "200"], 0.001, Some(&recent));
+        m.request_done(["upstream", "ping", "ref", "500"], 0.001, Some(&recent));
+        m.request_done(["upstream", "ping", "ref", "200"], 0.001, None);
+        let ok = m
+            .requests
+            .with_label_values(&["upstream", "ping", "ref", "200"]);
+        let bad = m
+            .requests
+            .with_label_values(&["upstream", "ping", "ref", "500"]);
+        assert_eq!((ok.get(), bad.get()), (3, 1));
+        let h = m.latency.with_label_values(&["upstream", "ping", "ref"]);
+        assert_eq!(h.get_sample_count(), 4);
     }
 }

@@ -43,6 +43,11 @@ impl UpstreamName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name, shared (no copy).
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
 }
 
 impl fmt::Display for UpstreamName {

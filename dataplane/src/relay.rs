@@ -121,9 +121,7 @@ async fn post(
                 ctx.tool = Some(tool.to_owned());
                 if !filter.allows(tool) {
                     gw.metrics
-                        .tool_calls
-                        .with_label_values(&[up.name.as_str(), tool, "refused"])
-                        .inc();
+                        .tool_refused(up.name.as_str(), tool, memo.map(|m| &m.tool_calls));
                     return Err(fail(GatewayError::NotGranted(format!(
                         "tool {tool:?} of upstream {:?} is not granted to this key",
                         up.name.as_str()
@@ -162,8 +160,12 @@ async fn post(
         .inspect_err(|e| count_upstream_error(ctx, gw, e))
         .map_err(fail)?;
     if let Some(tool) = &ctx.tool {
-        gw.metrics
-            .tool_relayed(up.name.as_str(), tool, resp.status());
+        gw.metrics.tool_relayed(
+            up.name.as_str(),
+            tool,
+            resp.status(),
+            memo.map(|m| &m.tool_calls),
+        );
     }
 
     if is_init && resp.status().is_success() {
@@ -410,7 +412,7 @@ fn copy_header(from: &http::HeaderMap, to: &mut http::HeaderMap, name: header::H
 fn count_upstream_error(ctx: &ReqCtx, gw: &Gateway, e: &GatewayError) {
     gw.metrics
         .upstream_errors
-        .with_label_values(&[&ctx.upstream, e.reason()])
+        .with_label_values(&[ctx.upstream(), e.reason()])
         .inc();
 }
 

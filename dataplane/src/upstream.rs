@@ -86,16 +86,16 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Headers of the client's request that reach the upstream. Everything else,
 /// above all `Authorization` and `X-API-Key`, stays at the gateway.
-const FORWARDED: &[&str] = &[
-    "accept",
-    "content-type",
+static FORWARDED: [HeaderName; 9] = [
+    header::ACCEPT,
+    header::CONTENT_TYPE,
     mcp::HDR_VERSION,
     mcp::HDR_METHOD,
     mcp::HDR_NAME,
     mcp::HDR_LAST_EVENT,
-    "traceparent",
-    "tracestate",
-    "user-agent",
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+    header::USER_AGENT,
 ];
 
 /// Builds a request to `up`: the client's MCP headers, the upstream's own
@@ -112,8 +112,7 @@ pub fn upstream_request(
     // One pass over what the client sent. 2026-07-28 also mirrors tool
     // arguments into `Mcp-Param-*`, which the upstream checks.
     for (name, v) in client_headers {
-        let n = name.as_str();
-        if (FORWARDED.contains(&n) || n.starts_with("mcp-param-"))
+        if (FORWARDED.contains(name) || name.as_str().starts_with("mcp-param-"))
             && !up.headers.iter().any(|(k, _)| k == name)
         {
             req.header(name, v);
@@ -123,7 +122,7 @@ pub fn upstream_request(
         let v = HeaderValue::from_str(s).map_err(|_| {
             GatewayError::Internal("sealed upstream session id is not a header value".into())
         })?;
-        req.header(&HeaderName::from_static(mcp::HDR_SESSION), &v);
+        req.header(&mcp::HDR_SESSION, &v);
     }
     for (k, v) in &up.headers {
         req.header(k, v);
@@ -156,15 +155,10 @@ pub fn classify(up: &Upstream, resp: &Response<UpstreamBody>) -> Result<Payload,
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let essence = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match essence.as_str() {
-        "application/json" => Ok(Payload::Json),
-        "text/event-stream" => Ok(Payload::Sse),
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    match essence {
+        e if e.eq_ignore_ascii_case("application/json") => Ok(Payload::Json),
+        e if e.eq_ignore_ascii_case("text/event-stream") => Ok(Payload::Sse),
         _ if !status.is_success() => Ok(Payload::Json),
         _ => Err(GatewayError::UpstreamBadResponse {
             upstream: up.name.to_string(),
@@ -179,19 +173,26 @@ pub async fn read_json_body(
     body: UpstreamBody,
     limits: &Limits,
 ) -> Result<Bytes, GatewayError> {
+    let too_large = || GatewayError::UpstreamBadResponse {
+        upstream: up.name.to_string(),
+        reason: format!("response exceeds {} bytes", limits.max_response_bytes),
+    };
+    // Most answers came whole with their head: no timer, no collecting.
+    let body = match body.into_complete() {
+        Ok(b) if b.len() > limits.max_response_bytes => return Err(too_large()),
+        Ok(b) => return Ok(b),
+        Err(body) => body,
+    };
     let limited = http_body_util::Limited::new(body, limits.max_response_bytes);
     match crate::body::within(limits.request_timeout, limited.collect()).await {
         Err(_) => Err(GatewayError::UpstreamTimeout {
             upstream: up.name.to_string(),
             after_ms: limits.request_timeout.as_millis() as u64,
         }),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Ok(Err(e)) => Err(GatewayError::UpstreamBadResponse {
             upstream: up.name.to_string(),
-            reason: if e.is::<http_body_util::LengthLimitError>() {
-                format!("response exceeds {} bytes", limits.max_response_bytes)
-            } else {
-                format!("response body failed: {}", error_chain(&*e))
-            },
+            reason: format!("response body failed: {}", error_chain(&*e)),
         }),
         Ok(Ok(c)) => Ok(c.to_bytes()),
     }
