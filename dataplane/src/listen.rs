@@ -285,17 +285,17 @@ where
     });
     let b = builder(&s.limits);
     let mut conn = pin!(b.serve_connection(TokioIo::new(io), svc));
-    // Idle means no byte either way and no request running for
-    // `IDLE_CHECKS` checks in a row, i.e. for about `idle_timeout`.
-    const IDLE_CHECKS: u32 = 4;
-    let mut check =
-        tokio::time::interval(s.limits.idle_timeout / IDLE_CHECKS + Duration::from_millis(1));
-    check.tick().await;
-    let mut quiet_checks = 0;
+    // The idle check runs in a task of its own and signals through a flag,
+    // so the connection's loop does not poll a timer on every wake-up.
+    let _watcher = AbortOnDrop(tokio::spawn(watch_idle(
+        activity.clone(),
+        s.limits.idle_timeout,
+    )));
     let mut closing = false;
     let drained = s.drain.watch();
     loop {
         tokio::select! {
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!("connection ended: {e}");
@@ -306,18 +306,39 @@ where
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = check.tick(), if !closing => {
-                if activity.quiet_since_last_check() && activity.in_flight.load(Ordering::Relaxed) == 0 {
-                    quiet_checks += 1;
-                } else {
-                    quiet_checks = 0;
-                }
-                if quiet_checks >= IDLE_CHECKS {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                }
+            _ = activity.went_idle(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// Idle means no byte either way and no request running for `IDLE_CHECKS`
+/// checks in a row, i.e. for about `idle_timeout`.
+async fn watch_idle(activity: Arc<Activity>, idle_timeout: Duration) {
+    const IDLE_CHECKS: u32 = 4;
+    let mut check = tokio::time::interval(idle_timeout / IDLE_CHECKS + Duration::from_millis(1));
+    check.tick().await;
+    let mut quiet_checks = 0;
+    while quiet_checks < IDLE_CHECKS {
+        check.tick().await;
+        if activity.quiet_since_last_check() && activity.in_flight.load(Ordering::Relaxed) == 0 {
+            quiet_checks += 1;
+        } else {
+            quiet_checks = 0;
+        }
+    }
+    activity.idle.store(true, Ordering::Release);
+    activity.idle_waker.wake();
+}
+
+/// Ends a task when its owner ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -327,6 +348,9 @@ where
 struct Activity {
     touched: AtomicBool,
     in_flight: AtomicUsize,
+    /// Set (and `idle_waker` woken) once the connection has been idle.
+    idle: AtomicBool,
+    idle_waker: AtomicWaker,
 }
 
 impl Activity {
@@ -334,7 +358,21 @@ impl Activity {
         Activity {
             touched: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
+            idle: AtomicBool::new(false),
+            idle_waker: AtomicWaker::new(),
         }
+    }
+    /// Resolves once `watch_idle` found the connection idle.
+    async fn went_idle(&self) {
+        std::future::poll_fn(|cx| {
+            self.idle_waker.register(cx.waker());
+            if self.idle.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
     }
     fn touch(&self) {
         self.touched.store(true, Ordering::Relaxed);
