@@ -36,6 +36,8 @@ pub struct Metrics {
 /// each upstream gets at most this many tool label values, and calls of
 /// further names are counted as tool `other`.
 pub const MAX_TOOL_LABELS: usize = 256;
+/// A longer name (MCP names are at most 128 characters) is counted as `other`.
+const MAX_TOOL_LABEL_BYTES: usize = 128;
 
 const KNOWN_METHODS: &[&str] = &[
     "initialize",
@@ -210,8 +212,11 @@ impl Metrics {
     }
 
     /// `tool` as a label value of `upstream`'s series, or `other` once the
-    /// upstream has `MAX_TOOL_LABELS` others.
+    /// upstream has `MAX_TOOL_LABELS` others (or if it is over-long).
     pub fn tool_label<'t>(&self, upstream: &str, tool: &'t str) -> &'t str {
+        if tool.len() > MAX_TOOL_LABEL_BYTES {
+            return "other";
+        }
         let mut seen = self
             .tool_labels
             .lock()
@@ -371,6 +376,7 @@ mod tests {
             "known names keep their label"
         );
         assert_eq!(m.tool_label("b", "one-more"), "one-more", "per upstream");
+        assert_eq!(m.tool_label("b", &"x".repeat(129)), "other");
         m.tool_relayed("a", "another", http::StatusCode::OK, None);
         let text = m.render();
         assert!(text.contains(r#"tool="other""#), "{text}");
