@@ -24,14 +24,10 @@ pub fn authenticate(
     memo: Option<&Memo>,
 ) -> Result<Arc<ApiKey>, GatewayError> {
     let presented = presented_key(headers).ok_or(GatewayError::MissingKey)?;
-    if let Some(key) = memo.and_then(|m| m.recall(snap, presented.as_bytes())) {
-        return Ok(key);
+    match memo {
+        Some(m) => m.recall_or(snap, presented.as_bytes(), || verify(snap, presented)),
+        None => verify(snap, presented),
     }
-    let key = verify(snap, presented)?;
-    if let Some(m) = memo {
-        m.remember(snap, presented.as_bytes(), &key);
-    }
-    Ok(key)
 }
 
 /// The last key a connection proved, for the snapshot it proved it against.

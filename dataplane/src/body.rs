@@ -105,22 +105,39 @@ where
     if body.size_hint().lower() > max as u64 {
         return Err(GatewayError::BodyTooLarge { limit: max });
     }
+    read_whole(body, max, timeout).await.map_err(|e| match e {
+        ReadError::TooLarge => GatewayError::BodyTooLarge { limit: max },
+        ReadError::TimedOut => GatewayError::BodyTimeout,
+        ReadError::Failed(e) => GatewayError::InvalidRequest(format!("request body failed: {e}")),
+    })
+}
+
+/// Why `read_whole` stopped.
+pub enum ReadError {
+    TooLarge,
+    TimedOut,
+    Failed(BoxError),
+}
+
+/// Reads a whole body (a request's or an upstream's), at most `max` bytes
+/// within `timeout`.
+pub async fn read_whole<B>(body: B, max: usize, timeout: Duration) -> Result<Bytes, ReadError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     let limited = http_body_util::Limited::new(body, max);
     match within(timeout, limited.collect()).await {
-        Err(_) => Err(GatewayError::BodyTimeout),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(GatewayError::BodyTooLarge { limit: max })
-        }
-        Ok(Err(e)) => Err(GatewayError::InvalidRequest(format!(
-            "request body failed: {e}"
-        ))),
+        Err(_) => Err(ReadError::TimedOut),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge),
+        Ok(Err(e)) => Err(ReadError::Failed(e)),
         Ok(Ok(c)) => Ok(c.to_bytes()),
     }
 }
 
 /// `tokio::time::timeout`, but a future that is ready at once (a small body
 /// that arrived with its head) is taken without arming a timer.
-pub async fn within<F: Future>(
+async fn within<F: Future>(
     timeout: Duration,
     fut: F,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {

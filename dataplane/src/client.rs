@@ -252,9 +252,11 @@ impl Client {
         body: Option<&Bytes>,
         head_only: bool,
     ) -> Result<Response<UpstreamBody>, Exchange> {
+        // Only a reused connection whose upstream sent nothing at all (not
+        // even a 1xx) may have the request sent again.
         let reused = conn.reused;
-        let unanswered = |e: ClientError| {
-            if reused {
+        let failed = |silent: bool, e: ClientError| {
+            if reused && silent {
                 Exchange::Unanswered(e)
             } else {
                 Exchange::Failed(e)
@@ -268,9 +270,7 @@ impl Client {
             conn.io.flush().await
         }
         .await;
-        written.map_err(|e| unanswered(e.into()))?;
-        // Whether the upstream sent anything at all (a 1xx included): only
-        // a connection that stayed silent may have the request sent again.
+        written.map_err(|e| failed(true, e.into()))?;
         let mut got_bytes = false;
         let head = loop {
             match parse_head(&mut conn.buf, self.cfg.max_head_bytes) {
@@ -285,18 +285,10 @@ impl Client {
                 Ok(None) => {}
                 Err(e) => return Err(Exchange::Failed(e)),
             }
-            let silent = !got_bytes;
-            let fail = |e: ClientError| {
-                if silent {
-                    unanswered(e)
-                } else {
-                    Exchange::Failed(e)
-                }
-            };
             match conn.read_more().await {
-                Ok(0) => return Err(fail(ClientError::Closed)),
+                Ok(0) => return Err(failed(!got_bytes, ClientError::Closed)),
                 Ok(_) => got_bytes = true,
-                Err(e) => return Err(fail(e.into())),
+                Err(e) => return Err(failed(!got_bytes, e.into())),
             }
         };
         let framing = head.framing(head_only).map_err(Exchange::Failed)?;
@@ -482,23 +474,18 @@ struct Head {
 fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, ClientError> {
     let mut raw = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut r = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default()
+    let parsed = httparse::ParserConfig::default()
         .parse_response_with_uninit_headers(&mut r, buf, &mut raw)
-    {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > max => {
+        .map_err(|e| ClientError::Protocol(format!("response head: {e}")))?;
+    let len = match parsed {
+        httparse::Status::Complete(n) if n <= max => n,
+        httparse::Status::Partial if buf.len() <= max => return Ok(None),
+        _ => {
             return Err(ClientError::Protocol(format!(
                 "response head exceeds {max} bytes"
             )));
         }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(ClientError::Protocol(format!("response head: {e}"))),
     };
-    if len > max {
-        return Err(ClientError::Protocol(format!(
-            "response head exceeds {max} bytes"
-        )));
-    }
     let code = r.code.unwrap_or(0);
     let status =
         StatusCode::from_u16(code).map_err(|_| ClientError::Protocol(format!("status {code}")))?;

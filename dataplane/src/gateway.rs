@@ -168,8 +168,6 @@ pub enum Listener {
 
 /// Per-request facts for logs and metrics.
 pub struct ReqCtx {
-    /// Also sent back as `x-request-id`.
-    pub id: HeaderValue,
     pub method: &'static str,
     /// Empty until routed; several, comma-separated, for an aggregated
     /// `initialize`.
@@ -271,14 +269,14 @@ impl Gateway {
     {
         let started = Instant::now();
         let rt = self.runtime();
+        let id = self.request_id(req.headers());
         let mut ctx = ReqCtx {
-            id: self.request_id(req.headers()),
             method: "",
             upstream: None,
             tool: None,
             key: None,
         };
-        let span = tracing::info_span!("request", id = ctx.id.to_str().unwrap_or(""), http = %req.method(), path = %req.uri().path());
+        let span = tracing::info_span!("request", id = id.to_str().unwrap_or(""), http = %req.method(), path = %req.uri().path());
         let (parts, body) = req.into_parts();
         let path = parts.uri.path();
         let route = route(path, listener, rt.admin_separate);
@@ -327,8 +325,6 @@ impl Gateway {
                 }
             }
         };
-        // Moved, not cloned: a clone would make its bytes shared (an allocation).
-        let id = std::mem::replace(&mut ctx.id, HeaderValue::from_static(""));
         resp.headers_mut().insert(X_REQUEST_ID, id);
         if let Route::Mcp(_) = route {
             let status = resp.status();

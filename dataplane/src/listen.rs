@@ -29,7 +29,7 @@ use tokio::{
     net::TcpListener,
     sync::{Semaphore, mpsc},
 };
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::{
     body::{Body, ChannelBody},
@@ -285,9 +285,9 @@ where
     });
     let b = builder(&s.limits);
     let mut conn = pin!(b.serve_connection(TokioIo::new(io), svc));
-    // The idle check runs in a task of its own and signals through a flag,
-    // so the connection's loop does not poll a timer on every wake-up.
-    let _watcher = AbortOnDrop(tokio::spawn(watch_idle(
+    // The idle check runs in a task of its own, which ends when the
+    // connection is idle: the loop does not poll a timer on every wake-up.
+    let mut idle = AbortOnDropHandle::new(tokio::spawn(watch_idle(
         activity.clone(),
         s.limits.idle_timeout,
     )));
@@ -306,7 +306,7 @@ where
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = activity.went_idle(), if !closing => {
+            _ = &mut idle, if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -314,8 +314,8 @@ where
     }
 }
 
-/// Idle means no byte either way and no request running for `IDLE_CHECKS`
-/// checks in a row, i.e. for about `idle_timeout`.
+/// Returns once the connection is idle: no byte either way and no request
+/// running for `IDLE_CHECKS` checks in a row, i.e. for about `idle_timeout`.
 async fn watch_idle(activity: Arc<Activity>, idle_timeout: Duration) {
     const IDLE_CHECKS: u32 = 4;
     let mut check = tokio::time::interval(idle_timeout / IDLE_CHECKS + Duration::from_millis(1));
@@ -329,17 +329,6 @@ async fn watch_idle(activity: Arc<Activity>, idle_timeout: Duration) {
             quiet_checks = 0;
         }
     }
-    activity.idle.store(true, Ordering::Release);
-    activity.idle_waker.wake();
-}
-
-/// Ends a task when its owner ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Whether a connection saw a read or write since the last idle check, and
@@ -348,9 +337,6 @@ impl Drop for AbortOnDrop {
 struct Activity {
     touched: AtomicBool,
     in_flight: AtomicUsize,
-    /// Set (and `idle_waker` woken) once the connection has been idle.
-    idle: AtomicBool,
-    idle_waker: AtomicWaker,
 }
 
 impl Activity {
@@ -358,21 +344,7 @@ impl Activity {
         Activity {
             touched: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
-            idle: AtomicBool::new(false),
-            idle_waker: AtomicWaker::new(),
         }
-    }
-    /// Resolves once `watch_idle` found the connection idle.
-    async fn went_idle(&self) {
-        std::future::poll_fn(|cx| {
-            self.idle_waker.register(cx.waker());
-            if self.idle.load(Ordering::Acquire) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
     }
     fn touch(&self) {
         self.touched.store(true, Ordering::Relaxed);

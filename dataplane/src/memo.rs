@@ -35,7 +35,23 @@ impl<S, V> Memo<S, V> {
         .then(|| e.value.clone())
     }
 
-    pub fn remember(&self, scope: &Arc<S>, secret: &[u8], value: &Arc<V>) {
+    /// What `secret` gives under `scope`: remembered, or found by `prove`
+    /// and then remembered.
+    pub fn recall_or<E>(
+        &self,
+        scope: &Arc<S>,
+        secret: &[u8],
+        prove: impl FnOnce() -> Result<Arc<V>, E>,
+    ) -> Result<Arc<V>, E> {
+        if let Some(v) = self.recall(scope, secret) {
+            return Ok(v);
+        }
+        let v = prove()?;
+        self.remember(scope, secret, &v);
+        Ok(v)
+    }
+
+    fn remember(&self, scope: &Arc<S>, secret: &[u8], value: &Arc<V>) {
         if let Ok(mut guard) = self.0.lock() {
             *guard = Some(Entry {
                 scope: Arc::downgrade(scope),

@@ -251,10 +251,7 @@ impl Metrics {
             self.tool_calls
                 .with_label_values(&[upstream, self.tool_label(upstream, tool), outcome])
         };
-        match recent {
-            Some(r) => r.with(&[upstream, tool, outcome], lookup, IntCounter::inc),
-            None => lookup().inc(),
-        }
+        Recent::with(recent, &[upstream, tool, outcome], lookup, IntCounter::inc);
     }
 
     /// Counts a `tools/call` the gateway relayed, by how the upstream answered.
@@ -276,18 +273,18 @@ impl Metrics {
     /// Counts a finished MCP request and its latency.
     pub fn request_done(&self, labels: [&str; 4], seconds: f64, recent: Option<&RecentRequest>) {
         let [route, method, upstream, _] = labels;
-        let count = || self.requests.with_label_values(&labels);
-        let time = || self.latency.with_label_values(&[route, method, upstream]);
-        match recent {
-            Some(r) => {
-                r.requests.with(&labels, count, IntCounter::inc);
-                r.latency.with(&labels[..3], time, |h| h.observe(seconds));
-            }
-            None => {
-                count().inc();
-                time().observe(seconds);
-            }
-        }
+        Recent::with(
+            recent.map(|r| &r.requests),
+            &labels,
+            || self.requests.with_label_values(&labels),
+            IntCounter::inc,
+        );
+        Recent::with(
+            recent.map(|r| &r.latency),
+            &labels[..3],
+            || self.latency.with_label_values(&[route, method, upstream]),
+            |h| h.observe(seconds),
+        );
     }
 
     pub fn render(&self) -> String {
@@ -320,10 +317,18 @@ impl<M> Default for Recent<M> {
 }
 
 impl<M> Recent<M> {
-    /// Applies `f` to the series with `labels`, found by `lookup` unless it
-    /// is the one remembered.
-    pub fn with(&self, labels: &[&str], lookup: impl FnOnce() -> M, f: impl FnOnce(&M)) {
-        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Applies `f` to the series with `labels`: the one `recent` remembers,
+    /// or else the one `lookup` finds (then remembered).
+    pub fn with(
+        recent: Option<&Self>,
+        labels: &[&str],
+        lookup: impl FnOnce() -> M,
+        f: impl FnOnce(&M),
+    ) {
+        let Some(recent) = recent else {
+            return f(&lookup());
+        };
+        let mut last = recent.0.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((known, m)) = &*last
             && known.len() == labels.len()
             && known.iter().zip(labels).all(|(k, l)| **k == **l)
@@ -393,11 +398,11 @@ mod tests {
             c.clone()
         };
         for _ in 0..3 {
-            recent.with(&["a", "b"], lookup, IntCounter::inc);
+            Recent::with(Some(&recent), &["a", "b"], lookup, IntCounter::inc);
         }
         assert_eq!((lookups.get(), c.get()), (1, 3));
-        recent.with(&["a", "c"], lookup, IntCounter::inc);
-        recent.with(&["a"], lookup, IntCounter::inc);
+        Recent::with(Some(&recent), &["a", "c"], lookup, IntCounter::inc);
+        Recent::with(Some(&recent), &["a"], lookup, IntCounter::inc);
         assert_eq!((lookups.get(), c.get()), (3, 5));
     }
 

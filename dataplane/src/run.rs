@@ -47,18 +47,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let upstream_roots = match &cfg.upstream_ca_file {
         None => Vec::new(),
-        Some(path) => {
-            use rustls::pki_types::{CertificateDer, pem::PemObject};
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .with_context(|| format!("upstream_ca_file {}", path.display()))?;
-            anyhow::ensure!(
-                !certs.is_empty(),
-                "upstream_ca_file {}: no certificate",
-                path.display()
-            );
-            certs
-        }
+        Some(path) => tls::read_certs(path).context("upstream_ca_file")?,
     };
     let gw = Gateway::new(rt, &upstream_roots);
     gw.metrics.config_rejected.set(rejected.len() as i64);

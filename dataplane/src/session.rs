@@ -137,14 +137,11 @@ impl SessionKeys {
         now: u64,
         memo: Option<&Memo>,
     ) -> Result<Arc<SessionState>, SealError> {
-        if let Some(state) = memo.and_then(|m| m.recall(self, id.as_bytes())) {
-            return self.unexpired(state, now);
-        }
-        let state = self.open(id, now)?;
-        if let Some(m) = memo {
-            m.remember(self, id.as_bytes(), &state);
-        }
-        Ok(state)
+        let state = match memo {
+            Some(m) => m.recall_or(self, id.as_bytes(), || self.open_any_age(id))?,
+            None => self.open_any_age(id)?,
+        };
+        self.unexpired(state, now)
     }
 
     fn unexpired(
@@ -160,6 +157,12 @@ impl SessionKeys {
 
     /// Opens a session id presented by a client at unix time `now`.
     pub fn open(&self, id: &str, now: u64) -> Result<Arc<SessionState>, SealError> {
+        self.unexpired(self.open_any_age(id)?, now)
+    }
+
+    /// The state sealed in `id`, however old (from the cache if it was
+    /// opened before).
+    fn open_any_age(&self, id: &str) -> Result<Arc<SessionState>, SealError> {
         let cached = self.cache().get(id).cloned();
         let state = match cached {
             Some(s) => s,
@@ -173,7 +176,7 @@ impl SessionKeys {
                 s
             }
         };
-        self.unexpired(state, now)
+        Ok(state)
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<SessionState>>> {

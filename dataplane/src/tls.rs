@@ -72,19 +72,29 @@ fn stamps(files: &CertFiles) -> Option<(SystemTime, SystemTime)> {
     Some((m(&files.cert)?, m(&files.key)?))
 }
 
+/// The certificates of a PEM file (a chain, or CA roots); at least one.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file_err = |reason: String| TlsError::File {
+        path: path.to_owned(),
+        reason,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(file_err("no CERTIFICATE in file".into()));
+    }
+    Ok(certs)
+}
+
 fn load_key(files: &mut CertFiles) -> Result<CertifiedKey, TlsError> {
     let stamp = stamps(files);
     let file_err = |path: &Path, reason: String| TlsError::File {
         path: path.to_owned(),
         reason,
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| file_err(&files.cert, e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err(&files.cert, e.to_string()))?;
-    if certs.is_empty() {
-        return Err(file_err(&files.cert, "no CERTIFICATE in file".into()));
-    }
+    let certs = read_certs(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| file_err(&files.key, e.to_string()))?;
     let signer = any_supported_type(&key).map_err(|e| file_err(&files.key, e.to_string()))?;

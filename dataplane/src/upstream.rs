@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    body::{BoxError, ChannelBody},
+    body::{BoxError, ChannelBody, ReadError, read_whole},
     client::{Client, ClientConfig, ClientError, Outgoing, UpstreamBody},
     config::Limits,
     error::GatewayError,
@@ -183,19 +183,19 @@ pub async fn read_json_body(
         Ok(b) => return Ok(b),
         Err(body) => body,
     };
-    let limited = http_body_util::Limited::new(body, limits.max_response_bytes);
-    match crate::body::within(limits.request_timeout, limited.collect()).await {
-        Err(_) => Err(GatewayError::UpstreamTimeout {
-            upstream: up.name.to_string(),
-            after_ms: limits.request_timeout.as_millis() as u64,
-        }),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Ok(Err(e)) => Err(GatewayError::UpstreamBadResponse {
-            upstream: up.name.to_string(),
-            reason: format!("response body failed: {}", error_chain(&*e)),
-        }),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-    }
+    read_whole(body, limits.max_response_bytes, limits.request_timeout)
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge => too_large(),
+            ReadError::TimedOut => GatewayError::UpstreamTimeout {
+                upstream: up.name.to_string(),
+                after_ms: limits.request_timeout.as_millis() as u64,
+            },
+            ReadError::Failed(e) => GatewayError::UpstreamBadResponse {
+                upstream: up.name.to_string(),
+                reason: format!("response body failed: {}", error_chain(&*e)),
+            },
+        })
 }
 
 /// Reads a whole JSON answer and parses it.

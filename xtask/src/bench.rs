@@ -106,27 +106,21 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             .context("gen-key")
     };
     let (key, prefix, hash) = (field("key:")?, field("prefix:")?, field("hash:")?);
-    let config = dir.join("gateway.yaml");
-    std::fs::write(
-        &config,
+    let config_text = |listener_extra: &str| {
         format!(
-            "listeners: {{plain: 127.0.0.1:0, tls: {{addr: 127.0.0.1:0, dev_cert_dir: {:?}}}}}\n\
+            "listeners: {{{listener_extra}plain: 127.0.0.1:0, tls: {{addr: 127.0.0.1:0, dev_cert_dir: {:?}}}}}\n\
              tenants: [{{name: bench}}]\nupstreams: [{{name: reference, url: \"{direct}\"}}]\n\
              subscriptions: [{{name: s, tenant: bench, upstream: reference}}]\n\
              api_keys: [{{name: bench, tenant: bench, prefix: {prefix}, hash: \"{hash}\", subscriptions: [s]}}]\n",
             dir.join("tls")
-        ),
-    )?;
+        )
+    };
+    let config = dir.join("gateway.yaml");
+    std::fs::write(&config, config_text(""))?;
     // The same gateway with one worker thread: on a 2-core machine shared
     // with the load generator and the upstream, fewer threads to wake.
     let config_one = dir.join("gateway-1w.yaml");
-    std::fs::write(
-        &config_one,
-        std::fs::read_to_string(&config)?.replace(
-            "listeners: {plain: 127.0.0.1:0,",
-            "listeners: {workers: 1, plain: 127.0.0.1:0,",
-        ),
-    )?;
+    std::fs::write(&config_one, config_text("workers: 1, "))?;
     let start_gateway = |name: &str, config: &Path, procs: &mut Procs| -> anyhow::Result<String> {
         let ready = dir.join(format!("{name}.ready.json"));
         let _ = std::fs::remove_file(&ready);

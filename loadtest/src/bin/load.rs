@@ -263,6 +263,16 @@ async fn main() -> anyhow::Result<()> {
     )?));
     let errors = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
+    // What each request task or worker holds a handle of.
+    let shared = || {
+        (
+            transport.clone(),
+            headers.clone(),
+            hist.clone(),
+            errors.clone(),
+            done.clone(),
+        )
+    };
     let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let start = Instant::now();
     match a.rate {
@@ -294,13 +304,7 @@ async fn main() -> anyhow::Result<()> {
                 })?;
             while let Some(due) = rx.recv().await {
                 lag.record((due.elapsed().as_micros() as u64).max(1)).ok();
-                let (t, h, hist, errors, done) = (
-                    transport.clone(),
-                    headers.clone(),
-                    hist.clone(),
-                    errors.clone(),
-                    done.clone(),
-                );
+                let (t, h, hist, errors, done) = shared();
                 let permits = permits.clone();
                 let fut = call(t, h);
                 tasks.push(tokio::spawn(async move {
@@ -324,13 +328,7 @@ async fn main() -> anyhow::Result<()> {
             let until = start + a.duration;
             let mut workers = Vec::new();
             for _ in 0..a.concurrency.max(1) {
-                let (t, h, hist, errors, done) = (
-                    transport.clone(),
-                    headers.clone(),
-                    hist.clone(),
-                    errors.clone(),
-                    done.clone(),
-                );
+                let (t, h, hist, errors, done) = shared();
                 let call = call.clone();
                 workers.push(tokio::spawn(async move {
                     let mut local =
