@@ -255,7 +255,10 @@ async fn send(
         Bytes::from(msg.to_string())
     };
     let headers = headers_for(call, t, msg, last_event);
-    let req = upstream::upstream_request(&t.up, method, &headers, t.session.as_deref(), body)?;
+    let mut req = upstream::upstream_request(&t.up, method, &headers, t.session.as_deref(), body)?;
+    if msg.get("id").is_some() && msg["method"].as_str().is_some_and(mcp::replay_safe) {
+        req.replay_safe();
+    }
     call.gw
         .client
         .send(&t.up, req, call.rt.limits.upstream_response_timeout)

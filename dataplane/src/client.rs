@@ -154,16 +154,27 @@ pub struct Outgoing {
     uri: Uri,
     lines: Vec<u8>,
     body: Bytes,
+    /// May be sent again after it was written whole (see `Exchange`).
+    replayable: bool,
 }
 
 impl Outgoing {
     pub fn new(method: Method, uri: Uri) -> Self {
         Outgoing {
+            replayable: method.is_idempotent(),
             method,
             uri,
             lines: Vec::with_capacity(256),
             body: Bytes::new(),
         }
+    }
+
+    /// Marks a request that has no effect at the upstream beyond its answer
+    /// (a JSON-RPC read in a POST), so it may be sent again on a new
+    /// connection if a reused one closes without answering. Requests are not
+    /// replayable unless their HTTP method is idempotent.
+    pub fn replay_safe(&mut self) {
+        self.replayable = true;
     }
 
     /// Adds a header; framing and connection headers are the client's own
@@ -228,17 +239,20 @@ impl Client {
         let rest = split_body.then_some(body);
 
         if let Some(conn) = take_idle(key, &self.cfg) {
-            match self.exchange(conn, &wire, rest, head_only).await {
+            match self
+                .exchange(conn, &wire, rest, head_only, req.replayable)
+                .await
+            {
                 Ok(resp) => return Ok(resp),
-                // The upstream closed the idle connection before reading
-                // the request: send it again on a new one.
+                // The upstream closed the idle connection: send the request
+                // again on a new one, if that cannot make it act twice.
                 Err(Exchange::Unanswered(_)) => {}
                 Err(Exchange::Failed(e)) => return Err(e),
             }
         }
         // Boxed: connecting is rare, and its future is large.
         let conn = Box::pin(self.connect(key)).await?;
-        self.exchange(conn, &wire, rest, head_only)
+        self.exchange(conn, &wire, rest, head_only, false)
             .await
             .map_err(|e| match e {
                 Exchange::Unanswered(e) | Exchange::Failed(e) => e,
@@ -251,17 +265,16 @@ impl Client {
         wire: &[u8],
         body: Option<&Bytes>,
         head_only: bool,
+        replayable: bool,
     ) -> Result<Response<UpstreamBody>, Exchange> {
-        // Only a reused connection whose upstream sent nothing at all (not
-        // even a 1xx) may have the request sent again.
+        // A reused connection may have been closed by the upstream just
+        // before we wrote (an idle timeout racing our request). The request
+        // goes again on a new connection only if the upstream cannot have
+        // acted on it: the write failed, or the request is replayable and
+        // nothing at all (not even a 1xx) came back. A request written whole
+        // and met by silence may have been read and acted on (a tool call
+        // with effects): it is not sent twice, as nginx and Go's client do.
         let reused = conn.reused;
-        let failed = |silent: bool, e: ClientError| {
-            if reused && silent {
-                Exchange::Unanswered(e)
-            } else {
-                Exchange::Failed(e)
-            }
-        };
         let written = async {
             conn.io.write_all(wire).await?;
             if let Some(b) = body {
@@ -270,7 +283,20 @@ impl Client {
             conn.io.flush().await
         }
         .await;
-        written.map_err(|e| failed(true, e.into()))?;
+        written.map_err(|e| {
+            if reused {
+                Exchange::Unanswered(e.into())
+            } else {
+                Exchange::Failed(e.into())
+            }
+        })?;
+        let failed = |silent: bool, e: ClientError| {
+            if reused && silent && replayable {
+                Exchange::Unanswered(e)
+            } else {
+                Exchange::Failed(e)
+            }
+        };
         let mut got_bytes = false;
         let head = loop {
             match parse_head(&mut conn.buf, self.cfg.max_head_bytes) {
@@ -383,7 +409,8 @@ impl Client {
 }
 
 enum Exchange {
-    /// Failed before any byte of a response, on a reused connection.
+    /// Failed on a reused connection in a way that makes sending the
+    /// request again safe (see `Client::exchange`).
     Unanswered(ClientError),
     Failed(ClientError),
 }

@@ -24,6 +24,24 @@ pub const STATELESS: &str = "2026-07-28";
 /// What a request without `MCP-Protocol-Version` is assumed to speak (spec).
 pub const DEFAULT_VERSION: &str = "2025-03-26";
 
+/// Requests that only read: sending one twice changes nothing at the
+/// upstream, so the relay may send it again when a reused connection closes
+/// without answering (`client::Outgoing::replay_safe`). Everything else, above
+/// all `tools/call`, may act, and is never sent twice.
+pub fn replay_safe(method: &str) -> bool {
+    matches!(
+        method,
+        "ping"
+            | "tools/list"
+            | "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+            | "prompts/list"
+            | "prompts/get"
+            | "completion/complete"
+    )
+}
+
 pub fn is_supported(v: &str) -> bool {
     VERSIONS.contains(&v)
 }

@@ -140,9 +140,10 @@ async fn post(
                 .map(str::to_owned)
         })
         .flatten();
+    let replay_safe = kind == Kind::Request && mcp::replay_safe(peek.method());
     drop(peek);
 
-    let req = upstream::upstream_request(
+    let mut req = upstream::upstream_request(
         up,
         Method::POST,
         headers,
@@ -150,6 +151,9 @@ async fn post(
         body,
     )
     .map_err(fail)?;
+    if replay_safe {
+        req.replay_safe();
+    }
     let resp = gw
         .client
         .send(up, req, rt.limits.upstream_response_timeout)

@@ -200,6 +200,8 @@ pub struct GatewaySpec {
     pub tls: bool,
     pub extra: String,
     pub session_key: Option<String>,
+    /// `listeners.workers`; the gateway's default when `None`.
+    pub workers: Option<usize>,
 }
 
 impl GatewaySpec {
@@ -220,6 +222,7 @@ impl GatewaySpec {
                 tls: false,
                 extra: String::new(),
                 session_key: None,
+                workers: None,
             },
             key,
         )
@@ -227,6 +230,9 @@ impl GatewaySpec {
 
     pub fn yaml(&self, dir: &Path) -> String {
         let mut y = String::from("listeners:\n  plain: 127.0.0.1:0\n");
+        if let Some(n) = self.workers {
+            y.push_str(&format!("  workers: {n}\n"));
+        }
         if self.tls {
             y.push_str(&format!(
                 "  tls: {{addr: 127.0.0.1:0, dev_cert_dir: {:?}}}\n",

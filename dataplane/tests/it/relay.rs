@@ -56,6 +56,7 @@ async fn a_key_sees_and_calls_only_granted_tools() {
         tls: false,
         extra: String::new(),
         session_key: None,
+        workers: None,
     };
     let gw = Gateway::start(&spec).await;
     let url = format!("{}/mcp/reference", gw.url());
