@@ -6,7 +6,11 @@
 //! For each path: latency at concurrency 1 (closed loop, one connection),
 //! saturation throughput (closed loop, `--concurrency` workers), and
 //! latency under open-loop load at one rate per group of paths (h1; h2c,
-//! h2 and h3): half of the group's slowest saturation.
+//! h2 and h3): half of the group's slowest saturation. Also, from `/proc`:
+//! the CPU time per call of the proxy (or, on a direct path, of the
+//! upstream) over the saturation rounds (`cpu µs`), steadier than req/s on
+//! a shared VM; and the generator's own CPU per call at half load (`gen
+//! µs`), what it takes from the cores the system under test needs.
 
 use std::{
     path::{Path, PathBuf},
@@ -58,6 +62,10 @@ struct Run {
     /// Open loop: how late the generator released requests (its own lag).
     lag_p99: f64,
     errors: u64,
+    /// Calls answered, warm-up included (the proxy served those too).
+    served: u64,
+    /// The generator's CPU time while measuring, µs (NaN where unknown).
+    gen_cpu_us: f64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -90,6 +98,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     let mut procs = Procs(Vec::new());
 
     let (reference, direct) = crate::demo::start_reference(bin, Stdio::null())?;
+    let reference_pid = reference.id();
     procs.0.push(reference);
     let upstream_addr = direct
         .trim_start_matches("http://")
@@ -137,6 +146,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         wait_file(&ready)
     };
     let bound = start_gateway("gateway", &config, &mut procs)?;
+    let gateway_pid = procs.0.last().map_or(0, Child::id);
     let field_of = |bound: &str, k: &str| -> anyhow::Result<String> {
         let tail = bound
             .split(&format!("\"{k}\":\""))
@@ -152,12 +162,18 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         .to_owned();
     let ca = PathBuf::from(field_of(&bound, "ca")?);
     let one = start_gateway("gateway-1w", &config_one, &mut procs)?;
+    let gateway_one_pid = procs.0.last().map_or(0, Child::id);
     let plain_one = field_of(&one, "plain")?;
 
     let nginx = if args.no_nginx {
         None
     } else {
         Some(start_nginx(dir, &upstream_addr, &mut procs)?)
+    };
+    // nginx serves with worker processes, children of the one we started.
+    let nginx_pids = match nginx {
+        Some(_) => with_children(procs.0.last().map_or(0, Child::id), 2),
+        None => Vec::new(),
     };
 
     let mut paths: Vec<(String, String, u8, Option<&str>)> = vec![
@@ -253,7 +269,22 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             p99: num("p99_us"),
             lag_p99: num("lag_p99_us"),
             errors: num("errors") as u64,
+            served: (num("ok") + num("warmup_ok")) as u64,
+            gen_cpu_us: num("cpu_us"),
         })
+    };
+    // Whose CPU a path's saturation costs: the proxy's, or for a direct
+    // path the upstream's own.
+    let pids_of = |name: &str| -> Vec<u32> {
+        if name.starts_with("direct") {
+            vec![reference_pid]
+        } else if name.starts_with("nginx") {
+            nginx_pids.clone()
+        } else if name.contains("1 worker") {
+            vec![gateway_one_pid]
+        } else {
+            vec![gateway_pid]
+        }
     };
 
     println!(
@@ -264,9 +295,16 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     // Saturation first, in rounds that visit every path in turn, so a slow
     // spell of the machine touches every path alike; the median is kept.
     let mut rates: Vec<Vec<Run>> = vec![Vec::new(); paths.len()];
+    // CPU seconds and calls served, per path, over all its rounds.
+    let mut cpu = vec![(0.0, 0u64); paths.len()];
     for _ in 0..args.rounds.max(1) {
-        for (i, (_, url, http, key)) in paths.iter().enumerate() {
-            rates[i].push(load(url, *http, *key, args.concurrency, None)?);
+        for (i, (name, url, http, key)) in paths.iter().enumerate() {
+            let pids = pids_of(name);
+            let before = cpu_secs(&pids);
+            let run = load(url, *http, *key, args.concurrency, None)?;
+            cpu[i].0 += cpu_secs(&pids) - before;
+            cpu[i].1 += run.served;
+            rates[i].push(run);
         }
     }
     let sats: Vec<(Run, u64)> = rates
@@ -292,24 +330,37 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     let (half_h1, half_h2) = (half_rate(true), half_rate(false));
     println!("half load: {half_h1:.0} req/s on h1 paths, {half_h2:.0} req/s on h2c/h2/h3 paths\n");
     println!(
-        "{:<20} {:>9} {:>9} {:>11} {:>9} {:>9} {:>9} {:>7}",
-        "path", "c1 p50µs", "c1 p99µs", "sat req/s", "half p50", "half p99", "lag p99", "errors"
+        "{:<20} {:>9} {:>9} {:>11} {:>8} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        "path",
+        "c1 p50µs",
+        "c1 p99µs",
+        "sat req/s",
+        "cpu µs",
+        "half p50",
+        "half p99",
+        "lag p99",
+        "gen µs",
+        "errors"
     );
 
     let mut results = Vec::new();
-    for ((name, url, http, key), (sat, errors)) in paths.iter().zip(sats) {
+    for (((name, url, http, key), (sat, errors)), (cpu_s, served)) in
+        paths.iter().zip(sats).zip(cpu)
+    {
         let c1 = load(url, *http, *key, 1, None)?;
         let rate = if *http == 1 { half_h1 } else { half_h2 };
         let half = load(url, *http, *key, args.concurrency, Some(rate))?;
         println!(
-            "{:<20} {:>9.0} {:>9.0} {:>11.0} {:>9.0} {:>9.0} {:>9.0} {:>7}",
+            "{:<20} {:>9.0} {:>9.0} {:>11.0} {:>8.1} {:>9.0} {:>9.0} {:>9.0} {:>8.1} {:>7}",
             name,
             c1.p50,
             c1.p99,
             sat.rate,
+            cpu_s * 1e6 / served.max(1) as f64,
             half.p50,
             half.p99,
             half.lag_p99,
+            half.gen_cpu_us / (half.rate * args.seconds as f64).max(1.0),
             c1.errors + errors + half.errors
         );
         results.push((name.clone(), c1, sat, half));
@@ -336,6 +387,54 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// CPU time (user + system) these processes have used, in seconds, from
+/// `/proc/<pid>/stat` (Linux; a process that cannot be read counts 0).
+fn cpu_secs(pids: &[u32]) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|p| stat_fields(*p))
+        .filter_map(|f| Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))
+        .sum();
+    // /proc counts in USER_HZ, 100 on every Linux.
+    ticks as f64 / 100.0
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold
+/// spaces): the process state is `[0]`, the parent `[1]`, user and system
+/// time `[11]` and `[12]`.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// `pid` and its children, once it has at least `children` of them (or
+/// after 5 s, with what there is).
+fn with_children(pid: u32, children: usize) -> Vec<u32> {
+    let start = Instant::now();
+    loop {
+        let mut found: Vec<u32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|p| {
+                stat_fields(*p).is_some_and(|f| f.get(1).is_some_and(|pp| *pp == pid.to_string()))
+            })
+            .collect();
+        if found.len() >= children || start.elapsed() > Duration::from_secs(5) {
+            found.push(pid);
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub(crate) fn wait_file(p: &Path) -> anyhow::Result<String> {
