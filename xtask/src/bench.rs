@@ -3,7 +3,8 @@
 //! proxy: the lean-proxy floor), all in one run, so ratios compare like
 //! with like on this machine.
 //!
-//! For each path: latency at concurrency 1 (closed loop, one connection),
+//! For each path, each the median of `--rounds` runs taken in turn across
+//! the paths: latency at concurrency 1 (closed loop, one connection),
 //! saturation throughput (closed loop, `--concurrency` workers), and
 //! latency under open-loop load at one rate per group of paths (h1; h2c,
 //! h2 and h3): half of the group's slowest saturation. Also, from `/proc`:
@@ -30,7 +31,7 @@ pub struct Args {
     /// Workers for the saturation run.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Saturation runs per path (the median is reported).
+    /// Runs per path and measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Skip nginx (e.g. where it cannot be installed).
@@ -289,7 +290,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
 
     println!(
         "\nSTOA bench: tools/call echo, {}s per measurement, saturation with {} workers \
-         (median of {} rounds taken in turn across the paths)\n",
+         (each figure the median of {} rounds taken in turn across the paths)\n",
         args.seconds, args.concurrency, args.rounds
     );
     // Saturation first, in rounds that visit every path in turn, so a slow
@@ -309,11 +310,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     }
     let sats: Vec<(Run, u64)> = rates
         .into_iter()
-        .map(|mut runs| {
-            runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-            let errors = runs.iter().map(|r| r.errors).sum();
-            (runs[runs.len() / 2].clone(), errors)
-        })
+        .map(|runs| median_by(runs, |r| r.rate))
         .collect();
     // Half load is one rate for every path of a group (h1; h2c, h2 and h3),
     // half of the group's slowest saturation (the 1-worker variant aside):
@@ -343,13 +340,27 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         "errors"
     );
 
+    // Latency in rounds too, every path in turn; the run with the median
+    // p50 (c=1) or p99 (half load) is kept: one slow spell of the VM moves
+    // a single 5 s tail by milliseconds.
+    let mut c1_runs: Vec<Vec<Run>> = vec![Vec::new(); paths.len()];
+    let mut half_runs: Vec<Vec<Run>> = vec![Vec::new(); paths.len()];
+    for _ in 0..args.rounds.max(1) {
+        for (i, (_, url, http, key)) in paths.iter().enumerate() {
+            c1_runs[i].push(load(url, *http, *key, 1, None)?);
+            let rate = if *http == 1 { half_h1 } else { half_h2 };
+            half_runs[i].push(load(url, *http, *key, args.concurrency, Some(rate))?);
+        }
+    }
     let mut results = Vec::new();
-    for (((name, url, http, key), (sat, errors)), (cpu_s, served)) in
-        paths.iter().zip(sats).zip(cpu)
+    for ((((name, _, _, _), (sat, errors)), (cpu_s, served)), (c1s, halves)) in paths
+        .iter()
+        .zip(sats)
+        .zip(cpu)
+        .zip(c1_runs.into_iter().zip(half_runs))
     {
-        let c1 = load(url, *http, *key, 1, None)?;
-        let rate = if *http == 1 { half_h1 } else { half_h2 };
-        let half = load(url, *http, *key, args.concurrency, Some(rate))?;
+        let (c1, c1_errors) = median_by(c1s, |r| r.p50);
+        let (half, half_errors) = median_by(halves, |r| r.p99);
         println!(
             "{:<20} {:>9.0} {:>9.0} {:>11.0} {:>8.1} {:>9.0} {:>9.0} {:>9.0} {:>8.1} {:>7}",
             name,
@@ -361,7 +372,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             half.p99,
             half.lag_p99,
             half.gen_cpu_us / (half.rate * args.seconds as f64).max(1.0),
-            c1.errors + errors + half.errors
+            c1_errors + errors + half_errors
         );
         results.push((name.clone(), c1, sat, half));
     }
@@ -387,6 +398,13 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The run with the median `key`, and the errors of all runs.
+fn median_by(mut runs: Vec<Run>, key: impl Fn(&Run) -> f64) -> (Run, u64) {
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let errors = runs.iter().map(|r| r.errors).sum();
+    (runs.swap_remove(runs.len() / 2), errors)
 }
 
 /// CPU time (user + system) these processes have used, in seconds, from
