@@ -192,7 +192,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let actor = self.admin(&req).await?;
         let q = req.into_inner();
-        let (prefix, key) = auth::generate_api_key();
+        let stoa_proto::keys::NewKey { key, prefix } = stoa_proto::keys::NewKey::generate();
         let api_key = pb::ApiKey {
             prefix,
             display_name: q.display_name,

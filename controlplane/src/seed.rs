@@ -74,7 +74,7 @@ pub async fn run(database_url: &str, a: Args) -> anyhow::Result<()> {
         let n = a.batch.max(1).min(a.count - made);
         let mut ops = Vec::with_capacity(n);
         for _ in 0..n {
-            let (prefix, key) = auth::generate_api_key();
+            let stoa_proto::keys::NewKey { key, prefix } = stoa_proto::keys::NewKey::generate();
             writeln!(out, "{key}")?;
             ops.push(Op::Create(
                 R::ApiKey(pb::ApiKey {

@@ -4,15 +4,12 @@
 use std::sync::Arc;
 
 use http::HeaderMap;
-use ring::{digest, rand::SecureRandom};
+use stoa_proto::keys;
 
 use crate::{
     error::GatewayError,
     model::{ApiKey, KeyPrefix, Snapshot},
 };
-
-const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-const SECRET_LEN: usize = 32;
 
 /// Finds and checks the caller's key. Never logs the key. With a `memo`
 /// (one per connection), a key this connection already proved against this
@@ -36,8 +33,7 @@ pub type Memo = crate::memo::Memo<Snapshot, ApiKey>;
 fn verify(snap: &Snapshot, presented: &str) -> Result<Arc<ApiKey>, GatewayError> {
     let (prefix, _) = split_key(presented).ok_or(GatewayError::BadKey)?;
     let key = snap.keys.get(&prefix).ok_or(GatewayError::BadKey)?;
-    let hash = digest::digest(&digest::SHA256, presented.as_bytes());
-    if constant_time_eq::constant_time_eq(hash.as_ref(), &key.hash) {
+    if constant_time_eq::constant_time_eq(&keys::sha256(presented), &key.hash) {
         Ok(key.clone())
     } else {
         Err(GatewayError::BadKey)
@@ -56,51 +52,29 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn split_key(key: &str) -> Option<(KeyPrefix, &str)> {
-    let rest = key.strip_prefix("stoa_")?;
-    let (prefix, secret) = rest.split_once('_')?;
-    let prefix = KeyPrefix::parse(prefix).ok()?;
-    (secret.len() >= 16 && secret.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .then_some((prefix, secret))
+    let (prefix, secret) = keys::split(key)?;
+    Some((KeyPrefix::parse(prefix).ok()?, secret))
 }
 
-/// `sha256:<hex>` of a whole key, as stored in config and by the control plane.
+/// `sha256:<hex>` of a whole key, as written in the config file.
 pub fn hash_key(key: &str) -> String {
-    let d = digest::digest(&digest::SHA256, key.as_bytes());
     let mut s = String::from("sha256:");
-    for b in d.as_ref() {
+    for b in keys::sha256(key) {
         s.push_str(&format!("{b:02x}"));
     }
     s
-}
-
-/// A new random key: returns (whole key, prefix).
-pub fn generate_key() -> (String, String) {
-    let prefix = random_chars(8);
-    let secret = random_chars(SECRET_LEN);
-    (format!("stoa_{prefix}_{secret}"), prefix)
-}
-
-fn random_chars(n: usize) -> String {
-    let rng = ring::rand::SystemRandom::new();
-    let mut out = String::with_capacity(n);
-    let mut buf = [0u8; 64];
-    while out.len() < n {
-        rng.fill(&mut buf).expect("the OS random source works");
-        // Rejection sampling keeps the distribution uniform over 62 symbols.
-        for &b in buf.iter().filter(|&&b| b < 248) {
-            if out.len() == n {
-                break;
-            }
-            out.push(ALPHABET[(b % 62) as usize] as char);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::FileConfig;
+    use stoa_proto::keys::NewKey;
+
+    fn generate_key() -> (String, String) {
+        let k = NewKey::generate();
+        (k.key, k.prefix)
+    }
 
     fn snapshot_with(key: &str, prefix: &str) -> Arc<Snapshot> {
         let yaml = format!(
@@ -189,6 +163,9 @@ mod tests {
         let (b, _) = generate_key();
         assert_ne!(a, b);
         assert_eq!(split_key(&a).unwrap().0.as_str(), pa);
-        assert_eq!(a.len(), "stoa_".len() + 8 + 1 + SECRET_LEN);
+        assert_eq!(
+            a.len(),
+            "stoa_".len() + keys::PREFIX_LEN + 1 + keys::SECRET_LEN
+        );
     }
 }

@@ -56,10 +56,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd.unwrap_or(Cmd::Run { ready_file: None }) {
         Cmd::GenKey => {
-            let (key, prefix) = auth::generate_key();
+            let k = stoa_proto::keys::NewKey::generate();
             println!(
-                "key:    {key}\nprefix: {prefix}\nhash:   {}",
-                auth::hash_key(&key)
+                "key:    {}\nprefix: {}\nhash:   {}",
+                k.key,
+                k.prefix,
+                auth::hash_key(&k.key)
             );
             Ok(())
         }

@@ -1,7 +1,8 @@
 //! The wire contract between the control plane, the gateways and admin
 //! clients: the generated types (`pb`), the rules that say what a valid
 //! resource is (`rules`), and the sans-IO state machines of both ends of the
-//! config stream (`stream`). No I/O and no clock here: the machines take
+//! config stream (`stream`), and the API key format (`keys`). No I/O and no
+//! clock here (but the OS random source, for new keys): the machines take
 //! `now` as an input and are driven by the control plane and the gateway.
 
 #[allow(warnings, clippy::all, clippy::pedantic, clippy::unwrap_used)]
@@ -10,6 +11,7 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/stoa.v1.serde.rs"));
 }
 
+pub mod keys;
 pub mod resource;
 pub mod rules;
 pub mod stream;

@@ -50,12 +50,11 @@ pub struct Key {
 
 impl Key {
     pub fn new() -> Self {
-        let (secret, prefix) = auth::generate_key();
-        let hash = auth::hash_key(&secret);
+        let k = stoa_proto::keys::NewKey::generate();
         Key {
-            secret,
-            prefix,
-            hash,
+            hash: auth::hash_key(&k.key),
+            secret: k.key,
+            prefix: k.prefix,
         }
     }
     pub fn bearer(&self) -> String {
