@@ -133,6 +133,13 @@ pub struct Limits {
     #[serde(deserialize_with = "dur::deserialize")]
     #[schemars(with = "String")]
     pub upstream_response_timeout: Duration,
+    /// A pooled upstream connection unused for this long is not reused. Keep
+    /// it below the upstreams' own keep-alive timeout (Node's and uvicorn's:
+    /// 5s): a tool call sent on a connection the upstream is closing fails
+    /// (retryable) rather than being sent twice. Read at start.
+    #[serde(deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub upstream_idle_timeout: Duration,
     /// Time allowed to receive a whole JSON (non-streaming) upstream answer.
     #[serde(deserialize_with = "dur::deserialize")]
     #[schemars(with = "String")]
@@ -166,6 +173,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(120),
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_response_timeout: Duration::from_secs(30),
+            upstream_idle_timeout: Duration::from_secs(4),
             request_timeout: Duration::from_secs(60),
             stream_idle_timeout: Duration::from_secs(600),
             sse_keepalive_interval: Duration::from_secs(15),

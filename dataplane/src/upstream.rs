@@ -39,7 +39,7 @@ impl UpstreamClient {
             client: Client::new(
                 ClientConfig {
                     connect_timeout: limits.upstream_connect_timeout,
-                    idle_timeout: Duration::from_secs(90),
+                    idle_timeout: limits.upstream_idle_timeout,
                     max_idle: 256,
                     max_head_bytes: limits.max_header_bytes.max(8192),
                 },

@@ -334,6 +334,37 @@ async fn a_tool_call_is_never_sent_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn pooled_upstream_connections_expire_before_the_upstream_closes_them() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let seen = Arc::new(AtomicUsize::new(0));
+    let up = answers_once_per_connection(seen.clone()).await;
+    let (mut spec, key) = GatewaySpec::open(&[("once", &up)]);
+    spec.workers = Some(1);
+    spec.extra = "limits: {upstream_idle_timeout: 100ms}\n".into();
+    let gw = Gateway::start(&spec).await;
+    let http = Http::h1();
+    let auth = key.bearer();
+    let url = format!("{}/mcp/once", gw.url());
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+        ("accept", ACCEPT_BOTH),
+    ];
+    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "x", "arguments": {}}}).to_string();
+    for i in 0..3 {
+        // Past upstream_idle_timeout, the pooled connection (which this
+        // upstream would not answer again) is not reused.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = http.send(Method::POST, &url, &headers, Some(&call)).await;
+        assert_eq!(r.status, StatusCode::OK, "call {i}: {}", r.body);
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 3, "one connection per call");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn broken_upstreams_get_named_errors() {
     let mut ups = Vec::new();
     for kind in [
