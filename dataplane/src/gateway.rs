@@ -325,6 +325,11 @@ impl Gateway {
                 }
             }
         };
+        // New on every response: HPACK (h2) would add each one to the
+        // connection's table, evicting what repeats and lengthening every
+        // later lookup. Sensitive values are sent literally, never indexed.
+        let mut id = id;
+        id.set_sensitive(true);
         resp.headers_mut().insert(X_REQUEST_ID, id);
         if let Route::Mcp(_) = route {
             let status = resp.status();
