@@ -160,6 +160,11 @@ impl Workers {
         self.handles.len()
     }
 
+    /// Every worker thread's runtime.
+    pub fn handles(&self) -> &[tokio::runtime::Handle] {
+        &self.handles
+    }
+
     pub fn is_empty(&self) -> bool {
         self.handles.is_empty()
     }
@@ -413,12 +418,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
     }
 }
 
-/// A QUIC endpoint serving HTTP/3 with the same resolver as the TLS listener.
-pub fn quic_endpoint(
-    addr: SocketAddr,
+/// QUIC settings for every HTTP/3 endpoint: the TLS listener's resolver,
+/// and the limits on streams and idle time.
+pub fn quic_server_config(
     tls: Arc<rustls::ServerConfig>,
     limits: &Limits,
-) -> anyhow::Result<quinn::Endpoint> {
+) -> anyhow::Result<quinn::ServerConfig> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -426,11 +431,59 @@ pub fn quic_endpoint(
     transport.max_idle_timeout(Some(limits.idle_timeout.try_into()?));
     transport.keep_alive_interval(None);
     cfg.transport_config(Arc::new(transport));
-    Ok(quinn::Endpoint::server(cfg, addr)?)
+    Ok(cfg)
 }
 
-pub async fn serve_h3(s: Serve, endpoint: quinn::Endpoint) {
+/// Serves HTTP/3 on `addr` (UDP) with one QUIC endpoint per worker thread,
+/// all bound to the same port with `SO_REUSEPORT`. The kernel steers each
+/// client's datagrams, by address, to one of the sockets: a connection's
+/// packets, its QUIC state and its requests all stay on one thread, with no
+/// hand-over between threads per packet. A client whose address changes
+/// mid-connection (NAT rebinding, migration) may reach a socket that does
+/// not know the connection; it connects again. Returns the bound address.
+pub fn serve_h3_on_workers(
+    s: &Serve,
+    addr: SocketAddr,
+    cfg: quinn::ServerConfig,
+) -> anyhow::Result<SocketAddr> {
+    // One connection limit for the listener, whichever thread serves it.
     let limit = Arc::new(Semaphore::new(s.limits.max_connections));
+    // One reset key: any endpoint may reset any connection that strays.
+    let endpoint_cfg = quinn::EndpointConfig::default();
+    let mut bound = addr;
+    for handle in s.workers.handles() {
+        let socket = reuse_port_udp(bound)?;
+        bound = socket.local_addr()?;
+        // Created inside the worker's runtime: the socket registers with
+        // that thread's reactor, and the endpoint's driver runs there.
+        let endpoint = {
+            let _in_worker = handle.enter();
+            quinn::Endpoint::new(
+                endpoint_cfg.clone(),
+                Some(cfg.clone()),
+                socket,
+                Arc::new(quinn::TokioRuntime),
+            )?
+        };
+        handle.spawn(
+            s.tracker
+                .track_future(serve_h3(s.clone(), endpoint, limit.clone())),
+        );
+    }
+    Ok(bound)
+}
+
+fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Accepts QUIC connections on one worker's endpoint and serves them there.
+async fn serve_h3(s: Serve, endpoint: quinn::Endpoint, limit: Arc<Semaphore>) {
     let drained = s.drain.watch();
     loop {
         let incoming = tokio::select! {
@@ -442,9 +495,7 @@ pub async fn serve_h3(s: Serve, endpoint: quinn::Endpoint) {
             continue;
         };
         let s2 = s.clone();
-        // The endpoint's I/O stays on this thread; the connection's requests
-        // are served on a worker, like a TCP connection's.
-        s.workers.next().spawn(s.tracker.track_future(async move {
+        tokio::spawn(s.tracker.track_future(async move {
             let _permit = permit;
             let _conn = GaugeGuard::new(s2.gw.metrics.connections.with_label_values(&["quic"]));
             match incoming.await {

@@ -117,12 +117,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let addr = l.local_addr()?;
         bound.tls = Some(addr);
         let alt_svc = if t.http3 {
-            let endpoint = listen::quic_endpoint(addr, quic_tls, &cfg.limits)
-                .with_context(|| format!("binding QUIC on udp {addr}"))?;
-            bound.h3 = Some(endpoint.local_addr()?);
-            serve
-                .tracker
-                .spawn(listen::serve_h3(serve.clone(), endpoint));
+            let quic = listen::quic_server_config(quic_tls, &cfg.limits)?;
+            bound.h3 = Some(
+                listen::serve_h3_on_workers(&serve, addr, quic)
+                    .with_context(|| format!("binding QUIC on udp {addr}"))?,
+            );
             Some(HeaderValue::from_str(&format!(
                 "h3=\":{}\"; ma=86400",
                 addr.port()
