@@ -121,8 +121,10 @@ impl Drain {
 /// A connection is handed to one of them when accepted and lives there: its
 /// requests, its upstream calls and their pooled connections never cross
 /// threads, so there is no work stealing and no cross-thread wake-up on the
-/// request path. Connections are dealt out in turn, which keeps the threads
-/// evenly loaded where `SO_REUSEPORT` hashing would not.
+/// request path. TCP connections are dealt out in turn, which keeps the
+/// threads evenly loaded where `SO_REUSEPORT` hashing would not; QUIC is
+/// the exception (`serve_h3_on_workers`): its datagrams must reach the
+/// thread that holds the connection, which a hash of the address does.
 pub struct Workers {
     handles: Vec<tokio::runtime::Handle>,
     next: AtomicUsize,
