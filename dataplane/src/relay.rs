@@ -281,18 +281,7 @@ async fn get(
     }
     mcp::request_version(headers)?;
     let session = gw.open_session(rt, headers, key.prefix.as_str(), memo)?;
-    let up_session = session_for(session.as_deref(), up)?;
-    let req = upstream::upstream_request(
-        up,
-        Method::GET,
-        headers,
-        up_session.as_deref(),
-        Bytes::new(),
-    )?;
-    let resp = gw
-        .client
-        .send(up, req, rt.limits.upstream_response_timeout)
-        .await?;
+    let resp = send_bodiless(&call, up, Method::GET, session.as_deref()).await?;
     let status = resp.status();
     match upstream::classify(up, &resp)? {
         Payload::Sse if status.is_success() => {
@@ -324,22 +313,32 @@ async fn delete(
     let session = gw
         .open_session(rt, headers, key.prefix.as_str(), memo)?
         .ok_or(GatewayError::MissingSession)?;
-    let up_session = session_for(Some(&session), up)?;
-    let req = upstream::upstream_request(
-        up,
-        Method::DELETE,
-        headers,
-        up_session.as_deref(),
-        Bytes::new(),
-    )?;
-    let resp = gw
-        .client
-        .send(up, req, rt.limits.upstream_response_timeout)
-        .await?;
+    let resp = send_bodiless(&call, up, Method::DELETE, Some(&session)).await?;
     if resp.status().is_success() {
         gw.metrics.sessions.with_label_values(&["closed"]).inc();
     }
     passthrough(up, resp, &rt.limits).await
+}
+
+/// Sends a GET or DELETE to `up` under the upstream's part of `session`.
+async fn send_bodiless(
+    call: &Call<'_>,
+    up: &Upstream,
+    method: Method,
+    session: Option<&SessionState>,
+) -> Result<Response<crate::client::UpstreamBody>, GatewayError> {
+    let up_session = session_for(session, up)?;
+    let req = upstream::upstream_request(
+        up,
+        method,
+        call.headers,
+        up_session.as_deref(),
+        Bytes::new(),
+    )?;
+    call.gw
+        .client
+        .send(up, req, call.rt.limits.upstream_response_timeout)
+        .await
 }
 
 fn session_for(

@@ -276,58 +276,76 @@ async fn answers_once_per_connection(
     url
 }
 
+/// A gateway with one worker in front of `answers_once_per_connection`:
+/// every request meets the same pool of upstream connections.
+struct BehindOneWorker {
+    gw: Gateway,
+    key: crate::harness::Key,
+    http: Http,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BehindOneWorker {
+    async fn start(extra: &str) -> Self {
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let up = answers_once_per_connection(seen.clone()).await;
+        let (mut spec, key) = GatewaySpec::open(&[("once", &up)]);
+        spec.workers = Some(1);
+        spec.extra = extra.into();
+        let gw = Gateway::start(&spec).await;
+        BehindOneWorker {
+            gw,
+            key,
+            http: Http::h1(),
+            seen,
+        }
+    }
+
+    /// POSTs a JSON-RPC request (id 9) with `method`.
+    async fn send(&self, method: &str) -> crate::http::Reply {
+        let auth = self.key.bearer();
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+            ("accept", ACCEPT_BOTH),
+        ];
+        let body = json!({"jsonrpc": "2.0", "id": 9, "method": method, "params": {"name": "x", "arguments": {}}}).to_string();
+        let url = format!("{}/mcp/once", self.gw.url());
+        self.http
+            .send(Method::POST, &url, &headers, Some(&body))
+            .await
+    }
+
+    /// Requests the upstream has read.
+    fn seen(&self) -> usize {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tool_call_is_never_sent_twice() {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    };
-    let seen = Arc::new(AtomicUsize::new(0));
-    let up = answers_once_per_connection(seen.clone()).await;
-    let (mut spec, key) = GatewaySpec::open(&[("once", &up)]);
-    // One worker: every request below meets the same pool of upstream
-    // connections, so the second one reuses the first one's connection.
-    spec.workers = Some(1);
-    let gw = Gateway::start(&spec).await;
-    let http = Http::h1();
-    let auth = key.bearer();
-    let url = format!("{}/mcp/once", gw.url());
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("content-type", "application/json"),
-        ("accept", ACCEPT_BOTH),
-    ];
-    let send = |method: &str| {
-        let body = json!({"jsonrpc": "2.0", "id": 9, "method": method, "params": {"name": "x", "arguments": {}}}).to_string();
-        let (http, url, headers) = (&http, &url, &headers);
-        async move { http.send(Method::POST, url, headers, Some(&body)).await }
-    };
-
-    let r = send("tools/call").await;
+    let t = BehindOneWorker::start("").await;
+    let r = t.send("tools/call").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // The next call goes on the pooled connection; the upstream reads it and
     // closes. It may have acted: the call fails, retryable, and is not sent
     // again on a new connection.
-    let r = send("tools/call").await;
+    let r = t.send("tools/call").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
     let v = r.json();
     assert_eq!(v["id"], 9);
     assert_eq!(v["error"]["data"]["reason"], "upstream_unavailable", "{v}");
     assert_eq!(v["error"]["data"]["retryable"], true, "{v}");
-    assert_eq!(
-        seen.load(Ordering::SeqCst),
-        2,
-        "the call reached the upstream once"
-    );
+    assert_eq!(t.seen(), 2, "the call reached the upstream once");
 
     // A read is safe to repeat: the same silence sends it again, and it is answered.
-    let r = send("tools/list").await;
+    let r = t.send("tools/list").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    let r = send("tools/list").await;
+    let r = t.send("tools/list").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.json()["result"], json!({"tools": []}));
     assert_eq!(
-        seen.load(Ordering::SeqCst),
+        t.seen(),
         5,
         "the second list was read, dropped, and sent again"
     );
@@ -335,33 +353,15 @@ async fn a_tool_call_is_never_sent_twice() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pooled_upstream_connections_expire_before_the_upstream_closes_them() {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    };
-    let seen = Arc::new(AtomicUsize::new(0));
-    let up = answers_once_per_connection(seen.clone()).await;
-    let (mut spec, key) = GatewaySpec::open(&[("once", &up)]);
-    spec.workers = Some(1);
-    spec.extra = "limits: {upstream_idle_timeout: 100ms}\n".into();
-    let gw = Gateway::start(&spec).await;
-    let http = Http::h1();
-    let auth = key.bearer();
-    let url = format!("{}/mcp/once", gw.url());
-    let headers = [
-        ("authorization", auth.as_str()),
-        ("content-type", "application/json"),
-        ("accept", ACCEPT_BOTH),
-    ];
-    let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "x", "arguments": {}}}).to_string();
+    let t = BehindOneWorker::start("limits: {upstream_idle_timeout: 100ms}\n").await;
     for i in 0..3 {
         // Past upstream_idle_timeout, the pooled connection (which this
         // upstream would not answer again) is not reused.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let r = http.send(Method::POST, &url, &headers, Some(&call)).await;
+        let r = t.send("tools/call").await;
         assert_eq!(r.status, StatusCode::OK, "call {i}: {}", r.body);
     }
-    assert_eq!(seen.load(Ordering::SeqCst), 3, "one connection per call");
+    assert_eq!(t.seen(), 3, "one connection per call");
 }
 
 #[tokio::test(flavor = "multi_thread")]
