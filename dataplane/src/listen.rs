@@ -452,10 +452,9 @@ pub fn serve_h3_on_workers(
     let limit = Arc::new(Semaphore::new(s.limits.max_connections));
     // One reset key: any endpoint may reset any connection that strays.
     let endpoint_cfg = quinn::EndpointConfig::default();
-    let mut bound = addr;
-    for handle in s.workers.handles() {
-        let socket = reuse_port_udp(bound)?;
-        bound = socket.local_addr()?;
+    let sockets = bind_udp_group(addr, s.workers.len())?;
+    let bound = sockets[0].local_addr()?;
+    for (handle, socket) in s.workers.handles().iter().zip(sockets) {
         // Created inside the worker's runtime: the socket registers with
         // that thread's reactor, and the endpoint's driver runs there.
         let endpoint = {
@@ -475,13 +474,26 @@ pub fn serve_h3_on_workers(
     Ok(bound)
 }
 
-fn reuse_port_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// `n` UDP sockets on one port, `SO_REUSEPORT`. The port must be free: a
+/// process already on it (say, a draining instance on the same host) would
+/// otherwise share the datagrams, its connections' and ours, at random. A
+/// plain bind first, released at once, fails if anyone holds the port.
+fn bind_udp_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
+    let probe = std::net::UdpSocket::bind(addr)?;
+    let mut at = probe.local_addr()?;
+    drop(probe);
+    let mut sockets = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        let socket = Socket::new(Domain::for_address(at), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&at.into())?;
+        let socket: std::net::UdpSocket = socket.into();
+        at = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
 }
 
 /// Accepts QUIC connections on one worker's endpoint and serves them there.
@@ -628,6 +640,21 @@ mod tests {
         assert!(drain.poll(&early, &mut cx).is_ready());
         let late = drain.watch();
         assert!(drain.poll(&late.waker, &mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_udp_group_shares_a_free_port_and_no_one_elses() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let group = bind_udp_group(any, 3).unwrap();
+        let port = group[0].local_addr().unwrap().port();
+        assert!(port != 0);
+        assert!(group.iter().all(|s| s.local_addr().unwrap().port() == port));
+        // Taken by us: a second group (another process) is refused.
+        assert!(bind_udp_group(group[0].local_addr().unwrap(), 2).is_err());
+        drop(group);
+        // Taken by a plain socket: refused too.
+        let plain = std::net::UdpSocket::bind(any).unwrap();
+        assert!(bind_udp_group(plain.local_addr().unwrap(), 2).is_err());
     }
 
     #[test]
