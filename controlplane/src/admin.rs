@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use stoa_proto::pb::{self, Kind, admin_server::Admin, resource::Resource as R};
+use stoa_proto::{
+    keys::NewKey,
+    pb::{self, Kind, admin_server::Admin, resource::Resource as R},
+};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -192,7 +195,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let actor = self.admin(&req).await?;
         let q = req.into_inner();
-        let stoa_proto::keys::NewKey { key, prefix } = stoa_proto::keys::NewKey::generate();
+        let NewKey { key, prefix } = NewKey::generate();
         let api_key = pb::ApiKey {
             prefix,
             display_name: q.display_name,

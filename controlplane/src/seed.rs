@@ -4,7 +4,10 @@
 
 use std::io::Write as _;
 
-use stoa_proto::pb::{self, resource::Resource as R};
+use stoa_proto::{
+    keys::NewKey,
+    pb::{self, resource::Resource as R},
+};
 
 use crate::{
     auth,
@@ -74,7 +77,7 @@ pub async fn run(database_url: &str, a: Args) -> anyhow::Result<()> {
         let n = a.batch.max(1).min(a.count - made);
         let mut ops = Vec::with_capacity(n);
         for _ in 0..n {
-            let stoa_proto::keys::NewKey { key, prefix } = stoa_proto::keys::NewKey::generate();
+            let NewKey { key, prefix } = NewKey::generate();
             writeln!(out, "{key}")?;
             ops.push(Op::Create(
                 R::ApiKey(pb::ApiKey {

@@ -71,11 +71,6 @@ mod tests {
     use crate::config::FileConfig;
     use stoa_proto::keys::NewKey;
 
-    fn generate_key() -> (String, String) {
-        let k = NewKey::generate();
-        (k.key, k.prefix)
-    }
-
     fn snapshot_with(key: &str, prefix: &str) -> Arc<Snapshot> {
         let yaml = format!(
             "tenants: [{{name: t}}]\napi_keys: [{{name: k, tenant: t, prefix: {prefix}, hash: \"{}\", subscriptions: []}}]",
@@ -99,7 +94,7 @@ mod tests {
 
     #[test]
     fn accepts_bearer_and_x_api_key() {
-        let (key, prefix) = generate_key();
+        let NewKey { key, prefix } = NewKey::generate();
         let snap = snapshot_with(&key, &prefix);
         let bearer = format!("Bearer {key}");
         assert!(authenticate(&snap, &headers(&[("authorization", &bearer)]), None).is_ok());
@@ -108,7 +103,7 @@ mod tests {
 
     #[test]
     fn refuses_missing_wrong_and_malformed() {
-        let (key, prefix) = generate_key();
+        let NewKey { key, prefix } = NewKey::generate();
         let snap = snapshot_with(&key, &prefix);
         assert!(matches!(
             authenticate(&snap, &headers(&[]), None),
@@ -131,7 +126,7 @@ mod tests {
 
     #[test]
     fn a_memo_recalls_a_key_only_for_the_snapshot_it_was_proved_against() {
-        let (key, prefix) = generate_key();
+        let NewKey { key, prefix } = NewKey::generate();
         let snap = snapshot_with(&key, &prefix);
         let memo = Memo::default();
         let good = headers(&[("x-api-key", &key)]);
@@ -148,7 +143,10 @@ mod tests {
         ));
         // The key is revoked: the next snapshot lacks it. The memo of the
         // old snapshot does not vouch for it.
-        let (other, other_prefix) = generate_key();
+        let NewKey {
+            key: other,
+            prefix: other_prefix,
+        } = NewKey::generate();
         let revoked = snapshot_with(&other, &other_prefix);
         assert!(memo.recall(&revoked, key.as_bytes()).is_none());
         assert!(matches!(
@@ -159,8 +157,8 @@ mod tests {
 
     #[test]
     fn generated_keys_are_well_formed_and_distinct() {
-        let (a, pa) = generate_key();
-        let (b, _) = generate_key();
+        let NewKey { key: a, prefix: pa } = NewKey::generate();
+        let b = NewKey::generate().key;
         assert_ne!(a, b);
         assert_eq!(split_key(&a).unwrap().0.as_str(), pa);
         assert_eq!(

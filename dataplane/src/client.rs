@@ -252,7 +252,7 @@ impl Client {
         }
         // Boxed: connecting is rare, and its future is large.
         let conn = Box::pin(self.connect(key)).await?;
-        self.exchange(conn, &wire, rest, head_only, false)
+        self.exchange(conn, &wire, rest, head_only, req.replayable)
             .await
             .map_err(|e| match e {
                 Exchange::Unanswered(e) | Exchange::Failed(e) => e,
@@ -275,6 +275,13 @@ impl Client {
         // and met by silence may have been read and acted on (a tool call
         // with effects): it is not sent twice, as nginx and Go's client do.
         let reused = conn.reused;
+        let resend_if = |safe: bool, e: ClientError| {
+            if reused && safe {
+                Exchange::Unanswered(e)
+            } else {
+                Exchange::Failed(e)
+            }
+        };
         let written = async {
             conn.io.write_all(wire).await?;
             if let Some(b) = body {
@@ -283,20 +290,7 @@ impl Client {
             conn.io.flush().await
         }
         .await;
-        written.map_err(|e| {
-            if reused {
-                Exchange::Unanswered(e.into())
-            } else {
-                Exchange::Failed(e.into())
-            }
-        })?;
-        let failed = |silent: bool, e: ClientError| {
-            if reused && silent && replayable {
-                Exchange::Unanswered(e)
-            } else {
-                Exchange::Failed(e)
-            }
-        };
+        written.map_err(|e| resend_if(true, e.into()))?;
         let mut got_bytes = false;
         let head = loop {
             match parse_head(&mut conn.buf, self.cfg.max_head_bytes) {
@@ -312,9 +306,9 @@ impl Client {
                 Err(e) => return Err(Exchange::Failed(e)),
             }
             match conn.read_more().await {
-                Ok(0) => return Err(failed(!got_bytes, ClientError::Closed)),
+                Ok(0) => return Err(resend_if(replayable && !got_bytes, ClientError::Closed)),
                 Ok(_) => got_bytes = true,
-                Err(e) => return Err(failed(!got_bytes, e.into())),
+                Err(e) => return Err(resend_if(replayable && !got_bytes, e.into())),
             }
         };
         let framing = head.framing(head_only).map_err(Exchange::Failed)?;

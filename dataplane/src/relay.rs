@@ -326,7 +326,7 @@ async fn send_bodiless(
     up: &Upstream,
     method: Method,
     session: Option<&SessionState>,
-) -> Result<Response<crate::client::UpstreamBody>, GatewayError> {
+) -> Result<Response<UpstreamBody>, GatewayError> {
     let up_session = session_for(session, up)?;
     let req = upstream::upstream_request(
         up,

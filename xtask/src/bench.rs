@@ -63,8 +63,9 @@ struct Run {
     /// Open loop: how late the generator released requests (its own lag).
     lag_p99: f64,
     errors: u64,
-    /// Calls answered, warm-up included (the proxy served those too).
-    served: u64,
+    /// Calls answered while measuring, and during the warm-up before.
+    ok: u64,
+    warmup_ok: u64,
     /// The generator's CPU time while measuring, µs (NaN where unknown).
     gen_cpu_us: f64,
 }
@@ -270,7 +271,8 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             p99: num("p99_us"),
             lag_p99: num("lag_p99_us"),
             errors: num("errors") as u64,
-            served: (num("ok") + num("warmup_ok")) as u64,
+            ok: num("ok") as u64,
+            warmup_ok: num("warmup_ok") as u64,
             gen_cpu_us: num("cpu_us"),
         })
     };
@@ -304,7 +306,8 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             let before = cpu_secs(&pids);
             let run = load(url, *http, *key, args.concurrency, None)?;
             cpu[i].0 += cpu_secs(&pids) - before;
-            cpu[i].1 += run.served;
+            // The proxy served the warm-up too.
+            cpu[i].1 += run.ok + run.warmup_ok;
             rates[i].push(run);
         }
     }
@@ -371,7 +374,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             half.p50,
             half.p99,
             half.lag_p99,
-            half.gen_cpu_us / (half.rate * args.seconds as f64).max(1.0),
+            half.gen_cpu_us / half.ok.max(1) as f64,
             c1_errors + errors + half_errors
         );
         results.push((name.clone(), c1, sat, half));
