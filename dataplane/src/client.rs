@@ -17,9 +17,11 @@
 //!   lines, connect time; the caller bounds the wait for the head and the
 //!   body's size and time.
 //! - An idle connection the upstream has closed is noticed before reuse
-//!   (the reactor has seen it readable); if a reused connection still fails
-//!   before a single response byte, the request is sent once more on a new
-//!   connection, as the upstream closed it before reading the request.
+//!   (the reactor has seen it readable). If a reused connection still fails,
+//!   the request is sent once more on a new connection only when the
+//!   upstream cannot have acted on it: the write failed, or the request is
+//!   replayable (`Outgoing::replay_safe`, or an idempotent method) and no
+//!   response byte came back. A `tools/call` is never sent twice.
 
 use std::{
     cell::RefCell,
