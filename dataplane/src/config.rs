@@ -65,7 +65,7 @@ pub struct Listeners {
     pub admin: Option<SocketAddr>,
     /// Threads that serve connections, each with a runtime of its own; a
     /// connection stays on the thread that took it, with that thread's pool
-    /// of upstream connections. Default: one per CPU.
+    /// of upstream connections. Default: one per CPU (at most 256).
     pub workers: Option<usize>,
 }
 

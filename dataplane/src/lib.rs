@@ -13,6 +13,7 @@ pub mod memo;
 pub mod metrics;
 pub mod model;
 pub mod names;
+pub mod quic;
 pub mod relay;
 pub mod run;
 pub mod session;

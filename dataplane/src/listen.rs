@@ -117,6 +117,9 @@ impl Drain {
     }
 }
 
+/// Most worker threads: QUIC connection IDs name their worker in a byte.
+pub const MAX_WORKERS: usize = 256;
+
 /// Threads that serve connections, each running a single-threaded runtime.
 /// A connection is handed to one of them when accepted and lives there: its
 /// requests, its upstream calls and their pooled connections never cross
@@ -440,9 +443,10 @@ pub fn quic_server_config(
 /// all bound to the same port with `SO_REUSEPORT`. The kernel steers each
 /// client's datagrams, by address, to one of the sockets: a connection's
 /// packets, its QUIC state and its requests all stay on one thread, with no
-/// hand-over between threads per packet. A client whose address changes
-/// mid-connection (NAT rebinding, migration) may reach a socket that does
-/// not know the connection; it connects again. Returns the bound address.
+/// hand-over between threads per packet. When a client's address changes
+/// mid-connection (NAT rebinding, migration), its datagrams may reach
+/// another worker's socket, which hands them to the worker that holds the
+/// connection (`quic`). Returns the bound address.
 pub fn serve_h3_on_workers(
     s: &Serve,
     addr: SocketAddr,
@@ -451,19 +455,39 @@ pub fn serve_h3_on_workers(
     // One connection limit for the listener, whichever thread serves it.
     let limit = Arc::new(Semaphore::new(s.limits.max_connections));
     // One reset key: any endpoint may reset any connection that strays.
-    let endpoint_cfg = quinn::EndpointConfig::default();
+    let shared = quinn::EndpointConfig::default();
     let sockets = bind_udp_group(addr, s.workers.len())?;
     let bound = sockets[0].local_addr()?;
-    for (handle, socket) in s.workers.handles().iter().zip(sockets) {
+    let m = &s.gw.metrics;
+    let group = crate::quic::Group::new(
+        sockets.len(),
+        m.quic_handovers.with_label_values(&["handed_over"]),
+        m.quic_handovers.with_label_values(&["dropped"]),
+    );
+    for (worker, (handle, socket)) in s.workers.handles().iter().zip(sockets).enumerate() {
+        let mut endpoint_cfg = shared.clone();
+        let g = group.clone();
+        endpoint_cfg.cid_generator(move || {
+            Box::new(crate::quic::CidGenerator {
+                group: g.clone(),
+                worker,
+            })
+        });
         // Created inside the worker's runtime: the socket registers with
         // that thread's reactor, and the endpoint's driver runs there.
         let endpoint = {
             let _in_worker = handle.enter();
-            quinn::Endpoint::new(
-                endpoint_cfg.clone(),
+            let runtime = Arc::new(quinn::TokioRuntime);
+            let socket = Arc::new(crate::quic::Steered {
+                inner: quinn::Runtime::wrap_udp_socket(&*runtime, socket)?,
+                group: group.clone(),
+                me: worker,
+            });
+            quinn::Endpoint::new_with_abstract_socket(
+                endpoint_cfg,
                 Some(cfg.clone()),
                 socket,
-                Arc::new(quinn::TokioRuntime),
+                runtime,
             )?
         };
         handle.spawn(
@@ -523,6 +547,7 @@ async fn serve_h3(s: Serve, endpoint: quinn::Endpoint, limit: Arc<Semaphore>) {
 }
 
 async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
+    let quic = conn.clone();
     let mut h3 = match h3::server::builder()
         .max_field_section_size(s.limits.max_header_bytes as u64)
         .build::<_, Bytes>(h3_quinn::Connection::new(conn))
@@ -537,17 +562,20 @@ async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
     let drained = s.drain.watch();
     let mut closing = false;
     let memo = Arc::new(crate::gateway::ConnMemo::default());
+    // This connection's requests: when draining, the connection closes
+    // once they are answered.
+    let requests = TaskTracker::new();
     loop {
         tokio::select! {
             r = h3.accept() => match r {
                 Ok(Some(resolver)) => {
                     let gw = s.gw.clone();
                     let memo = memo.clone();
-                    s.tracker.spawn(async move {
+                    requests.spawn(s.tracker.track_future(async move {
                         if let Err(e) = serve_h3_request(gw, resolver, &memo).await {
                             tracing::debug!("HTTP/3 request failed: {e}");
                         }
-                    });
+                    }));
                 }
                 Ok(None) => return,
                 Err(e) => {
@@ -559,10 +587,39 @@ async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
                 closing = true;
                 // GOAWAY: finish what is running, accept nothing new.
                 let _ = h3.shutdown(0).await;
+                requests.close();
             }
+            () = requests.wait(), if closing => break,
         }
     }
+    // Draining, and every accepted request is answered. h3 would now wait
+    // for the client to close, which an idle client may never do before
+    // the drain timeout; close it ourselves (RFC 9114 §5.2). Not at once:
+    // QUIC drops unsent stream data on close, so first wait until the
+    // connection has been quiet (nothing sent or received) for a while,
+    // i.e. the answers are out and acknowledged.
+    let traffic = |c: &quinn::Connection| {
+        let st = c.stats();
+        (st.udp_tx.datagrams, st.udp_rx.datagrams)
+    };
+    let mut seen = traffic(&quic);
+    loop {
+        let linger = (quic.rtt() * 4 + Duration::from_millis(200)).min(Duration::from_secs(2));
+        tokio::select! {
+            _ = quic.closed() => return,
+            () = tokio::time::sleep(linger) => {}
+        }
+        let now = traffic(&quic);
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
+    quic.close(H3_NO_ERROR, b"shutting down");
 }
+
+/// HTTP/3's "no error" code, for closing a connection after GOAWAY.
+const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
 
 async fn serve_h3_request(
     gw: Arc<Gateway>,

@@ -22,6 +22,7 @@ pub struct Metrics {
     pub sessions: IntCounterVec,
     pub refusals: IntCounterVec,
     pub upstream_errors: IntCounterVec,
+    pub quic_handovers: IntCounterVec,
     pub config_reloads: IntCounterVec,
     pub config_rejected: IntGauge,
     pub config_revision: IntGauge,
@@ -140,6 +141,16 @@ impl Metrics {
             &["upstream", "reason"],
         )
         .expect("valid metric");
+        let quic_handovers = IntCounterVec::new(
+            Opts::new(
+                "stoa_quic_handovers_total",
+                "QUIC datagrams that reached another worker's socket (the client's address \
+                 changed): handed over to the worker that holds their connection, or dropped \
+                 on a full inbox",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         let config_reloads = IntCounterVec::new(
             Opts::new("stoa_config_reloads_total", "Config reloads by outcome"),
             &["outcome"],
@@ -186,6 +197,7 @@ impl Metrics {
             Box::new(sessions.clone()),
             Box::new(refusals.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(quic_handovers.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_rejected.clone()),
         ] {
@@ -201,6 +213,7 @@ impl Metrics {
             sessions,
             refusals,
             upstream_errors,
+            quic_handovers,
             config_reloads,
             config_rejected,
             config_revision,

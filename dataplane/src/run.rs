@@ -83,7 +83,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .listeners
         .workers
         .filter(|n| *n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .min(listen::MAX_WORKERS);
+    if cfg
+        .listeners
+        .workers
+        .is_some_and(|n| n > listen::MAX_WORKERS)
+    {
+        anyhow::bail!(
+            "listeners.workers: at most {} (QUIC connection IDs name the worker in one byte)",
+            listen::MAX_WORKERS
+        );
+    }
     let serve = Serve {
         gw: gw.clone(),
         limits: cfg.limits.clone(),

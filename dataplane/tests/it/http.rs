@@ -252,3 +252,98 @@ impl<'a> Session<'a> {
         r.json()
     }
 }
+
+/// An HTTP/3 client (quinn and h3) on one QUIC connection to a gateway's
+/// TLS port, trusting its development CA.
+pub struct H3 {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    /// `https://localhost:<port>`.
+    pub base: String,
+}
+
+impl H3 {
+    pub async fn connect(gw: &crate::harness::Gateway) -> H3 {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let port: u16 = gw.tls_url().rsplit(':').next().unwrap().parse().unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(gw.ca()).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let config = quinn::ClientConfig::new(std::sync::Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+        ));
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint
+            .connect_with(config, ([127, 0, 0, 1], port).into(), "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+            .await
+            .unwrap();
+        tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        H3 {
+            endpoint,
+            conn,
+            send,
+            base: format!("https://localhost:{port}"),
+        }
+    }
+
+    /// Another handle on the same connection, for a concurrent request.
+    pub fn clone_sender(&self) -> H3Sender {
+        H3Sender(self.send.clone())
+    }
+
+    pub async fn post(&mut self, url: &str, headers: &[(String, String)], body: &Value) -> Reply {
+        h3_post(&mut self.send, url, headers, body).await
+    }
+}
+
+pub struct H3Sender(h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>);
+
+impl H3Sender {
+    pub async fn post(&mut self, url: &str, headers: &[(String, String)], body: &Value) -> Reply {
+        h3_post(&mut self.0, url, headers, body).await
+    }
+}
+
+async fn h3_post(
+    send: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    url: &str,
+    headers: &[(String, String)],
+    body: &Value,
+) -> Reply {
+    use bytes::Buf;
+    let mut req = Request::post(url);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let mut stream = send.send_request(req.body(()).unwrap()).await.unwrap();
+    stream
+        .send_data(Bytes::from(body.to_string()))
+        .await
+        .unwrap();
+    stream.finish().await.unwrap();
+    let resp = stream.recv_response().await.unwrap();
+    let mut out = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        out.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    Reply {
+        status: resp.status(),
+        headers: resp.headers().clone(),
+        version: Version::HTTP_3,
+        body: String::from_utf8(out).unwrap(),
+    }
+}

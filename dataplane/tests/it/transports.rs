@@ -3,10 +3,12 @@
 use http::Version;
 use serde_json::json;
 
+use std::time::Duration;
+
 use crate::{
     clients::{self, text_of},
     harness::{Gateway, GatewaySpec, Reference},
-    http::{Http, Session},
+    http::{ACCEPT_BOTH, H3, Http, Session},
 };
 
 async fn echo_over(http: &Http, url: &str, auth: &str) -> (Version, String) {
@@ -174,4 +176,147 @@ async fn an_https_upstream_is_reached_with_a_private_ca() {
     assert_eq!(r.status, http::StatusCode::BAD_GATEWAY, "{}", r.body);
     assert_eq!(r.json()["error"]["data"]["reason"], "upstream_unavailable");
     assert!(r.body.contains("TLS"), "{}", r.body);
+}
+
+/// An HTTP/3 client whose address changes mid-connection (NAT rebinding:
+/// a new UDP port) keeps its connection and its MCP session. Each worker
+/// thread has a QUIC socket of its own on the port, and the kernel picks
+/// one by the client's address, so after a move the datagrams usually land
+/// on a worker that does not hold the connection: it hands them over.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http3_client_that_changes_address_keeps_its_connection() {
+    let reference = Reference::start(None);
+    let (mut spec, key) = GatewaySpec::open(&[("reference", &reference.url)]);
+    spec.tls = true;
+    // With 8 sockets, 10 moves all landing on the first one has odds 8^-10.
+    spec.workers = Some(8);
+    let gw = Gateway::start(&spec).await;
+    let mut h3 = H3::connect(&gw).await;
+    let url = format!("{}/mcp/reference", h3.base);
+    let mut headers = vec![
+        ("authorization".to_string(), key.bearer()),
+        ("content-type".into(), "application/json".into()),
+        ("accept".into(), ACCEPT_BOTH.into()),
+    ];
+    let init = h3.post(&url, &headers, &initialize("mover")).await;
+    assert_eq!(init.status, 200);
+    headers.push((
+        "mcp-session-id".into(),
+        init.header("mcp-session-id").unwrap().into(),
+    ));
+    headers.push(("mcp-protocol-version".into(), "2025-11-25".into()));
+
+    let mut ports = std::collections::HashSet::new();
+    for i in 0..10 {
+        h3.endpoint
+            .rebind(std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .unwrap();
+        ports.insert(h3.endpoint.local_addr().unwrap().port());
+        let call = json!({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"message": format!("move {i}")}}});
+        let r = h3.post(&url, &headers, &call).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(text_of(&r.json()["result"]), format!("move {i}"));
+    }
+    assert_eq!(ports.len(), 10, "ten different client ports");
+    assert!(
+        h3.conn.close_reason().is_none(),
+        "{:?}",
+        h3.conn.close_reason()
+    );
+
+    let metrics = Http::h1()
+        .send(
+            http::Method::GET,
+            &format!("{}/metrics", gw.url()),
+            &[],
+            None,
+        )
+        .await
+        .body;
+    let handed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("stoa_quic_handovers_total{outcome=\"handed_over\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(handed > 0, "{metrics}");
+}
+
+/// On shutdown, an HTTP/3 call in flight completes, and then the gateway
+/// closes the connection itself (H3_NO_ERROR) instead of waiting out the
+/// drain timeout for a client that keeps its connection open.
+#[tokio::test(flavor = "multi_thread")]
+async fn draining_closes_http3_connections_once_their_calls_are_answered() {
+    let (_everything, ev_url) = crate::harness::everything().await;
+    let (mut spec, key) = GatewaySpec::open(&[("everything", &ev_url)]);
+    spec.tls = true;
+    spec.extra = "limits: {drain_timeout: 120s}\n".into();
+    let mut gw = Gateway::start(&spec).await;
+    let h3 = H3::connect(&gw).await;
+    let url = format!("{}/mcp/everything", h3.base);
+    let mut headers = vec![
+        ("authorization".to_string(), key.bearer()),
+        ("content-type".into(), "application/json".into()),
+        ("accept".into(), ACCEPT_BOTH.into()),
+    ];
+    let mut post = h3.clone_sender();
+    let init = post.post(&url, &headers, &initialize("drainee")).await;
+    assert_eq!(init.status, 200, "{}", init.body);
+    headers.push((
+        "mcp-session-id".into(),
+        init.header("mcp-session-id").unwrap().into(),
+    ));
+    headers.push(("mcp-protocol-version".into(), "2025-11-25".into()));
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(post.post(&url, &headers, &note).await.status, 202);
+
+    // A 2-second call is in flight when the gateway is told to stop.
+    let long = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": "trigger-long-running-operation", "arguments": {"duration": 2, "steps": 2}}});
+    let (u, h) = (url.clone(), headers.clone());
+    let in_flight = tokio::spawn(async move { post.post(&u, &h, &long).await });
+    crate::harness::eventually(
+        "the call to be in flight",
+        Duration::from_secs(10),
+        || async {
+            let m = Http::h1()
+                .send(
+                    http::Method::GET,
+                    &format!("{}/metrics", gw.url()),
+                    &[],
+                    None,
+                )
+                .await
+                .body;
+            m.contains("stoa_active_streams{kind=\"post\"} 1")
+                .then_some(())
+        },
+    )
+    .await;
+    gw.proc.signal("TERM");
+
+    let done = in_flight.await.unwrap();
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(
+        text_of(&done.json()["result"]).contains("completed"),
+        "{}",
+        done.body
+    );
+    // The client never closes; the gateway does, with HTTP/3's "no error".
+    match h3.conn.closed().await {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, quinn::VarInt::from_u32(0x100), "{c:?}")
+        }
+        other => panic!("closed by {other:?}"),
+    }
+    // Well before the 120 s drain timeout.
+    let status = gw.proc.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}\n{}", gw.log());
+    assert!(!gw.log().contains("drain timeout reached"), "{}", gw.log());
+}
+
+fn initialize(name: &str) -> serde_json::Value {
+    json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": name, "version": "0"}}})
 }
