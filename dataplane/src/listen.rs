@@ -523,9 +523,11 @@ fn bind_udp_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::U
 /// Accepts QUIC connections on one worker's endpoint and serves them there.
 async fn serve_h3(s: Serve, endpoint: quinn::Endpoint, limit: Arc<Semaphore>) {
     let drained = s.drain.watch();
+    // This endpoint's connections: on drain, it waits for them to close.
+    let conns = TaskTracker::new();
     loop {
         let incoming = tokio::select! {
-            i = endpoint.accept() => match i { Some(i) => i, None => return },
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
             _ = drained.started() => break,
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
@@ -533,17 +535,23 @@ async fn serve_h3(s: Serve, endpoint: quinn::Endpoint, limit: Arc<Semaphore>) {
             continue;
         };
         let s2 = s.clone();
-        tokio::spawn(s.tracker.track_future(async move {
+        conns.spawn(async move {
             let _permit = permit;
             let _conn = GaugeGuard::new(s2.gw.metrics.connections.with_label_values(&["quic"]));
             match incoming.await {
                 Ok(conn) => serve_h3_conn(s2, conn).await,
                 Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
             }
-        }));
+        });
     }
     // Let open connections finish; refuse new ones.
     endpoint.set_server_config(None);
+    conns.close();
+    conns.wait().await;
+    // A close is sent by the endpoint's driver, on its own time: before the
+    // process may exit, let it tell every peer (or a client would only
+    // learn by timing out). Bounded, for peers that are gone.
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
 }
 
 async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
