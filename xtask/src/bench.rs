@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::{cargo, demo::target_dir, root, sh};
+use crate::{cargo, demo::target_dir, procs::Procs, root, sh};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,17 +42,6 @@ pub struct Args {
     suite: String,
     #[command(flatten)]
     propagation: crate::propagation::PropagationArgs,
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@
 
 mod bench;
 mod demo;
+mod procs;
 mod propagation;
 mod tools;
 

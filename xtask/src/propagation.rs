@@ -7,11 +7,13 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
+
+use crate::procs::Procs;
 
 #[derive(clap::Args, Clone)]
 pub struct PropagationArgs {
@@ -27,17 +29,6 @@ pub struct PropagationArgs {
     /// The store (default: a fresh SQLite file under target/bench).
     #[arg(long)]
     pub database_url: Option<String>,
-}
-
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in self.0.iter_mut().rev() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 const ADMIN: &str = "bench-admin-token";

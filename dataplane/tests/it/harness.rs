@@ -353,4 +353,17 @@ impl Gateway {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default()
     }
+
+    /// The Prometheus text of `/metrics` on the plain listener.
+    pub async fn metrics(&self) -> String {
+        crate::http::Http::h1()
+            .send(
+                http::Method::GET,
+                &format!("{}/metrics", self.url()),
+                &[],
+                None,
+            )
+            .await
+            .body
+    }
 }

@@ -177,10 +177,7 @@ async fn config_reloads_atomically_and_bad_config_keeps_the_last_good_one() {
         "the failed reload to be counted",
         Duration::from_secs(10),
         || async {
-            let m = http
-                .send(Method::GET, &format!("{}/metrics", gw.url()), &[], None)
-                .await
-                .body;
+            let m = gw.metrics().await;
             m.contains("stoa_config_reloads_total{outcome=\"error\"}")
                 .then_some(m)
         },
@@ -243,10 +240,7 @@ async fn health_metrics_and_graceful_drain() {
         )
         .await;
     assert!(text_of(&echo["result"]).contains('m'));
-    let m = http
-        .send(Method::GET, &format!("{}/metrics", gw.url()), &[], None)
-        .await
-        .body;
+    let m = gw.metrics().await;
     assert!(m.contains(r#"stoa_requests_total{method="tools/call",route="upstream",status="200",upstream="everything"} 1"#), "{m}");
     assert!(
         m.contains(
@@ -278,10 +272,7 @@ async fn health_metrics_and_graceful_drain() {
         "the call to be in flight",
         Duration::from_secs(10),
         || async {
-            let m = http
-                .send(Method::GET, &format!("{}/metrics", gw.url()), &[], None)
-                .await
-                .body;
+            let m = gw.metrics().await;
             m.contains("stoa_active_streams{kind=\"post\"} 1")
                 .then_some(m)
         },

@@ -225,15 +225,7 @@ async fn an_http3_client_that_changes_address_keeps_its_connection() {
         h3.conn.close_reason()
     );
 
-    let metrics = Http::h1()
-        .send(
-            http::Method::GET,
-            &format!("{}/metrics", gw.url()),
-            &[],
-            None,
-        )
-        .await
-        .body;
+    let metrics = gw.metrics().await;
     let handed: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("stoa_quic_handovers_total{outcome=\"handed_over\"} "))
@@ -279,15 +271,7 @@ async fn draining_closes_http3_connections_once_their_calls_are_answered() {
         "the call to be in flight",
         Duration::from_secs(10),
         || async {
-            let m = Http::h1()
-                .send(
-                    http::Method::GET,
-                    &format!("{}/metrics", gw.url()),
-                    &[],
-                    None,
-                )
-                .await
-                .body;
+            let m = gw.metrics().await;
             m.contains("stoa_active_streams{kind=\"post\"} 1")
                 .then_some(())
         },

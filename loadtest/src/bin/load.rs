@@ -84,7 +84,13 @@ enum Transport {
             >,
         >,
     ),
-    H3(Arc<Mutex<h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>>>),
+    /// The endpoint is kept to close the connection at the end: a QUIC
+    /// peer is not told when a process exits, and the gateway would keep
+    /// the connection until its idle timeout.
+    H3(
+        Arc<Mutex<h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>>>,
+        quinn::Endpoint,
+    ),
 }
 
 impl Transport {
@@ -94,7 +100,7 @@ impl Transport {
         if a.http == 3 {
             return h3_connect(&a.url, tls)
                 .await
-                .map(|s| Transport::H3(Arc::new(Mutex::new(s))));
+                .map(|(s, e)| Transport::H3(Arc::new(Mutex::new(s)), e));
         }
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
         http.set_nodelay(true);
@@ -135,7 +141,7 @@ impl Transport {
                 let bytes = resp.into_body().collect().await?.to_bytes();
                 Ok((status, session, bytes))
             }
-            Transport::H3(send) => {
+            Transport::H3(send, _) => {
                 let mut stream = send.lock().await.send_request(req.body(())?).await?;
                 stream.send_data(body).await?;
                 stream.finish().await?;
@@ -179,7 +185,10 @@ fn tls_config(
 async fn h3_connect(
     url: &str,
     tls: rustls::ClientConfig,
-) -> anyhow::Result<h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>> {
+) -> anyhow::Result<(
+    h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    quinn::Endpoint,
+)> {
     let uri: Uri = url.parse()?;
     let host = uri.host().context("host")?.to_owned();
     let port = uri.port_u16().unwrap_or(443);
@@ -200,7 +209,7 @@ async fn h3_connect(
     tokio::spawn(async move {
         let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
     });
-    Ok(send)
+    Ok((send, endpoint))
 }
 
 fn base_headers(a: &Args) -> Vec<(String, String)> {
@@ -376,6 +385,10 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let cpu_us = own_cpu_us()
         .zip(cpu_before)
         .map(|(after, before)| after - before);
+    if let Transport::H3(_, endpoint) = &transport {
+        endpoint.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    }
     let h = hist.lock().expect("histogram");
     println!(
         "{}",
