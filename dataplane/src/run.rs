@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -100,7 +100,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         limits: cfg.limits.clone(),
         tracker: TaskTracker::new(),
         drain: Arc::default(),
-        workers: Arc::new(listen::Workers::start(workers).context("starting worker threads")?),
+        workers: Arc::new(
+            listen::Workers::start(
+                workers,
+                (cfg.limits.header_read_timeout / 2).min(Duration::from_secs(1)),
+            )
+            .context("starting worker threads")?,
+        ),
     };
     let mut bound = Bound::default();
     let mut cert_watch: Option<(Arc<Resolver>, CertFiles)> = None;
