@@ -142,7 +142,8 @@ impl Workers {
     /// an extra epoll round, whenever a new timer is due before every timer
     /// it has, and hyper arms a new header-read timer after each response.
     /// On a connection alone on its thread, that was one wasted wake-up per
-    /// request; with the floor, it is one per `timer_floor` at most.
+    /// request; the floor costs an idle worker one or two wake-ups per
+    /// `timer_floor` instead.
     pub fn start(n: usize, timer_floor: Duration) -> std::io::Result<Workers> {
         let mut handles = Vec::with_capacity(n);
         let mut stop = Vec::with_capacity(n);
@@ -588,12 +589,21 @@ async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
     let drained = s.drain.watch();
     let mut closing = false;
     let memo = Arc::new(crate::gateway::ConnMemo::default());
-    // This connection's requests: when draining, the connection closes
-    // once they are answered.
+    // This connection's requests: the connection closes once they are done.
     let requests = TaskTracker::new();
     loop {
         tokio::select! {
             r = h3.accept() => match r {
+                Ok(Some(resolver)) if closing => {
+                    // At or past our GOAWAY's stream ID, which announced it
+                    // as not processed: it must not be, the client retries.
+                    requests.spawn(async move {
+                        if let Ok((_, mut stream)) = resolver.resolve_request().await {
+                            stream.stop_sending(h3::error::Code::H3_REQUEST_REJECTED);
+                            stream.stop_stream(h3::error::Code::H3_REQUEST_REJECTED);
+                        }
+                    });
+                }
                 Ok(Some(resolver)) => {
                     let gw = s.gw.clone();
                     let memo = memo.clone();
@@ -603,49 +613,65 @@ async fn serve_h3_conn(s: Serve, conn: quinn::Connection) {
                         }
                     }));
                 }
-                Ok(None) => return,
+                // The client's GOAWAY, its requests done.
+                Ok(None) => break,
                 Err(e) => {
                     tracing::debug!("HTTP/3 connection ended: {e}");
-                    return;
+                    if quic.close_reason().is_some() {
+                        return;
+                    }
+                    break;
                 }
             },
             _ = drained.started(), if !closing => {
                 closing = true;
-                // GOAWAY: finish what is running, accept nothing new.
-                let _ = h3.shutdown(0).await;
+                // GOAWAY naming the next request stream: every request
+                // accepted so far is answered, none after.
+                let _ = h3.shutdown(1).await;
                 requests.close();
             }
             () = requests.wait(), if closing => break,
         }
     }
-    // Draining, and every accepted request is answered. h3 would now wait
-    // for the client to close, which an idle client may never do before
-    // the drain timeout; close it ourselves (RFC 9114 §5.2). Not at once:
-    // QUIC drops unsent stream data on close, so first wait until the
-    // connection has been quiet (nothing sent or received) for a while,
-    // i.e. the answers are out and acknowledged.
-    let traffic = |c: &quinn::Connection| {
-        let st = c.stats();
-        (st.udp_tx.datagrams, st.udp_rx.datagrams)
-    };
-    let mut seen = traffic(&quic);
-    loop {
-        let linger = (quic.rtt() * 4 + Duration::from_millis(200)).min(Duration::from_secs(2));
-        tokio::select! {
-            _ = quic.closed() => return,
-            () = tokio::time::sleep(linger) => {}
-        }
-        let now = traffic(&quic);
-        if now == seen {
-            break;
-        }
-        seen = now;
-    }
-    quic.close(H3_NO_ERROR, b"shutting down");
+    // h3 would now wait for the client to close, which an idle client may
+    // never do before the drain timeout: close it ourselves (RFC 9114
+    // §5.2), once the answers are out.
+    requests.close();
+    requests.wait().await;
+    linger(&quic).await;
+    quic.close(H3_NO_ERROR, b"");
 }
 
 /// HTTP/3's "no error" code, for closing a connection after GOAWAY.
 const H3_NO_ERROR: quinn::VarInt = quinn::VarInt::from_u32(0x100);
+/// The longest a closing connection waits to have gone quiet.
+const LINGER_MAX: Duration = Duration::from_secs(5);
+
+/// Returns once the connection has been quiet (no datagram sent or
+/// received) for a second and four round trips, or is closed, or after
+/// `LINGER_MAX`. QUIC drops unsent and unacknowledged stream data on close;
+/// quiet means the answers went out and were acknowledged, as quinn would
+/// otherwise be retransmitting them.
+async fn linger(quic: &quinn::Connection) {
+    let traffic = |c: &quinn::Connection| {
+        let st = c.stats();
+        (st.udp_tx.datagrams, st.udp_rx.datagrams)
+    };
+    let deadline = tokio::time::Instant::now() + LINGER_MAX;
+    let mut seen = traffic(quic);
+    loop {
+        let window = quic.rtt() * 4 + Duration::from_secs(1);
+        tokio::select! {
+            _ = quic.closed() => return,
+            () = tokio::time::sleep(window) => {}
+        }
+        let now = traffic(quic);
+        if now == seen || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        seen = now;
+    }
+}
 
 async fn serve_h3_request(
     gw: Arc<Gateway>,

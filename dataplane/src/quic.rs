@@ -25,7 +25,12 @@
 //!
 //! A connection that moved keeps costing one hand-over per datagram (the
 //! kernel keeps picking the other socket); an inbox holds at most
-//! [`INBOX_DATAGRAMS`] datagrams and drops beyond that, as a network would.
+//! [`INBOX_DATAGRAMS`] datagrams and [`INBOX_BYTES`] bytes and drops beyond
+//! that, as a network would.
+//!
+//! Known gap: a client's stateless reset starts with random bytes, so it
+//! may be handed to a worker that cannot match its token; that connection
+//! then ends at its idle timeout rather than at once.
 
 use std::{
     collections::VecDeque,
@@ -51,8 +56,9 @@ use ring::rand::SecureRandom;
 
 /// Length of the connection IDs this gateway issues.
 const CID_LEN: usize = 8;
-/// Datagrams waiting in one worker's inbox; more are dropped.
+/// Datagrams, and bytes, waiting in one worker's inbox; more are dropped.
 pub const INBOX_DATAGRAMS: usize = 1024;
+pub const INBOX_BYTES: usize = 2 << 20;
 
 /// The workers of one HTTP/3 listener: their inboxes and the key that
 /// hides worker numbers in connection IDs.
@@ -66,10 +72,16 @@ pub struct Group {
 
 #[derive(Default)]
 struct Inbox {
-    queue: Mutex<VecDeque<Stray>>,
+    queue: Mutex<Queue>,
     /// `queue`'s length, read without the lock on every receive.
     len: AtomicUsize,
     waker: AtomicWaker,
+}
+
+#[derive(Default)]
+struct Queue {
+    strays: VecDeque<Stray>,
+    bytes: usize,
 }
 
 /// A datagram (possibly several, `stride` bytes apart) received by the
@@ -121,18 +133,19 @@ impl Group {
         let inbox = &self.inboxes[to];
         {
             let mut q = inbox.queue.lock().unwrap_or_else(|p| p.into_inner());
-            if q.len() >= INBOX_DATAGRAMS {
+            if q.strays.len() >= INBOX_DATAGRAMS || q.bytes + data.len() > INBOX_BYTES {
                 self.dropped.inc();
                 return;
             }
-            q.push_back(Stray {
+            q.bytes += data.len();
+            q.strays.push_back(Stray {
                 data: data.into(),
                 addr: meta.addr,
                 stride: data.len(),
                 ecn: meta.ecn,
                 dst_ip: meta.dst_ip,
             });
-            inbox.len.store(q.len(), Ordering::Release);
+            inbox.len.store(q.strays.len(), Ordering::Release);
         }
         self.handed_over.inc();
         inbox.waker.wake();
@@ -212,7 +225,10 @@ impl Steered {
         let mut q = inbox.queue.lock().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;
         while n < bufs.len().min(meta.len()) {
-            let Some(s) = q.pop_front() else { break };
+            let Some(s) = q.strays.pop_front() else {
+                break;
+            };
+            q.bytes -= s.data.len();
             // Every endpoint's buffers are alike, and the datagram came in
             // through one: it fits. Were it not to, a cut datagram fails
             // its authentication and is dropped, as a network would.
@@ -227,7 +243,7 @@ impl Steered {
             };
             n += 1;
         }
-        inbox.len.store(q.len(), Ordering::Release);
+        inbox.len.store(q.strays.len(), Ordering::Release);
         n
     }
 }
