@@ -253,6 +253,37 @@ impl<'a> Session<'a> {
     }
 }
 
+/// A QUIC connection (ALPN h3) to a gateway's TLS port, trusting its
+/// development CA; and the port.
+pub async fn quic_connect(
+    gw: &crate::harness::Gateway,
+) -> (quinn::Endpoint, quinn::Connection, u16) {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let port: u16 = gw.tls_url().rsplit(':').next().unwrap().parse().unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(gw.ca()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let config = quinn::ClientConfig::new(std::sync::Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(config, ([127, 0, 0, 1], port).into(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
+    (endpoint, conn, port)
+}
+
 /// An HTTP/3 client (quinn and h3) on one QUIC connection to a gateway's
 /// TLS port, trusting its development CA.
 pub struct H3 {
@@ -265,29 +296,7 @@ pub struct H3 {
 
 impl H3 {
     pub async fn connect(gw: &crate::harness::Gateway) -> H3 {
-        use rustls::pki_types::{CertificateDer, pem::PemObject};
-        let port: u16 = gw.tls_url().rsplit(':').next().unwrap().parse().unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(gw.ca()).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h3".to_vec()];
-        let config = quinn::ClientConfig::new(std::sync::Arc::new(
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-        ));
-        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let conn = endpoint
-            .connect_with(config, ([127, 0, 0, 1], port).into(), "localhost")
-            .unwrap()
-            .await
-            .unwrap();
+        let (endpoint, conn, port) = quic_connect(gw).await;
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
             .await
             .unwrap();

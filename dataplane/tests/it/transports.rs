@@ -304,3 +304,179 @@ fn initialize(name: &str) -> serde_json::Value {
         "protocolVersion": "2025-11-25", "capabilities": {},
         "clientInfo": {"name": name, "version": "0"}}})
 }
+
+/// The GOAWAY sent on drain names the stream after the last request the
+/// gateway accepted, so a request still being answered is never announced
+/// as "not processed" (which invites a retry: a tool run twice); a request
+/// that arrives after the GOAWAY is refused with H3_REQUEST_REJECTED; the
+/// one in flight is answered. Spoken in raw HTTP/3 frames, as a client that
+/// ignores GOAWAY would (the h3 crate's client refuses to send after one).
+#[tokio::test(flavor = "multi_thread")]
+async fn draining_http3_names_the_next_stream_in_goaway_and_refuses_later_requests() {
+    let reference = Reference::start(None);
+    let (mut spec, key) = GatewaySpec::open(&[("reference", &reference.url)]);
+    spec.tls = true;
+    let mut gw = Gateway::start(&spec).await;
+    let (_endpoint, conn, port) = crate::http::quic_connect(&gw).await;
+    let authority = format!("localhost:{port}");
+    // Our control stream: its type, then empty SETTINGS.
+    let mut control = conn.open_uni().await.unwrap();
+    control.write_all(&[0x00, 0x04, 0x00]).await.unwrap();
+    let goaway = tokio::spawn(read_goaway(conn.clone()));
+
+    // Stream 0: a POST whose body is held back, so it stays in flight (the
+    // gateway waits for the body). Stream 4: a GET answered at once, which
+    // tells that both are accepted (QUIC hands streams over in order).
+    let (mut s0_tx, mut s0_rx) = conn.open_bi().await.unwrap();
+    let bearer = key.bearer();
+    let mut fields = vec![0xd4, 0xd7]; // :method POST, :scheme https
+    fields.extend(literal(0, &authority)); // :authority
+    fields.extend(literal(1, "/mcp/reference")); // :path
+    fields.push(0xee); // content-type: application/json
+    fields.extend(literal(29, ACCEPT_BOTH)); // accept
+    fields.extend(literal(84, &bearer)); // authorization
+    s0_tx.write_all(&headers_frame(&fields)).await.unwrap();
+    let (mut s4_tx, mut s4_rx) = conn.open_bi().await.unwrap();
+    s4_tx
+        .write_all(&headers_frame(&get_fields(&authority, "/healthz")))
+        .await
+        .unwrap();
+    s4_tx.finish().unwrap();
+    let answered = s4_rx.read_to_end(1 << 16).await.unwrap();
+    assert!(!answered.is_empty());
+
+    gw.proc.signal("TERM");
+    // The last accepted request stream is 4: GOAWAY must name 8 (naming
+    // 4 would announce an answered request as not processed).
+    assert_eq!(goaway.await.unwrap(), 8);
+
+    // Stream 8, sent after the GOAWAY: refused, not served.
+    let (mut s8_tx, mut s8_rx) = conn.open_bi().await.unwrap();
+    s8_tx
+        .write_all(&headers_frame(&get_fields(&authority, "/healthz")))
+        .await
+        .unwrap();
+    s8_tx.finish().unwrap();
+    match s8_rx.read_to_end(1 << 16).await {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+            assert_eq!(code, quinn::VarInt::from_u32(0x10b), "H3_REQUEST_REJECTED")
+        }
+        other => panic!("stream 8 was not refused: {other:?}"),
+    }
+
+    // Stream 0 gets its body now, and its answer.
+    let init = initialize("held").to_string();
+    let mut data = varint(0x00);
+    data.extend(varint(init.len() as u64));
+    data.extend(init.as_bytes());
+    s0_tx.write_all(&data).await.unwrap();
+    s0_tx.finish().unwrap();
+    let answer = s0_rx.read_to_end(1 << 20).await.unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("\"protocolVersion\""), "{text}");
+
+    let status = gw.proc.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}\n{}", gw.log());
+}
+
+/// Reads the server's control stream (type 0x00) up to its GOAWAY frame;
+/// the stream ID it names.
+async fn read_goaway(conn: quinn::Connection) -> u64 {
+    loop {
+        let mut uni = conn.accept_uni().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 256];
+        // The stream type, then frames: (type, length, payload).
+        let mut at = None;
+        loop {
+            match uni.read(&mut chunk).await.unwrap() {
+                Some(n) => buf.extend_from_slice(&chunk[..n]),
+                None => break,
+            }
+            let Some((kind, mut i)) = read_varint(&buf, 0) else {
+                continue;
+            };
+            if kind != 0x00 {
+                break; // not the control stream
+            }
+            if let Some(a) = at {
+                i = a;
+            }
+            while let Some((ty, j)) = read_varint(&buf, i) {
+                let Some((len, k)) = read_varint(&buf, j) else {
+                    break;
+                };
+                let end = k + len as usize;
+                if buf.len() < end {
+                    break;
+                }
+                if ty == 0x07 {
+                    return read_varint(&buf, k).unwrap().0;
+                }
+                i = end;
+            }
+            at = Some(i);
+        }
+    }
+}
+
+fn get_fields(authority: &str, path: &str) -> Vec<u8> {
+    let mut f = vec![0xd1, 0xd7]; // :method GET, :scheme https
+    f.extend(literal(0, authority));
+    f.extend(literal(1, path));
+    f
+}
+
+/// A HEADERS frame: the QPACK prefix (no dynamic table), then `fields`.
+fn headers_frame(fields: &[u8]) -> Vec<u8> {
+    let mut block = vec![0x00, 0x00];
+    block.extend_from_slice(fields);
+    let mut f = varint(0x01);
+    f.extend(varint(block.len() as u64));
+    f.extend(block);
+    f
+}
+
+/// A QPACK literal field line naming static-table entry `index`.
+fn literal(index: u64, value: &str) -> Vec<u8> {
+    let mut out = prefixed_int(0x50, 4, index);
+    out.extend(prefixed_int(0x00, 7, value.len() as u64));
+    out.extend(value.as_bytes());
+    out
+}
+
+/// An HPACK/QPACK integer with an `n`-bit prefix in a byte starting `flags`.
+fn prefixed_int(flags: u8, n: u32, mut v: u64) -> Vec<u8> {
+    let max = (1u64 << n) - 1;
+    if v < max {
+        return vec![flags | v as u8];
+    }
+    let mut out = vec![flags | max as u8];
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+    out
+}
+
+/// A QUIC variable-length integer (values below 2^30).
+fn varint(v: u64) -> Vec<u8> {
+    match v {
+        0..64 => vec![v as u8],
+        64..16384 => (0x4000 | v as u16).to_be_bytes().to_vec(),
+        _ => (0x8000_0000 | v as u32).to_be_bytes().to_vec(),
+    }
+}
+
+fn read_varint(buf: &[u8], at: usize) -> Option<(u64, usize)> {
+    let first = *buf.get(at)?;
+    let len = 1usize << (first >> 6);
+    let bytes = buf.get(at..at + len)?;
+    let mut v = u64::from(first & 0x3f);
+    for b in &bytes[1..] {
+        v = (v << 8) | u64::from(*b);
+    }
+    Some((v, at + len))
+}
