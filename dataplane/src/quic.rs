@@ -112,7 +112,9 @@ impl Group {
         })
     }
 
-    /// The first byte of a connection ID for worker `w`, given the rest.
+    /// What a worker's number is XORed with in the first byte of a
+    /// connection ID: a keyed hash (SipHash, the process's random key) of
+    /// the ID's other bytes.
     fn mask(&self, rest: &[u8]) -> u8 {
         self.key.hash_one(rest) as u8
     }
