@@ -98,8 +98,8 @@ macro_rules! both_backends {
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Stdio},
+    time::Duration,
 };
 
 use serde_json::Value;
@@ -107,41 +107,7 @@ use serde_json::Value;
 pub const ADMIN_TOKEN: &str = "it-admin-token";
 pub const GATEWAY_TOKEN: &str = "it-gateway-token";
 
-/// Retries `f` until it returns `Some`, failing with `what` after `limit`.
-/// Tests wait for conditions, never for fixed times.
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique(&format!("stoa-it-{tag}")));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A child process killed when dropped.
-pub struct Proc {
-    pub child: Child,
-    pub name: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+pub use stoa_loadtest::testkit::{Proc, eventually, temp_dir};
 
 async fn ready_file(path: &Path, proc: &mut Proc) -> Value {
     eventually(
