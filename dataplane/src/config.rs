@@ -65,8 +65,24 @@ pub struct Listeners {
     pub admin: Option<SocketAddr>,
     /// Threads that serve connections, each with a runtime of its own; a
     /// connection stays on the thread that took it, with that thread's pool
-    /// of upstream connections. Default: one per CPU (at most 256).
+    /// of upstream connections. Default: one per CPU. At most 256 (QUIC
+    /// connection IDs name their worker in one byte).
+    #[serde(default, deserialize_with = "workers")]
+    #[schemars(range(min = 1, max = 256))]
     pub workers: Option<usize>,
+}
+
+/// The most `listeners.workers` may be.
+pub const MAX_WORKERS: usize = 256;
+
+fn workers<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    let n = Option::<usize>::deserialize(d)?;
+    match n {
+        Some(n) if n == 0 || n > MAX_WORKERS => Err(serde::de::Error::custom(format!(
+            "workers: {n} is out of range (1 to {MAX_WORKERS})"
+        ))),
+        n => Ok(n),
+    }
 }
 
 impl Default for Listeners {
@@ -460,6 +476,20 @@ mod tests {
             committed.trim() == FileConfig::json_schema().trim(),
             "dataplane/stoa-gateway.schema.json is stale: run `cargo run -p stoa-gateway -- schema > dataplane/stoa-gateway.schema.json`"
         );
+    }
+
+    #[test]
+    fn workers_out_of_range_are_refused_by_name() {
+        for bad in ["0", "257"] {
+            let e = FileConfig::parse(&format!("listeners: {{workers: {bad}}}"))
+                .err()
+                .unwrap_or_else(|| panic!("workers: {bad} accepted"));
+            assert!(e.to_string().contains("out of range (1 to 256)"), "{e}");
+        }
+        let ok = FileConfig::parse("listeners: {workers: 256}").unwrap();
+        assert_eq!(ok.listeners.workers, Some(256));
+        let default = FileConfig::parse("listeners: {plain: 127.0.0.1:0}").unwrap();
+        assert_eq!(default.listeners.workers, None);
     }
 
     #[test]

@@ -79,22 +79,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .context("starting the config-stream thread")?;
     }
 
+    // `listeners.workers` is 1 to 256 when given (the config refuses others).
     let workers = cfg
         .listeners
         .workers
-        .filter(|n| *n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .min(listen::MAX_WORKERS);
-    if cfg
-        .listeners
-        .workers
-        .is_some_and(|n| n > listen::MAX_WORKERS)
-    {
-        anyhow::bail!(
-            "listeners.workers: at most {} (QUIC connection IDs name the worker in one byte)",
-            listen::MAX_WORKERS
-        );
-    }
+        .min(crate::config::MAX_WORKERS);
     let serve = Serve {
         gw: gw.clone(),
         limits: cfg.limits.clone(),
