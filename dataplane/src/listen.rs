@@ -117,9 +117,6 @@ impl Drain {
     }
 }
 
-/// Most worker threads: QUIC connection IDs name their worker in a byte.
-pub const MAX_WORKERS: usize = 256;
-
 /// Threads that serve connections, each running a single-threaded runtime.
 /// A connection is handed to one of them when accepted and lives there: its
 /// requests, its upstream calls and their pooled connections never cross
@@ -136,18 +133,18 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// `n` threads. Each keeps a timer due within `timer_floor` (at most
-    /// the shortest timer the request path arms, hyper's header-read
-    /// timeout): tokio wakes a runtime's driver, with an eventfd write and
-    /// an extra epoll round, whenever a new timer is due before every timer
-    /// it has, and hyper arms a new header-read timer after each response.
-    /// On a connection alone on its thread, that was one wasted wake-up per
-    /// request; the floor costs an idle worker one or two wake-ups per
-    /// `timer_floor` instead.
-    pub fn start(n: usize, timer_floor: Duration) -> std::io::Result<Workers> {
+    /// `n` threads. Each keeps a timer due within half of
+    /// `header_read_timeout` (at most 1 s): tokio wakes a runtime's driver,
+    /// with an eventfd write and an extra epoll round, whenever a new timer
+    /// is due before every timer it has, and hyper arms a new header-read
+    /// timer after each response. On a connection alone on its thread, that
+    /// was one wasted wake-up per request; the floor costs an idle worker
+    /// one or two wake-ups per period instead.
+    pub fn start(n: usize, header_read_timeout: Duration) -> std::io::Result<Workers> {
         let mut handles = Vec::with_capacity(n);
         let mut stop = Vec::with_capacity(n);
-        let floor = timer_floor.max(Duration::from_millis(10));
+        let floor =
+            (header_read_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
         for i in 0..n.max(1) {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -473,7 +470,8 @@ pub fn serve_h3_on_workers(
 ) -> anyhow::Result<SocketAddr> {
     // One connection limit for the listener, whichever thread serves it.
     let limit = Arc::new(Semaphore::new(s.limits.max_connections));
-    // One reset key: any endpoint may reset any connection that strays.
+    // One reset key for all the endpoints: a reset from any of them carries
+    // the token its connection's owner issued.
     let shared = quinn::EndpointConfig::default();
     let sockets = bind_udp_group(addr, s.workers.len())?;
     let bound = sockets[0].local_addr()?;

@@ -84,26 +84,24 @@ struct Queue {
     bytes: usize,
 }
 
-/// A datagram (possibly several, `stride` bytes apart) received by the
-/// wrong socket.
+/// A datagram received by the wrong socket.
 struct Stray {
     data: Box<[u8]>,
     addr: SocketAddr,
-    stride: usize,
     ecn: Option<EcnCodepoint>,
     dst_ip: Option<IpAddr>,
 }
 
 impl Group {
-    /// A group of `workers` endpoints (at most 256 can be told apart; the
-    /// rest keep what they receive).
+    /// A group of `workers` endpoints (`config::MAX_WORKERS` at most: a
+    /// connection ID names its worker in one byte).
     pub fn new(
         workers: usize,
         handed_over: prometheus::IntCounter,
         dropped: prometheus::IntCounter,
     ) -> Arc<Group> {
         Arc::new(Group {
-            inboxes: (0..workers.clamp(1, 256))
+            inboxes: (0..workers.clamp(1, crate::config::MAX_WORKERS))
                 .map(|_| Inbox::default())
                 .collect(),
             key: std::hash::RandomState::new(),
@@ -143,7 +141,6 @@ impl Group {
             q.strays.push_back(Stray {
                 data: data.into(),
                 addr: meta.addr,
-                stride: data.len(),
                 ecn: meta.ecn,
                 dst_ip: meta.dst_ip,
             });
@@ -239,7 +236,7 @@ impl Steered {
             meta[n] = RecvMeta {
                 addr: s.addr,
                 len,
-                stride: s.stride.min(len).max(1),
+                stride: len.max(1),
                 ecn: s.ecn,
                 dst_ip: s.dst_ip,
             };

@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
 use anyhow::Context as _;
@@ -91,11 +91,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         tracker: TaskTracker::new(),
         drain: Arc::default(),
         workers: Arc::new(
-            listen::Workers::start(
-                workers,
-                (cfg.limits.header_read_timeout / 2).min(Duration::from_secs(1)),
-            )
-            .context("starting worker threads")?,
+            listen::Workers::start(workers, cfg.limits.header_read_timeout)
+                .context("starting worker threads")?,
         ),
     };
     let mut bound = Bound::default();

@@ -336,12 +336,7 @@ async fn draining_http3_names_the_next_stream_in_goaway_and_refuses_later_reques
     fields.extend(literal(29, ACCEPT_BOTH)); // accept
     fields.extend(literal(84, &bearer)); // authorization
     s0_tx.write_all(&headers_frame(&fields)).await.unwrap();
-    let (mut s4_tx, mut s4_rx) = conn.open_bi().await.unwrap();
-    s4_tx
-        .write_all(&headers_frame(&get_fields(&authority, "/healthz")))
-        .await
-        .unwrap();
-    s4_tx.finish().unwrap();
+    let mut s4_rx = get_healthz(&conn, &authority).await;
     let answered = s4_rx.read_to_end(1 << 16).await.unwrap();
     assert!(!answered.is_empty());
 
@@ -351,12 +346,7 @@ async fn draining_http3_names_the_next_stream_in_goaway_and_refuses_later_reques
     assert_eq!(goaway.await.unwrap(), 8);
 
     // Stream 8, sent after the GOAWAY: refused, not served.
-    let (mut s8_tx, mut s8_rx) = conn.open_bi().await.unwrap();
-    s8_tx
-        .write_all(&headers_frame(&get_fields(&authority, "/healthz")))
-        .await
-        .unwrap();
-    s8_tx.finish().unwrap();
+    let mut s8_rx = get_healthz(&conn, &authority).await;
     match s8_rx.read_to_end(1 << 16).await {
         Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
             assert_eq!(code, quinn::VarInt::from_u32(0x10b), "H3_REQUEST_REJECTED")
@@ -420,11 +410,15 @@ async fn read_goaway(conn: quinn::Connection) -> u64 {
     }
 }
 
-fn get_fields(authority: &str, path: &str) -> Vec<u8> {
-    let mut f = vec![0xd1, 0xd7]; // :method GET, :scheme https
-    f.extend(literal(0, authority));
-    f.extend(literal(1, path));
-    f
+/// Sends `GET /healthz` on a new request stream; its receiving half.
+async fn get_healthz(conn: &quinn::Connection, authority: &str) -> quinn::RecvStream {
+    let mut fields = vec![0xd1, 0xd7]; // :method GET, :scheme https
+    fields.extend(literal(0, authority));
+    fields.extend(literal(1, "/healthz"));
+    let (mut tx, rx) = conn.open_bi().await.unwrap();
+    tx.write_all(&headers_frame(&fields)).await.unwrap();
+    tx.finish().unwrap();
+    rx
 }
 
 /// A HEADERS frame: the QPACK prefix (no dynamic table), then `fields`.
