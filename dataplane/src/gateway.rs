@@ -301,12 +301,18 @@ impl Gateway {
                 &json!({"error": "not found", "hint": "the MCP endpoint is /mcp (every granted upstream) or /mcp/<upstream>"}),
             ),
             Route::Mcp(target) => {
-                let fut = self.clone().mcp(&rt, &parts, body, target, &mut ctx, memo);
                 // With info logging off the span is disabled: skip the wrapper.
+                // Each arm builds its own future: one built before the `if`
+                // and moved into either arm is laid out twice in this one.
                 let r = if span.is_disabled() {
-                    fut.await
+                    self.clone()
+                        .mcp(&rt, &parts, body, target, &mut ctx, memo)
+                        .await
                 } else {
-                    fut.instrument(span.clone()).await
+                    self.clone()
+                        .mcp(&rt, &parts, body, target, &mut ctx, memo)
+                        .instrument(span.clone())
+                        .await
                 };
                 match r {
                     Ok(resp) => resp,
@@ -351,6 +357,11 @@ impl Gateway {
         resp
     }
 
+    /// The two endpoints' futures are kilobytes each, and rustc lays out
+    /// both and the body read side by side rather than over each other:
+    /// boxed, the request's future is small, and what hyper moves into its
+    /// slot (h1) or a task (h2, h3) per request is a pointer, not a copy
+    /// of all three.
     async fn mcp<B>(
         self: Arc<Self>,
         rt: &Runtime,
@@ -405,9 +416,9 @@ impl Gateway {
                     })
                     .ok_or_else(|| (GatewayError::NoSuchUpstream(name.to_owned()), None))?;
                 ctx.upstream = Some(up.0.name.shared());
-                relay::handle(call, &up.0, &up.1, ctx).await
+                Box::pin(relay::handle(call, &up.0, &up.1, ctx)).await
             }
-            None => aggregate::handle(call, ctx).await,
+            None => Box::pin(aggregate::handle(call, ctx)).await,
         }
     }
 

@@ -300,10 +300,8 @@ where
         let memo = memo.clone();
         async move {
             act.in_flight.fetch_add(1, Ordering::Relaxed);
-            // Boxed: the request's future is kilobytes, and hyper moves the
-            // service future (h1 into its slot, h2 into a task of its own);
-            // moving a pointer is cheaper than copying it every time.
-            let mut resp = Box::pin(gw.handle(req, kind, Some(&memo))).await;
+            // Not boxed: `Gateway::mcp` boxes the kilobytes of each endpoint.
+            let mut resp = gw.handle(req, kind, Some(&memo)).await;
             act.in_flight.fetch_sub(1, Ordering::Relaxed);
             act.touch();
             if let Some(v) = alt_svc {
@@ -699,8 +697,7 @@ async fn serve_h3_request(
     };
     tokio::spawn(reader);
     let req = req.map(|()| ChannelBody::new(rx));
-    // Boxed, as over TCP: this future is spawned, and would be copied whole.
-    let resp: Response<Body> = Box::pin(gw.handle(req, Listener::Public, Some(memo))).await;
+    let resp: Response<Body> = gw.handle(req, Listener::Public, Some(memo)).await;
     let (parts, body) = resp.into_parts();
     send.send_response(Response::from_parts(parts, ())).await?;
     let mut body = pin!(body);
