@@ -84,10 +84,7 @@ async fn post(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failur
             &json!({"jsonrpc": "2.0", "id": id, "result": {}}),
         ));
     }
-    let session = call
-        .gw
-        .open_session(call.rt, call.headers, call.key.prefix.as_str(), call.memo)
-        .map_err(fail)?;
+    let session = call.session().map_err(fail)?;
     if session.is_none() && version != mcp::STATELESS {
         return Err(fail(GatewayError::MissingSession));
     }
@@ -180,10 +177,7 @@ fn targets(call: &Call<'_>, session: Option<&SessionState>, version: &str) -> Ve
 /// The upstreams of the session a GET or DELETE names (it must name one).
 fn session_targets(call: &Call<'_>) -> Result<Vec<Target>, GatewayError> {
     let version = mcp::request_version(call.headers)?;
-    let session = call
-        .gw
-        .open_session(call.rt, call.headers, call.key.prefix.as_str(), call.memo)?
-        .ok_or(GatewayError::MissingSession)?;
+    let session = call.session()?.ok_or(GatewayError::MissingSession)?;
     Ok(targets(call, Some(&session), &version))
 }
 

@@ -473,6 +473,14 @@ pub struct Call<'a> {
     pub body: Bytes,
 }
 
+impl Call<'_> {
+    /// The session the request names, opened for its key (none named: `None`).
+    pub fn session(&self) -> Result<Option<Arc<SessionState>>, GatewayError> {
+        self.gw
+            .open_session(self.rt, self.headers, self.key.prefix.as_str(), self.memo)
+    }
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

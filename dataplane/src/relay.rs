@@ -267,20 +267,13 @@ async fn get(
     up: &Arc<Upstream>,
     ctx: &mut ReqCtx,
 ) -> Result<Response<Body>, GatewayError> {
-    let Call {
-        gw,
-        rt,
-        key,
-        headers,
-        memo,
-        ..
-    } = call;
+    let (gw, rt) = (call.gw, call.rt);
     ctx.method = "GET";
-    if !mcp::accepts(headers, "text/event-stream") {
+    if !mcp::accepts(call.headers, "text/event-stream") {
         return Err(GatewayError::NotAcceptable);
     }
-    mcp::request_version(headers)?;
-    let session = gw.open_session(rt, headers, key.prefix.as_str(), memo)?;
+    mcp::request_version(call.headers)?;
+    let session = call.session()?;
     let resp = send_bodiless(&call, up, Method::GET, session.as_deref()).await?;
     let status = resp.status();
     match upstream::classify(up, &resp)? {
@@ -301,23 +294,17 @@ async fn delete(
     up: &Arc<Upstream>,
     ctx: &mut ReqCtx,
 ) -> Result<Response<Body>, GatewayError> {
-    let Call {
-        gw,
-        rt,
-        key,
-        headers,
-        memo,
-        ..
-    } = call;
     ctx.method = "DELETE";
-    let session = gw
-        .open_session(rt, headers, key.prefix.as_str(), memo)?
-        .ok_or(GatewayError::MissingSession)?;
+    let session = call.session()?.ok_or(GatewayError::MissingSession)?;
     let resp = send_bodiless(&call, up, Method::DELETE, Some(&session)).await?;
     if resp.status().is_success() {
-        gw.metrics.sessions.with_label_values(&["closed"]).inc();
+        call.gw
+            .metrics
+            .sessions
+            .with_label_values(&["closed"])
+            .inc();
     }
-    passthrough(up, resp, &rt.limits).await
+    passthrough(up, resp, &call.rt.limits).await
 }
 
 /// Sends a GET or DELETE to `up` under the upstream's part of `session`.
