@@ -419,12 +419,20 @@ async fn discover(
         "cacheScope": "private",
         "supportedVersions": [mcp::STATELESS, "2025-11-25", "2025-06-18"],
         "capabilities": caps,
-        "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "stoa-gateway", "version": env!("CARGO_PKG_VERSION")}},
+        "_meta": {META_SERVER_INFO: server_info()},
     });
     Ok(body::json_response(
         StatusCode::OK,
         &json!({"jsonrpc": "2.0", "id": msg["id"], "result": result}),
     ))
+}
+
+/// Where a 2026-07-28 result names its server.
+const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+
+/// The virtual server's name in 2026-07-28 results.
+fn server_info() -> Value {
+    json!({"name": "stoa-gateway", "version": env!("CARGO_PKG_VERSION")})
 }
 
 /// The union of what the upstreams offer.
@@ -510,6 +518,7 @@ async fn list(
         result.insert("resultType".into(), json!("complete"));
         result.insert("ttlMs".into(), json!(0));
         result.insert("cacheScope".into(), json!("private"));
+        result.insert("_meta".into(), json!({META_SERVER_INFO: server_info()}));
     }
     Ok(body::json_response(
         StatusCode::OK,
@@ -526,7 +535,12 @@ async fn list_one(
     let method = msg["method"].as_str().unwrap_or_default();
     let up = t.up.name.as_str();
     let mut out = Vec::new();
-    for mut item in pages(call, t, method, kind.field()).await? {
+    let params = msg
+        .get("params")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    for mut item in pages(call, t, method, &params, kind.field()).await? {
         let (field, renamed) = match kind {
             List::Tools | List::Prompts => {
                 let Some(name) = item.get("name").and_then(Value::as_str) else {
@@ -561,24 +575,40 @@ async fn pages(
     call: &Call<'_>,
     t: &Target,
     method: &str,
+    msg_params: &Map<String, Value>,
     field: &str,
 ) -> Result<Vec<Value>, GatewayError> {
     let mut out = Vec::new();
     let mut cursor: Option<Value> = None;
+    // The client's params go along (its `_meta`: the 2026-07-28 revision
+    // carries the protocol version and client capabilities there on every
+    // request), but for its cursor, which names a page of the merged list.
+    let mut params = msg_params.clone();
+    params.remove("cursor");
     for page in 0..MAX_PAGES {
         let mut req =
             json!({"jsonrpc": "2.0", "id": format!("stoa-list-{page}"), "method": method});
         if let Some(c) = &cursor {
-            req["params"] = json!({"cursor": c});
+            params.insert("cursor".into(), c.clone());
+        }
+        if !params.is_empty() {
+            req["params"] = Value::Object(params.clone());
         }
         let (answer, _) = request(call, t, &req).await?;
         if let Some(err) = answer.get("error") {
-            if err.get("code").and_then(Value::as_i64) == Some(code::METHOD_NOT_FOUND) {
+            let code = err.get("code").and_then(Value::as_i64);
+            if code == Some(code::METHOD_NOT_FOUND) {
                 return Ok(out);
             }
-            return Err(GatewayError::UpstreamBadResponse {
+            return Err(GatewayError::UpstreamRefused {
                 upstream: t.up.name.to_string(),
-                reason: format!("{method} refused: {err}"),
+                method: method.to_owned(),
+                code: code.unwrap_or(code::INTERNAL_ERROR),
+                message: err
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no message")
+                    .to_owned(),
             });
         }
         let mut result = answer.get("result").cloned().unwrap_or_default();
@@ -602,6 +632,16 @@ async fn routed(
     method: &str,
     ctx: &mut ReqCtx,
 ) -> Result<Response<Body>, GatewayError> {
+    // A shortened name is found by listing its upstream, with the client's
+    // `_meta` (2026-07-28 needs it on every request) less its progress token,
+    // which belongs to this request, not to the lookup.
+    let mut lookup = Map::new();
+    if let Some(mut meta) = msg.pointer("/params/_meta").cloned() {
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("progressToken");
+        }
+        lookup.insert("_meta".into(), meta);
+    }
     let params = msg
         .get_mut("params")
         .ok_or_else(|| GatewayError::InvalidParams(format!("{method} needs params")))?;
@@ -610,7 +650,7 @@ async fn routed(
             let v = params.get("name").and_then(Value::as_str).ok_or_else(|| {
                 GatewayError::InvalidParams(format!("{method} needs params.name"))
             })?;
-            let (t, name) = resolve_name(call, targets, v, method).await?;
+            let (t, name) = resolve_name(call, targets, v, method, &lookup).await?;
             if method == "tools/call" {
                 ctx.tool = Some(name.clone());
                 if !t.filter.allows(&name) {
@@ -632,7 +672,7 @@ async fn routed(
                 GatewayError::InvalidParams("completion/complete needs params.ref".into())
             })?;
             if let Some(v) = r.get("name").and_then(Value::as_str).map(str::to_owned) {
-                let (t, name) = resolve_name(call, targets, &v, "prompts/get").await?;
+                let (t, name) = resolve_name(call, targets, &v, "prompts/get", &lookup).await?;
                 r["name"] = Value::String(name);
                 t
             } else {
@@ -700,6 +740,7 @@ async fn resolve_name(
     targets: &[Target],
     v: &str,
     method: &str,
+    params: &Map<String, Value>,
 ) -> Result<(Target, String), GatewayError> {
     let unknown = || GatewayError::InvalidParams(format!("unknown name {v:?}"));
     let (up, rest, exact) = names::split_name(v).ok_or_else(unknown)?;
@@ -718,7 +759,7 @@ async fn resolve_name(
     } else {
         "prompts"
     };
-    let full = pages(call, &t, list_method, field).await?;
+    let full = pages(call, &t, list_method, params, field).await?;
     let name = full
         .iter()
         .filter_map(|item| item.get("name").and_then(Value::as_str))

@@ -90,6 +90,15 @@ pub enum GatewayError {
     UpstreamTimeout { upstream: String, after_ms: u64 },
     #[error("upstream {upstream} sent an invalid response: {reason}")]
     UpstreamBadResponse { upstream: String, reason: String },
+    /// The upstream answered a request the gateway made for `/mcp` (a list
+    /// it merges) with a JSON-RPC error: relayed with the upstream's code.
+    #[error("upstream {upstream} refused {method}: {message}")]
+    UpstreamRefused {
+        upstream: String,
+        method: String,
+        code: i64,
+        message: String,
+    },
     #[error("gateway is shutting down")]
     ShuttingDown,
     #[error("the gateway has no configuration yet (waiting for its control plane)")]
@@ -102,9 +111,10 @@ impl GatewayError {
     pub fn fault(&self) -> Fault {
         use GatewayError::*;
         match self {
-            UpstreamUnavailable { .. } | UpstreamTimeout { .. } | UpstreamBadResponse { .. } => {
-                Fault::Upstream
-            }
+            UpstreamUnavailable { .. }
+            | UpstreamTimeout { .. }
+            | UpstreamBadResponse { .. }
+            | UpstreamRefused { .. } => Fault::Upstream,
             Internal(_) | ShuttingDown | NotConfigured => Fault::Internal,
             _ => Fault::Downstream,
         }
@@ -127,7 +137,9 @@ impl GatewayError {
             MissingKey | BadKey => StatusCode::UNAUTHORIZED,
             ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
             // A refused tool is a JSON-RPC level answer: the HTTP exchange worked.
-            NotGranted(_) | MethodNotFound(_) | InvalidParams(_) => StatusCode::OK,
+            NotGranted(_) | MethodNotFound(_) | InvalidParams(_) | UpstreamRefused { .. } => {
+                StatusCode::OK
+            }
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -166,6 +178,7 @@ impl GatewayError {
             UpstreamUnavailable { .. } => code::UPSTREAM_UNAVAILABLE,
             UpstreamTimeout { .. } => code::UPSTREAM_TIMEOUT,
             UpstreamBadResponse { .. } => code::UPSTREAM_BAD_RESPONSE,
+            UpstreamRefused { code, .. } => *code,
             ShuttingDown | NotConfigured | Internal(_) => code::INTERNAL_ERROR,
         }
     }
@@ -173,9 +186,13 @@ impl GatewayError {
     /// The JSON-RPC error object, with a machine-readable reason in `data`.
     pub fn rpc_error(&self) -> Value {
         let mut data = json!({ "reason": self.reason(), "retryable": self.retryable() });
-        if let GatewayError::ProtocolVersion(requested) = self {
-            data["requested"] = json!(requested);
-            data["supported"] = json!(crate::mcp::VERSIONS);
+        match self {
+            GatewayError::ProtocolVersion(requested) => {
+                data["requested"] = json!(requested);
+                data["supported"] = json!(crate::mcp::VERSIONS);
+            }
+            GatewayError::UpstreamRefused { upstream, .. } => data["upstream"] = json!(upstream),
+            _ => {}
         }
         json!({
             "code": self.rpc_code(),
@@ -210,6 +227,7 @@ impl GatewayError {
             UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamBadResponse { .. } => "upstream_bad_response",
+            UpstreamRefused { .. } => "upstream_refused",
             ShuttingDown => "shutting_down",
             NotConfigured => "not_configured",
             Internal(_) => "internal",
@@ -245,5 +263,18 @@ mod tests {
         assert_eq!(up.status(), StatusCode::GATEWAY_TIMEOUT);
         assert!(up.retryable());
         assert_eq!(up.fault(), Fault::Upstream);
+        // An upstream's JSON-RPC refusal keeps its code and names it.
+        let refused = GatewayError::UpstreamRefused {
+            upstream: "a".into(),
+            method: "tools/list".into(),
+            code: -32602,
+            message: "bad cursor".into(),
+        };
+        let body = refused.rpc_response(None);
+        assert_eq!(refused.status(), StatusCode::OK);
+        assert_eq!(body["error"]["code"], -32602);
+        assert_eq!(body["error"]["data"]["upstream"], "a");
+        assert_eq!(body["error"]["data"]["reason"], "upstream_refused");
+        assert!(!refused.retryable());
     }
 }

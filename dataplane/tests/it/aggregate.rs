@@ -2,11 +2,13 @@
 //! need messages to travel from the server to the client (sampling,
 //! elicitation, roots, progress) through the gateway.
 
-use serde_json::json;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
 
 use crate::{
     clients::{self, text_of, tool_names},
     harness::{Gateway, GatewaySpec, Reference, everything},
+    http::Http,
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -133,4 +135,78 @@ async fn sampling_elicitation_and_progress_round_trip() {
         .await;
         assert_eq!(r["sampling"], 1, "{url} (python): {r}");
     }
+}
+
+/// 2026-07-28 (stateless) on `/mcp`: the lists the gateway sends each
+/// upstream carry the client's `_meta`, which that revision requires on
+/// every request, and an upstream's refusal reaches the client with its
+/// own code and the upstream named.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stateless_revision_is_aggregated() {
+    let reference = Reference::start(None);
+    let (spec, key) = GatewaySpec::open(&[("reference", &reference.url)]);
+    let gw = Gateway::start(&spec).await;
+    let url = format!("{}/mcp", gw.url());
+    let http = Http::h1();
+    let auth = key.bearer();
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let post = |method: &'static str, name: Option<&'static str>, params: Value| {
+        let (http, url, auth) = (&http, &url, &auth);
+        async move {
+            let mut headers = vec![
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", method),
+            ];
+            if let Some(n) = name {
+                headers.push(("mcp-name", n));
+            }
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+            let r = http
+                .send(Method::POST, url, &headers, Some(&body.to_string()))
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{method}: {}", r.body);
+            serde_json::from_str::<Value>(&r.body).expect("JSON")
+        }
+    };
+
+    let listed = post("tools/list", None, json!({"_meta": meta})).await;
+    let tools: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(tools.contains(&"reference__echo"), "{tools:?}");
+    assert_eq!(listed["result"]["resultType"], "complete");
+    assert_eq!(listed["result"]["cacheScope"], "private");
+    assert_eq!(
+        listed["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "stoa-gateway"
+    );
+
+    let called = post(
+        "tools/call",
+        Some("reference__echo"),
+        json!({"name": "reference__echo", "arguments": {"message": "stateless"}, "_meta": meta}),
+    )
+    .await;
+    assert_eq!(text_of(&called["result"]), "stateless", "{called}");
+
+    // Without `_meta` the upstream refuses the list: its code, named.
+    let refused = post("tools/list", None, json!({})).await;
+    assert_eq!(refused["error"]["code"], -32602, "{refused}");
+    assert_eq!(refused["error"]["data"]["reason"], "upstream_refused");
+    assert_eq!(refused["error"]["data"]["upstream"], "reference");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("_meta")),
+        "{refused}"
+    );
 }
