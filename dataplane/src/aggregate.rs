@@ -800,6 +800,12 @@ impl Rewrite {
             }
             Some(_) => {}
             None => {
+                // A 2026-07-28 result names its server: here, the virtual one.
+                if let Some(info) =
+                    v.pointer_mut("/result/_meta/io.modelcontextprotocol~1serverInfo")
+                {
+                    *info = server_info();
+                }
                 // A response: URIs it returns must be virtual too.
                 if let Some(contents) = v
                     .pointer_mut("/result/contents")

@@ -197,6 +197,11 @@ async fn the_stateless_revision_is_aggregated() {
     )
     .await;
     assert_eq!(text_of(&called["result"]), "stateless", "{called}");
+    // One virtual server: results name the gateway, not the upstream.
+    assert_eq!(
+        called["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "stoa-gateway",
+        "{called}"
+    );
 
     // Without `_meta` the upstream refuses the list: its code, named.
     let refused = post("tools/list", None, json!({})).await;
