@@ -68,6 +68,40 @@ async fn one_virtual_server_over_two_upstreams() {
     )
     .await;
     assert_eq!(text_of(&r["result"]), "3");
+
+    // A name too long once prefixed is shortened, and still callable.
+    let long = shortened(&tools);
+    let r = clients::ts(
+        &url,
+        &auth,
+        "call",
+        Some((long.as_str(), json!({"message": "by a short name"}))),
+    )
+    .await;
+    assert_eq!(text_of(&r["result"]), "by a short name", "{r}");
+}
+
+/// The reference's long-named echo as `/mcp` lists it: cut to 64
+/// characters, ending in `_` and 8 hex digits.
+fn shortened<S: AsRef<str>>(tools: &[S]) -> String {
+    let name = tools
+        .iter()
+        .map(AsRef::as_ref)
+        .find(|t| t.starts_with("reference__echo_under_a_name"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no shortened name in {:?}",
+                tools.iter().map(AsRef::as_ref).collect::<Vec<_>>()
+            )
+        })
+        .to_owned();
+    assert_eq!(name.len(), 64, "{name}");
+    let (_, hash) = name.rsplit_once('_').expect("a hash suffix");
+    assert!(
+        hash.len() == 8 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+        "{name}"
+    );
+    name
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -153,7 +187,7 @@ async fn the_stateless_revision_is_aggregated() {
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {},
     });
-    let post = |method: &'static str, name: Option<&'static str>, params: Value| {
+    let post = |method: &'static str, name: Option<String>, params: Value| {
         let (http, url, auth) = (&http, &url, &auth);
         async move {
             let mut headers = vec![
@@ -163,8 +197,8 @@ async fn the_stateless_revision_is_aggregated() {
                 ("mcp-protocol-version", "2026-07-28"),
                 ("mcp-method", method),
             ];
-            if let Some(n) = name {
-                headers.push(("mcp-name", n));
+            if let Some(n) = &name {
+                headers.push(("mcp-name", n.as_str()));
             }
             let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
             let r = http
@@ -183,6 +217,7 @@ async fn the_stateless_revision_is_aggregated() {
         .filter_map(|t| t["name"].as_str())
         .collect();
     assert!(tools.contains(&"reference__echo"), "{tools:?}");
+    let long = shortened(&tools);
     assert_eq!(listed["result"]["resultType"], "complete");
     assert_eq!(listed["result"]["cacheScope"], "private");
     assert_eq!(
@@ -192,11 +227,19 @@ async fn the_stateless_revision_is_aggregated() {
 
     let called = post(
         "tools/call",
-        Some("reference__echo"),
+        Some("reference__echo".into()),
         json!({"name": "reference__echo", "arguments": {"message": "stateless"}, "_meta": meta}),
     )
     .await;
     assert_eq!(text_of(&called["result"]), "stateless", "{called}");
+    // A shortened name is found by listing its upstream, with `_meta` too.
+    let by_short = post(
+        "tools/call",
+        Some(long.clone()),
+        json!({"name": long, "arguments": {"message": "short"}, "_meta": meta}),
+    )
+    .await;
+    assert_eq!(text_of(&by_short["result"]), "short", "{by_short}");
     // One virtual server: results name the gateway, not the upstream.
     assert_eq!(
         called["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "stoa-gateway",

@@ -69,6 +69,14 @@ static TOOLS: LazyLock<Vec<ToolDef>> = LazyLock::new(|| {
             json!({ "type": "object", "properties": { "message": { "type": "string" } }, "required": ["message"] }),
             Content(echo),
         ),
+        // Long enough that a gateway prefixing it with an upstream name
+        // must shorten it to stay within 64 characters.
+        tool(
+            "echo_under_a_name_long_enough_that_the_gateway_shortens_it",
+            "Returns the message it is given",
+            json!({ "type": "object", "properties": { "message": { "type": "string" } }, "required": ["message"] }),
+            Content(echo),
+        ),
         tool(
             "add",
             "Adds two numbers",
