@@ -800,6 +800,7 @@ impl Rewrite {
             }
             Some(_) => {}
             None => {
+                mcp::keep_private(v);
                 // A 2026-07-28 result names its server: here, the virtual one.
                 if let Some(info) =
                     v.pointer_mut("/result/_meta/io.modelcontextprotocol~1serverInfo")

@@ -42,6 +42,32 @@ pub fn replay_safe(method: &str) -> bool {
     )
 }
 
+/// Methods whose 2026-07-28 results carry cache hints (`ttlMs`,
+/// `cacheScope`).
+pub fn cacheable(method: &str) -> bool {
+    matches!(
+        method,
+        "server/discover"
+            | "tools/list"
+            | "prompts/list"
+            | "resources/list"
+            | "resources/templates/list"
+            | "resources/read"
+    )
+}
+
+/// What the gateway relays is served under a key's grants, so no result of
+/// it may be cached and served across authorization contexts: a
+/// `cacheScope` of "public" (any cache may serve it to anyone) becomes
+/// "private" (only within the same authorization context).
+pub fn keep_private(msg: &mut serde_json::Value) {
+    if let Some(scope) = msg.pointer_mut("/result/cacheScope")
+        && scope.as_str() == Some("public")
+    {
+        *scope = serde_json::Value::from("private");
+    }
+}
+
 pub fn is_supported(v: &str) -> bool {
     VERSIONS.contains(&v)
 }

@@ -141,6 +141,7 @@ async fn post(
         })
         .flatten();
     let replay_safe = kind == Kind::Request && mcp::replay_safe(peek.method());
+    let private = kind == Kind::Request && mcp::cacheable(peek.method());
     drop(peek);
 
     let mut req = upstream::upstream_request(
@@ -181,11 +182,14 @@ async fn post(
     match payload {
         Payload::Empty => Ok(status_only(status)),
         Payload::Json => {
-            if let Some(f) = list_filter {
+            if list_filter.is_some() || private {
                 let mut v = upstream::read_json(up, resp.into_body(), &rt.limits)
                     .await
                     .map_err(fail)?;
-                filter_tools(&mut v, &f);
+                if let Some(f) = &list_filter {
+                    filter_tools(&mut v, f);
+                }
+                mcp::keep_private(&mut v);
                 return Ok(body::json_response(status, &v));
             }
             // Read whole, bounded in size and in time (an upstream that
@@ -205,6 +209,7 @@ async fn post(
             let map = PostStream {
                 id: id.clone(),
                 filter: list_filter,
+                private,
             };
             Ok(sse_response(
                 status,
@@ -425,16 +430,21 @@ pub fn filter_tools(msg: &mut Value, filter: &ToolFilter) {
 struct PostStream {
     id: Option<Value>,
     filter: Option<ToolFilter>,
+    /// The answer carries cache hints, kept private (`mcp::keep_private`).
+    private: bool,
 }
 
 impl EventMap for PostStream {
     fn map(&mut self, mut ev: sse::Event) -> Vec<sse::Event> {
-        if let Some(f) = &self.filter
+        if (self.filter.is_some() || self.private)
             && let Ok(mut v) = serde_json::from_str::<Value>(&ev.data)
             && v.get("id") == self.id.as_ref()
             && v.get("result").is_some()
         {
-            filter_tools(&mut v, f);
+            if let Some(f) = &self.filter {
+                filter_tools(&mut v, f);
+            }
+            mcp::keep_private(&mut v);
             ev.data = v.to_string();
         }
         vec![ev]

@@ -246,6 +246,15 @@ async fn the_stateless_revision_is_aggregated() {
         "{called}"
     );
 
+    // Served under the key's grants: never a "public" cache hint.
+    let read = post(
+        "resources/read",
+        Some("stoa://reference/test://static-text".into()),
+        json!({"uri": "stoa://reference/test://static-text", "_meta": meta}),
+    )
+    .await;
+    assert_eq!(read["result"]["cacheScope"], "private", "{read}");
+
     // Without `_meta` the upstream refuses the list: its code, named.
     let refused = post("tools/list", None, json!({})).await;
     assert_eq!(refused["error"]["code"], -32602, "{refused}");

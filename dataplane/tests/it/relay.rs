@@ -187,3 +187,63 @@ api_keys: [{{name: k, tenant: acme, prefix: {}, hash: "{}", subscriptions: [s]}}
     );
     assert!(!gw.log().contains("upstream-secret"), "secret in logs");
 }
+
+/// 2026-07-28 cache hints: what the gateway relays is served under a key's
+/// grants, so a result the upstream marks `cacheScope: "public"` (any cache
+/// may serve it to anyone) reaches the client as "private".
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_hints_stay_private_behind_the_gateway() {
+    let reference = Reference::start(None);
+    let (spec, key) = GatewaySpec::open(&[("reference", &reference.url)]);
+    let gw = Gateway::start(&spec).await;
+    let http = Http::h1();
+    let auth = key.bearer();
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let uri = "test://static-text";
+    for (method, name, params) in [
+        ("tools/list", None, json!({"_meta": meta})),
+        (
+            "resources/read",
+            Some(uri),
+            json!({"uri": uri, "_meta": meta}),
+        ),
+    ] {
+        let scope = |url: String, with_key: bool| {
+            let (http, auth, params) = (&http, &auth, params.clone());
+            async move {
+                let mut headers = vec![
+                    ("content-type", "application/json"),
+                    ("accept", "application/json, text/event-stream"),
+                    ("mcp-protocol-version", "2026-07-28"),
+                    ("mcp-method", method),
+                ];
+                if let Some(n) = name {
+                    headers.push(("mcp-name", n));
+                }
+                if with_key {
+                    headers.push(("authorization", auth.as_str()));
+                }
+                let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+                let r = http
+                    .send(Method::POST, &url, &headers, Some(&body.to_string()))
+                    .await;
+                let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
+                assert_eq!(r.status, StatusCode::OK, "{method}: {v}");
+                v["result"]["cacheScope"].clone()
+            }
+        };
+        assert_eq!(
+            scope(reference.url.clone(), false).await,
+            "public",
+            "{method} direct"
+        );
+        assert_eq!(
+            scope(format!("{}/mcp/reference", gw.url()), true).await,
+            "private",
+            "{method} through the gateway"
+        );
+    }
+}
