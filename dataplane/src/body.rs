@@ -87,6 +87,10 @@ pub fn error_response(err: &GatewayError, id: Option<&Value>) -> Response<Body> 
                 http::HeaderValue::from_static("GET, POST, DELETE"),
             );
         }
+        GatewayError::StatelessMethod(_) => {
+            resp.headers_mut()
+                .insert(header::ALLOW, http::HeaderValue::from_static("POST"));
+        }
         _ => {}
     }
     if err.retryable() {

@@ -84,6 +84,12 @@ pub enum GatewayError {
     NoSuchUpstream(String),
     #[error("method {0} not allowed on this endpoint")]
     MethodNotAllowed(http::Method),
+    /// GET or DELETE without a session under 2026-07-28, which has neither
+    /// sessions nor a GET stream.
+    #[error(
+        "method {0} not allowed: protocol version 2026-07-28 has no sessions and no GET stream, only POST"
+    )]
+    StatelessMethod(http::Method),
     #[error("upstream {upstream} is unreachable: {reason}")]
     UpstreamUnavailable { upstream: String, reason: String },
     #[error("upstream {upstream} did not answer within {after_ms} ms")]
@@ -152,7 +158,7 @@ impl GatewayError {
             MissingSession => StatusCode::BAD_REQUEST,
             UnknownSession | NoMethodStateless(_) => StatusCode::NOT_FOUND,
             NoSuchUpstream(_) => StatusCode::NOT_FOUND,
-            MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            MethodNotAllowed(_) | StatelessMethod(_) => StatusCode::METHOD_NOT_ALLOWED,
             UpstreamUnavailable { .. } | UpstreamBadResponse { .. } => StatusCode::BAD_GATEWAY,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ShuttingDown | NotConfigured => StatusCode::SERVICE_UNAVAILABLE,
@@ -169,7 +175,7 @@ impl GatewayError {
             BodyTimeout => code::TIMEOUT,
             Parse(_) => code::PARSE_ERROR,
             ContentType(_) | NotAcceptable | InvalidRequest(_) | Batch(_) | MissingSession
-            | MethodNotAllowed(_) => code::INVALID_REQUEST,
+            | MethodNotAllowed(_) | StatelessMethod(_) => code::INVALID_REQUEST,
             HeaderMismatch { .. } => code::HEADER_MISMATCH,
             ProtocolVersion(_) => code::UNSUPPORTED_VERSION,
             UnknownSession => code::SESSION_NOT_FOUND,
@@ -223,7 +229,7 @@ impl GatewayError {
             MethodNotFound(_) | NoMethodStateless(_) => "method_not_found",
             InvalidParams(_) => "invalid_params",
             NoSuchUpstream(_) => "no_such_upstream",
-            MethodNotAllowed(_) => "method_not_allowed",
+            MethodNotAllowed(_) | StatelessMethod(_) => "method_not_allowed",
             UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamBadResponse { .. } => "upstream_bad_response",

@@ -391,6 +391,16 @@ impl Gateway {
                     .await
                     .map_err(|e| (e, None))?
             }
+            // 2026-07-28 has neither sessions nor a GET stream: a GET or
+            // DELETE that names it and no session is answered here, as a
+            // modern-only server answers it (405).
+            Method::GET | Method::DELETE
+                if !parts.headers.contains_key(crate::mcp::HDR_SESSION)
+                    && crate::mcp::request_version(&parts.headers)
+                        .is_ok_and(|v| v == crate::mcp::STATELESS) =>
+            {
+                return Err((GatewayError::StatelessMethod(parts.method.clone()), None));
+            }
             Method::GET | Method::DELETE => Bytes::new(),
             ref m => return Err((GatewayError::MethodNotAllowed(m.clone()), None)),
         };

@@ -255,6 +255,37 @@ async fn the_stateless_revision_is_aggregated() {
     .await;
     assert_eq!(read["result"]["cacheScope"], "private", "{read}");
 
+    // No sessions and no GET stream in this revision: 405, POST only, on
+    // both endpoints (a modern-only server answers so).
+    for (method, path) in [
+        (Method::GET, "/mcp"),
+        (Method::DELETE, "/mcp"),
+        (Method::GET, "/mcp/reference"),
+        (Method::DELETE, "/mcp/reference"),
+    ] {
+        let r = http
+            .send(
+                method.clone(),
+                &format!("{}{path}", gw.url()),
+                &[
+                    ("authorization", auth.as_str()),
+                    ("accept", "text/event-stream"),
+                    ("mcp-protocol-version", "2026-07-28"),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {}",
+            r.body
+        );
+        assert_eq!(r.headers["allow"], "POST", "{method} {path}");
+        let v: Value = serde_json::from_str(&r.body).expect("JSON");
+        assert_eq!(v["error"]["data"]["reason"], "method_not_allowed", "{v}");
+    }
+
     // Without `_meta` the upstream refuses the list: its code, named.
     let refused = post("tools/list", None, json!({})).await;
     assert_eq!(refused["error"]["code"], -32602, "{refused}");
