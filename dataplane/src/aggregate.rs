@@ -413,6 +413,14 @@ async fn discover(
             Err(e) => tracing::warn!(upstream = %t.up.name, "server/discover failed: {e}"),
         }
     }
+    // Change notifications come over `subscriptions/listen` in this
+    // revision, which `/mcp` does not serve yet: promise none.
+    for feature in ["tools", "prompts", "resources"] {
+        if let Some(f) = caps.get_mut(feature).and_then(Value::as_object_mut) {
+            f.remove("listChanged");
+            f.remove("subscribe");
+        }
+    }
     let result = json!({
         "resultType": "complete",
         "ttlMs": 0,

@@ -209,6 +209,20 @@ async fn the_stateless_revision_is_aggregated() {
         }
     };
 
+    // `/mcp` serves no `subscriptions/listen`: it promises no change
+    // notifications, whatever its upstreams offer.
+    let discovered = post("server/discover", None, json!({"_meta": meta})).await;
+    let caps = &discovered["result"]["capabilities"];
+    assert!(caps["tools"].is_object(), "{discovered}");
+    for feature in ["tools", "prompts", "resources"] {
+        for flag in ["listChanged", "subscribe"] {
+            assert!(
+                caps[feature].get(flag).is_none(),
+                "{feature}.{flag}: {discovered}"
+            );
+        }
+    }
+
     let listed = post("tools/list", None, json!({"_meta": meta})).await;
     let tools: Vec<&str> = listed["result"]["tools"]
         .as_array()
