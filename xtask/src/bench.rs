@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::{cargo, demo::target_dir, procs::Procs, root, sh};
+use crate::{procs::Procs, root, sh};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -60,18 +60,7 @@ struct Run {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    sh(cargo().args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "stoa-gateway",
-        "-p",
-        "stoa-loadtest",
-        "-p",
-        "stoa-control",
-    ]))?;
-    let bin = target_dir().join("release");
+    let bin = crate::demo::build_binaries(true)?;
     let dir = root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
     match args.suite.as_str() {

@@ -108,8 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("--gateways must be at least 1");
     }
 
-    run_cmd_build()?;
-    let bin = target_dir().join("debug");
+    let bin = build_binaries(false)?;
     let demo = root().join("target/demo");
     std::fs::create_dir_all(&demo)?;
     stop_previous(&demo);
@@ -326,17 +325,24 @@ pub fn start_reference(bin: &Path, stderr: Stdio) -> anyhow::Result<(Child, Stri
     Ok((reference, url))
 }
 
-fn run_cmd_build() -> anyhow::Result<()> {
-    sh(cargo().args([
-        "build",
-        "--quiet",
+/// Builds the platform's binaries (debug, or release for the bench) and
+/// returns the folder they are in.
+pub fn build_binaries(release: bool) -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--quiet"]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.args([
         "-p",
         "stoa-gateway",
         "-p",
         "stoa-loadtest",
         "-p",
         "stoa-control",
-    ]))
+    ]);
+    sh(&mut cmd)?;
+    Ok(target_dir().join(if release { "release" } else { "debug" }))
 }
 
 pub fn target_dir() -> PathBuf {
