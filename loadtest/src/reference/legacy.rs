@@ -136,6 +136,9 @@ fn request(
     mut params: Value,
 ) -> http::Response<Body> {
     let lists = &state.lists;
+    if let Some(e) = super::lists::cursor_error(method, &params) {
+        return reply(&id, Err(e));
+    }
     let result = match method {
         "tools/list" => return cached(&id, lists.tools.get(false)),
         "tools/call" => return call_tool(state, session, id, params),

@@ -48,3 +48,18 @@ impl Lists {
         }
     }
 }
+
+/// Every list fits on one page, so this server hands out no cursor, and
+/// any cursor a client sends is one it never issued: -32602, as the
+/// pagination rules ask for an invalid cursor.
+pub(crate) fn cursor_error(
+    method: &str,
+    params: &serde_json::Value,
+) -> Option<super::rpc::RpcError> {
+    let listing = matches!(
+        method,
+        "tools/list" | "resources/list" | "resources/templates/list" | "prompts/list"
+    );
+    let cursor = params.get("cursor").filter(|c| !c.is_null())?;
+    listing.then(|| super::rpc::RpcError::invalid_params(format!("unknown cursor {cursor}")))
+}

@@ -173,6 +173,9 @@ fn route(
 ) -> http::Response<Body> {
     let lists = &state.lists;
     let cached = |list: &RawValue| web::json(StatusCode::OK, rpc::encode_result(&id, list));
+    if let Some(e) = super::lists::cursor_error(method, &params) {
+        return reply(&id, Err(e));
+    }
     let result = match method {
         "tools/list" => return cached(lists.tools.get(true)),
         "resources/list" => return cached(lists.resources.get(true)),
