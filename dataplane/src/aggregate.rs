@@ -590,9 +590,14 @@ async fn pages(
     let mut cursor: Option<Value> = None;
     // The client's params go along (its `_meta`: the 2026-07-28 revision
     // carries the protocol version and client capabilities there on every
-    // request), but for its cursor, which names a page of the merged list.
+    // request), but for its cursor, which names a page of the merged list,
+    // and its progress token, which names the client's one request, not
+    // each upstream's pages.
     let mut params = msg_params.clone();
     params.remove("cursor");
+    if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
+        meta.remove("progressToken");
+    }
     for page in 0..MAX_PAGES {
         let mut req =
             json!({"jsonrpc": "2.0", "id": format!("stoa-list-{page}"), "method": method});
@@ -608,16 +613,7 @@ async fn pages(
             if code == Some(code::METHOD_NOT_FOUND) {
                 return Ok(out);
             }
-            return Err(GatewayError::UpstreamRefused {
-                upstream: t.up.name.to_string(),
-                method: method.to_owned(),
-                code: code.unwrap_or(code::INTERNAL_ERROR),
-                message: err
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no message")
-                    .to_owned(),
-            });
+            return Err(GatewayError::refused_by(t.up.name.as_str(), method, err));
         }
         let mut result = answer.get("result").cloned().unwrap_or_default();
         if let Some(items) = result.get_mut(field).and_then(Value::as_array_mut) {

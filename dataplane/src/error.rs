@@ -98,13 +98,8 @@ pub enum GatewayError {
     UpstreamBadResponse { upstream: String, reason: String },
     /// The upstream answered a request the gateway made for `/mcp` (a list
     /// it merges) with a JSON-RPC error: relayed with the upstream's code.
-    #[error("upstream {upstream} refused {method}: {message}")]
-    UpstreamRefused {
-        upstream: String,
-        method: String,
-        code: i64,
-        message: String,
-    },
+    #[error("upstream {} refused {}: {}", .0.upstream, .0.method, .0.message)]
+    UpstreamRefused(Box<Refusal>),
     #[error("gateway is shutting down")]
     ShuttingDown,
     #[error("the gateway has no configuration yet (waiting for its control plane)")]
@@ -113,14 +108,67 @@ pub enum GatewayError {
     Internal(String),
 }
 
+/// An upstream's JSON-RPC error to a request the gateway made (boxed: it
+/// would double the size of every `GatewayError`).
+#[derive(Debug)]
+pub struct Refusal {
+    pub upstream: String,
+    pub method: String,
+    pub code: i64,
+    pub message: String,
+    /// The upstream's `data`, relayed as `data.upstreamData`.
+    pub data: Option<Value>,
+}
+
 impl GatewayError {
+    /// An upstream's JSON-RPC error to a request the gateway made for the
+    /// client. Its code is relayed when it describes the request (invalid
+    /// request or params, an internal error) or is the upstream's own
+    /// (outside the range JSON-RPC reserves); the reserved ones speak of
+    /// the hop between gateway and upstream (a session, a version, a
+    /// header, a key), where the client can do nothing: a bad response.
+    pub fn refused_by(upstream: &str, method: &str, err: &Value) -> GatewayError {
+        let message = err
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("no message")
+            .to_owned();
+        match err.get("code").and_then(Value::as_i64) {
+            Some(c)
+                if matches!(
+                    c,
+                    code::INVALID_REQUEST | code::INVALID_PARAMS | code::INTERNAL_ERROR
+                ) || !(-32768..=-32000).contains(&c) =>
+            {
+                GatewayError::UpstreamRefused(Box::new(Refusal {
+                    upstream: upstream.to_owned(),
+                    method: method.to_owned(),
+                    code: c,
+                    message,
+                    data: err.get("data").cloned(),
+                }))
+            }
+            _ => GatewayError::UpstreamBadResponse {
+                upstream: upstream.to_owned(),
+                reason: format!("{method} refused: {err}"),
+            },
+        }
+    }
+
     pub fn fault(&self) -> Fault {
         use GatewayError::*;
         match self {
+            // The upstream found the client's request wanting (e.g. its
+            // params): the client's to fix.
+            UpstreamRefused(r)
+                if r.code == code::INVALID_REQUEST || r.code == code::INVALID_PARAMS =>
+            {
+                Fault::Downstream
+            }
             UpstreamUnavailable { .. }
             | UpstreamTimeout { .. }
             | UpstreamBadResponse { .. }
-            | UpstreamRefused { .. } => Fault::Upstream,
+            | UpstreamRefused(_) => Fault::Upstream,
             Internal(_) | ShuttingDown | NotConfigured => Fault::Internal,
             _ => Fault::Downstream,
         }
@@ -143,7 +191,7 @@ impl GatewayError {
             MissingKey | BadKey => StatusCode::UNAUTHORIZED,
             ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
             // A refused tool is a JSON-RPC level answer: the HTTP exchange worked.
-            NotGranted(_) | MethodNotFound(_) | InvalidParams(_) | UpstreamRefused { .. } => {
+            NotGranted(_) | MethodNotFound(_) | InvalidParams(_) | UpstreamRefused(_) => {
                 StatusCode::OK
             }
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -184,7 +232,7 @@ impl GatewayError {
             UpstreamUnavailable { .. } => code::UPSTREAM_UNAVAILABLE,
             UpstreamTimeout { .. } => code::UPSTREAM_TIMEOUT,
             UpstreamBadResponse { .. } => code::UPSTREAM_BAD_RESPONSE,
-            UpstreamRefused { code, .. } => *code,
+            UpstreamRefused(r) => r.code,
             ShuttingDown | NotConfigured | Internal(_) => code::INTERNAL_ERROR,
         }
     }
@@ -197,7 +245,12 @@ impl GatewayError {
                 data["requested"] = json!(requested);
                 data["supported"] = json!(crate::mcp::VERSIONS);
             }
-            GatewayError::UpstreamRefused { upstream, .. } => data["upstream"] = json!(upstream),
+            GatewayError::UpstreamRefused(r) => {
+                data["upstream"] = json!(r.upstream);
+                if let Some(d) = &r.data {
+                    data["upstreamData"] = d.clone();
+                }
+            }
             _ => {}
         }
         json!({
@@ -233,7 +286,7 @@ impl GatewayError {
             UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamTimeout { .. } => "upstream_timeout",
             UpstreamBadResponse { .. } => "upstream_bad_response",
-            UpstreamRefused { .. } => "upstream_refused",
+            UpstreamRefused(_) => "upstream_refused",
             ShuttingDown => "shutting_down",
             NotConfigured => "not_configured",
             Internal(_) => "internal",
@@ -270,17 +323,26 @@ mod tests {
         assert!(up.retryable());
         assert_eq!(up.fault(), Fault::Upstream);
         // An upstream's JSON-RPC refusal keeps its code and names it.
-        let refused = GatewayError::UpstreamRefused {
-            upstream: "a".into(),
-            method: "tools/list".into(),
-            code: -32602,
-            message: "bad cursor".into(),
-        };
+        let refused = GatewayError::refused_by(
+            "a",
+            "tools/list",
+            &json!({"code": -32602, "message": "bad cursor", "data": {"cursor": "x"}}),
+        );
         let body = refused.rpc_response(None);
         assert_eq!(refused.status(), StatusCode::OK);
         assert_eq!(body["error"]["code"], -32602);
         assert_eq!(body["error"]["data"]["upstream"], "a");
         assert_eq!(body["error"]["data"]["reason"], "upstream_refused");
         assert!(!refused.retryable());
+        assert_eq!(body["error"]["data"]["upstreamData"]["cursor"], "x");
+        // A reserved code speaks of the gateway's hop, not the client's
+        // request: the upstream answered the gateway badly.
+        let hop = GatewayError::refused_by(
+            "a",
+            "tools/list",
+            &json!({"code": -32004, "message": "session not found"}),
+        );
+        assert_eq!(hop.reason(), "upstream_bad_response");
+        assert_eq!(hop.status(), StatusCode::BAD_GATEWAY);
     }
 }

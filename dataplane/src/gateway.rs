@@ -399,6 +399,11 @@ impl Gateway {
                     && crate::mcp::request_version(&parts.headers)
                         .is_ok_and(|v| v == crate::mcp::STATELESS) =>
             {
+                ctx.method = if parts.method == Method::GET {
+                    "GET"
+                } else {
+                    "DELETE"
+                };
                 return Err((GatewayError::StatelessMethod(parts.method.clone()), None));
             }
             Method::GET | Method::DELETE => Bytes::new(),

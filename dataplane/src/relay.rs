@@ -90,7 +90,12 @@ async fn post(
     } = call;
     // Accept is the upstream's to judge: this endpoint relays unchanged.
     mcp::check_content_type(headers).map_err(|e| (e, None))?;
-    let Parsed { peek, kind, id, .. } = parse_post(headers, &body, ctx)?;
+    let Parsed {
+        peek,
+        kind,
+        id,
+        version,
+    } = parse_post(headers, &body, ctx)?;
     let fail = |e: GatewayError| (e, id.clone());
 
     let session = gw
@@ -141,7 +146,9 @@ async fn post(
         })
         .flatten();
     let replay_safe = kind == Kind::Request && mcp::replay_safe(peek.method());
-    let private = kind == Kind::Request && mcp::cacheable(peek.method());
+    // Only 2026-07-28 results carry cache hints; older answers stay bytes.
+    let private =
+        kind == Kind::Request && version == mcp::STATELESS && mcp::cacheable(peek.method());
     drop(peek);
 
     let mut req = upstream::upstream_request(

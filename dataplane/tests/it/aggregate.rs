@@ -299,9 +299,39 @@ async fn the_stateless_revision_is_aggregated() {
         let v: Value = serde_json::from_str(&r.body).expect("JSON");
         assert_eq!(v["error"]["data"]["reason"], "method_not_allowed", "{v}");
     }
+    // Not for a request that names a session, or an older revision: those
+    // take the session path (here, refused for the session it lacks).
+    for (version, session) in [("2026-07-28", Some("forged")), ("2025-11-25", None)] {
+        let mut headers = vec![
+            ("authorization", auth.as_str()),
+            ("accept", "text/event-stream"),
+            ("mcp-protocol-version", version),
+        ];
+        if let Some(s) = session {
+            headers.push(("mcp-session-id", s));
+        }
+        let r = http.send(Method::GET, &url, &headers, None).await;
+        assert_ne!(
+            r.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{version} {session:?}: {}",
+            r.body
+        );
+    }
+
+    // The client's cursor names a page of the merged list, not of an
+    // upstream's: it is not sent on (the reference refuses unknown ones).
+    let paged = post(
+        "tools/list",
+        None,
+        json!({"cursor": "bogus", "_meta": meta}),
+    )
+    .await;
+    assert!(paged["result"]["tools"].is_array(), "{paged}");
 
     // Without `_meta` the upstream refuses the list: its code, named.
     let refused = post("tools/list", None, json!({})).await;
+    assert_eq!(refused["id"], 1, "{refused}");
     assert_eq!(refused["error"]["code"], -32602, "{refused}");
     assert_eq!(refused["error"]["data"]["reason"], "upstream_refused");
     assert_eq!(refused["error"]["data"]["upstream"], "reference");
