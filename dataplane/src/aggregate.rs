@@ -543,12 +543,8 @@ async fn list_one(
     let method = msg["method"].as_str().unwrap_or_default();
     let up = t.up.name.as_str();
     let mut out = Vec::new();
-    let params = msg
-        .get("params")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    for mut item in pages(call, t, method, &params, kind.field()).await? {
+    let params = msg.get("params").and_then(Value::as_object);
+    for mut item in pages(call, t, method, params, kind.field()).await? {
         let (field, renamed) = match kind {
             List::Tools | List::Prompts => {
                 let Some(name) = item.get("name").and_then(Value::as_str) else {
@@ -583,7 +579,7 @@ async fn pages(
     call: &Call<'_>,
     t: &Target,
     method: &str,
-    msg_params: &Map<String, Value>,
+    client_params: Option<&Map<String, Value>>,
     field: &str,
 ) -> Result<Vec<Value>, GatewayError> {
     let mut out = Vec::new();
@@ -593,7 +589,7 @@ async fn pages(
     // request), but for its cursor, which names a page of the merged list,
     // and its progress token, which names the client's one request, not
     // each upstream's pages.
-    let mut params = msg_params.clone();
+    let mut params = client_params.cloned().unwrap_or_default();
     params.remove("cursor");
     if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
         meta.remove("progressToken");
@@ -609,8 +605,7 @@ async fn pages(
         }
         let (answer, _) = request(call, t, &req).await?;
         if let Some(err) = answer.get("error") {
-            let code = err.get("code").and_then(Value::as_i64);
-            if code == Some(code::METHOD_NOT_FOUND) {
+            if err.get("code").and_then(Value::as_i64) == Some(code::METHOD_NOT_FOUND) {
                 return Ok(out);
             }
             return Err(GatewayError::refused_by(t.up.name.as_str(), method, err));
@@ -637,15 +632,11 @@ async fn routed(
     ctx: &mut ReqCtx,
 ) -> Result<Response<Body>, GatewayError> {
     // A shortened name is found by listing its upstream, with the client's
-    // `_meta` (2026-07-28 needs it on every request) less its progress token,
-    // which belongs to this request, not to the lookup.
-    let mut lookup = Map::new();
-    if let Some(mut meta) = msg.pointer("/params/_meta").cloned() {
-        if let Some(m) = meta.as_object_mut() {
-            m.remove("progressToken");
-        }
-        lookup.insert("_meta".into(), meta);
-    }
+    // `_meta` (2026-07-28 needs it on every request; `pages` drops what
+    // belongs to this request only).
+    let lookup: Option<Map<String, Value>> = msg
+        .pointer("/params/_meta")
+        .map(|meta| Map::from_iter([("_meta".to_owned(), meta.clone())]));
     let params = msg
         .get_mut("params")
         .ok_or_else(|| GatewayError::InvalidParams(format!("{method} needs params")))?;
@@ -654,7 +645,7 @@ async fn routed(
             let v = params.get("name").and_then(Value::as_str).ok_or_else(|| {
                 GatewayError::InvalidParams(format!("{method} needs params.name"))
             })?;
-            let (t, name) = resolve_name(call, targets, v, method, &lookup).await?;
+            let (t, name) = resolve_name(call, targets, v, method, lookup.as_ref()).await?;
             if method == "tools/call" {
                 ctx.tool = Some(name.clone());
                 if !t.filter.allows(&name) {
@@ -676,7 +667,8 @@ async fn routed(
                 GatewayError::InvalidParams("completion/complete needs params.ref".into())
             })?;
             if let Some(v) = r.get("name").and_then(Value::as_str).map(str::to_owned) {
-                let (t, name) = resolve_name(call, targets, &v, "prompts/get", &lookup).await?;
+                let (t, name) =
+                    resolve_name(call, targets, &v, "prompts/get", lookup.as_ref()).await?;
                 r["name"] = Value::String(name);
                 t
             } else {
@@ -744,7 +736,7 @@ async fn resolve_name(
     targets: &[Target],
     v: &str,
     method: &str,
-    params: &Map<String, Value>,
+    params: Option<&Map<String, Value>>,
 ) -> Result<(Target, String), GatewayError> {
     let unknown = || GatewayError::InvalidParams(format!("unknown name {v:?}"));
     let (up, rest, exact) = names::split_name(v).ok_or_else(unknown)?;
@@ -806,8 +798,9 @@ impl Rewrite {
             None => {
                 mcp::keep_private(v);
                 // A 2026-07-28 result names its server: here, the virtual one.
-                if let Some(info) =
-                    v.pointer_mut("/result/_meta/io.modelcontextprotocol~1serverInfo")
+                if let Some(info) = v
+                    .pointer_mut("/result/_meta")
+                    .and_then(|m| m.get_mut(META_SERVER_INFO))
                 {
                     *info = server_info();
                 }

@@ -45,6 +45,11 @@ fn no_args() -> Value {
     json!({ "type": "object", "properties": {} })
 }
 
+/// `{"message": string}`, required (the echoes).
+fn message_arg() -> Value {
+    json!({ "type": "object", "properties": { "message": { "type": "string" } }, "required": ["message"] })
+}
+
 fn tool(name: &'static str, description: &'static str, schema: Value, handler: Handler) -> ToolDef {
     ToolDef {
         name,
@@ -66,7 +71,7 @@ static TOOLS: LazyLock<Vec<ToolDef>> = LazyLock::new(|| {
         tool(
             "echo",
             "Returns the message it is given",
-            json!({ "type": "object", "properties": { "message": { "type": "string" } }, "required": ["message"] }),
+            message_arg(),
             Content(echo),
         ),
         // Long enough that a gateway prefixing it with an upstream name
@@ -74,7 +79,7 @@ static TOOLS: LazyLock<Vec<ToolDef>> = LazyLock::new(|| {
         tool(
             "echo_under_a_name_long_enough_that_the_gateway_shortens_it",
             "Returns the message it is given",
-            json!({ "type": "object", "properties": { "message": { "type": "string" } }, "required": ["message"] }),
+            message_arg(),
             Content(echo),
         ),
         tool(
