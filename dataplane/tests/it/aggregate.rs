@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::{
     clients::{self, text_of, tool_names},
     harness::{Gateway, GatewaySpec, Reference, everything},
-    http::Http,
+    http::{Http, post_stateless, stateless_meta},
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -183,27 +183,11 @@ async fn the_stateless_revision_is_aggregated() {
     let url = format!("{}/mcp", gw.url());
     let http = Http::h1();
     let auth = key.bearer();
-    let meta = json!({
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientCapabilities": {},
-    });
+    let meta = stateless_meta();
     let post = |method: &'static str, name: Option<String>, params: Value| {
         let (http, url, auth) = (&http, &url, &auth);
         async move {
-            let mut headers = vec![
-                ("authorization", auth.as_str()),
-                ("content-type", "application/json"),
-                ("accept", "application/json, text/event-stream"),
-                ("mcp-protocol-version", "2026-07-28"),
-                ("mcp-method", method),
-            ];
-            if let Some(n) = &name {
-                headers.push(("mcp-name", n.as_str()));
-            }
-            let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-            let r = http
-                .send(Method::POST, url, &headers, Some(&body.to_string()))
-                .await;
+            let r = post_stateless(http, url, Some(auth), method, name.as_deref(), params).await;
             assert_eq!(r.status, StatusCode::OK, "{method}: {}", r.body);
             serde_json::from_str::<Value>(&r.body).expect("JSON")
         }

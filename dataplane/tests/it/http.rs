@@ -253,6 +253,43 @@ impl<'a> Session<'a> {
     }
 }
 
+/// The `_meta` a 2026-07-28 client sends on every request (protocol
+/// version, no client capabilities).
+pub fn stateless_meta() -> Value {
+    json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    })
+}
+
+/// POSTs one 2026-07-28 request with its mirrored `Mcp-Method` (and
+/// `Mcp-Name`, when given) headers; `params` go as given (`stateless_meta`
+/// is the caller's to add). `auth`: the `Authorization` value, if any.
+pub async fn post_stateless(
+    http: &Http,
+    url: &str,
+    auth: Option<&str>,
+    method: &str,
+    name: Option<&str>,
+    params: Value,
+) -> Reply {
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("accept", ACCEPT_BOTH),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", method),
+    ];
+    if let Some(n) = name {
+        headers.push(("mcp-name", n));
+    }
+    if let Some(a) = auth {
+        headers.push(("authorization", a));
+    }
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    http.send(Method::POST, url, &headers, Some(&body.to_string()))
+        .await
+}
+
 /// A QUIC connection (ALPN h3) to a gateway's TLS port, trusting its
 /// development CA; and the port.
 pub async fn quic_connect(

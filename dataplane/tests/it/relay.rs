@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::{
     clients::{self, text_of, tool_names},
     harness::{Gateway, GatewaySpec, Key, Reference},
-    http::{Http, Session},
+    http::{Http, Session, post_stateless, stateless_meta},
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -198,10 +198,7 @@ async fn cache_hints_stay_private_behind_the_gateway() {
     let gw = Gateway::start(&spec).await;
     let http = Http::h1();
     let auth = key.bearer();
-    let meta = json!({
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientCapabilities": {},
-    });
+    let meta = stateless_meta();
     let uri = "test://static-text";
     for (method, name, params) in [
         ("tools/list", None, json!({"_meta": meta})),
@@ -214,22 +211,8 @@ async fn cache_hints_stay_private_behind_the_gateway() {
         let scope = |url: String, with_key: bool| {
             let (http, auth, params) = (&http, &auth, params.clone());
             async move {
-                let mut headers = vec![
-                    ("content-type", "application/json"),
-                    ("accept", "application/json, text/event-stream"),
-                    ("mcp-protocol-version", "2026-07-28"),
-                    ("mcp-method", method),
-                ];
-                if let Some(n) = name {
-                    headers.push(("mcp-name", n));
-                }
-                if with_key {
-                    headers.push(("authorization", auth.as_str()));
-                }
-                let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-                let r = http
-                    .send(Method::POST, &url, &headers, Some(&body.to_string()))
-                    .await;
+                let auth = with_key.then_some(auth.as_str());
+                let r = post_stateless(http, &url, auth, method, name, params).await;
                 let v: serde_json::Value = serde_json::from_str(&r.body).expect("JSON");
                 assert_eq!(r.status, StatusCode::OK, "{method}: {v}");
                 v["result"]["cacheScope"].clone()
