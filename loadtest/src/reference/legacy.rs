@@ -220,6 +220,10 @@ fn call_tool(
     match tool.handler {
         Handler::Content(f) => reply(&id, f(&args)),
         Handler::Input(step) => run_input(state, session, id, tool.name.to_owned(), step, args),
+        Handler::Signal(f) => reply(
+            &id,
+            f(&args).map(|c| super::listen::trigger(state, c, Some(session))),
+        ),
         Handler::Stream(kind) => {
             let (sink, body) = session.open_stream(kind.retry_ms());
             let progress_token = params.pointer("/_meta/progressToken").cloned();

@@ -11,11 +11,13 @@
 //! - `sse`: the SSE body and the sink tools write events into.
 //! - `tools`, `resources`, `prompts`: the catalogue; `mrtr`: tools that need client input;
 //!   `streaming`: tools that emit notifications; `seal`: integrity-protected requestState.
+//! - `listen`: change notifications (`subscriptions/listen`, the `test_trigger_*` tools).
 //! - `lists`: list results pre-encoded at startup; `rpc`: JSON-RPC framing and typed errors.
 
 mod content;
 mod http;
 mod legacy;
+mod listen;
 mod lists;
 mod mirror;
 mod mrtr;
@@ -58,6 +60,7 @@ pub(crate) struct State {
     pub sessions: session::Sessions,
     pub sealer: seal::Sealer,
     pub lists: lists::Lists,
+    pub bus: listen::Bus,
     next_stream: AtomicU64,
 }
 
@@ -70,6 +73,7 @@ impl State {
             sessions: session::Sessions::new(),
             sealer,
             lists: lists::Lists::build(),
+            bus: listen::Bus::new(),
             next_stream: AtomicU64::new(1),
         })
     }

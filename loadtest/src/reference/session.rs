@@ -309,6 +309,10 @@ impl Session {
         lock(&self.subscriptions).insert(uri.to_owned());
     }
 
+    pub fn is_subscribed(&self, uri: &str) -> bool {
+        lock(&self.subscriptions).contains(uri)
+    }
+
     pub fn unsubscribe(&self, uri: &str) {
         lock(&self.subscriptions).remove(uri);
     }

@@ -100,6 +100,23 @@ impl Sink {
         }
     }
 
+    /// Sends bytes as they are (an SSE comment). Same return as `send`.
+    pub fn send_raw(&mut self, raw: Bytes) -> bool {
+        match self {
+            Sink::Direct { tx, .. } => tx.send(raw).is_ok(),
+            Sink::Logged { .. } => true,
+        }
+    }
+
+    /// Resolves when the client of a direct stream has gone away (never for a
+    /// logged one, which can be resumed).
+    pub async fn closed(&self) {
+        match self {
+            Sink::Direct { tx, .. } => tx.closed().await,
+            Sink::Logged { .. } => std::future::pending().await,
+        }
+    }
+
     /// Closes the client's connection while the work goes on (SEP-1699 polling);
     /// later events wait in the log for a resuming `GET`.
     pub fn detach(&mut self) {

@@ -16,7 +16,7 @@ use super::session::level_index;
 use super::sse::Sink;
 use super::streaming::{self, Emitter};
 use super::tools::{self, Handler};
-use super::{SERVER_NAME, SERVER_VERSION, State, mirror, prompts, resources};
+use super::{SERVER_NAME, SERVER_VERSION, State, listen, mirror, prompts, resources};
 
 pub(crate) const VERSION: &str = "2026-07-28";
 pub(crate) const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
@@ -204,8 +204,8 @@ fn route(
             .map(|v| complete(v, true)),
         "completion/complete" => prompts::completion(&params).map(|v| complete(v, false)),
         "server/discover" => Ok(discover()),
+        "subscriptions/listen" => return listen::open(state, &id, &params),
         // Removed at this revision (initialize, ping, logging/setLevel, resources/(un)subscribe),
-        // `subscriptions/listen` (not offered: no listChanged/subscribe capability is advertised),
         // and anything unknown.
         other => Err(RpcError::method_not_found(other)),
     };
@@ -218,7 +218,12 @@ fn discover() -> Value {
     complete(
         json!({
             "supportedVersions": supported,
-            "capabilities": { "tools": {}, "prompts": {}, "resources": {}, "completions": {} },
+            "capabilities": {
+                "tools": { "listChanged": true },
+                "prompts": { "listChanged": true },
+                "resources": { "subscribe": true },
+                "completions": {}
+            },
             "instructions": "STOA reference MCP server: conformance fixtures plus fast `echo` and `add` tools."
         }),
         true,
@@ -242,6 +247,10 @@ fn call_tool(
     match tool.handler {
         Handler::Content(f) => reply(&id, f(&args).map(|v| complete(v, false))),
         Handler::Input(step) => reply(&id, run_step(state, tool.name, step, &args, &meta, &params)),
+        Handler::Signal(f) => reply(
+            &id,
+            f(&args).map(|c| complete(listen::trigger(state, c, None), false)),
+        ),
         Handler::Stream(kind) => {
             let (sink, body) = Sink::direct(state.next_stream());
             let em = Emitter {

@@ -6,6 +6,7 @@ use std::sync::LazyLock;
 use serde_json::{Map, Value, json};
 
 use super::content::{PNG, WAV};
+use super::listen::Change;
 use super::mrtr::{self, StepFn, text_result};
 use super::rpc::RpcError;
 use super::streaming::Streaming;
@@ -19,6 +20,8 @@ pub(crate) enum Handler {
     Input(StepFn),
     /// Emits notifications over time on an SSE response (see `streaming`).
     Stream(Streaming),
+    /// Signals a change to listeners (see `listen`).
+    Signal(fn(&Map<String, Value>) -> Result<Change, RpcError>),
 }
 
 pub(crate) struct ToolDef {
@@ -60,7 +63,7 @@ fn tool(name: &'static str, description: &'static str, schema: Value, handler: H
 }
 
 static TOOLS: LazyLock<Vec<ToolDef>> = LazyLock::new(|| {
-    use Handler::{Content, Input, Stream};
+    use Handler::{Content, Input, Signal, Stream};
     vec![
         tool(
             "test_simple_text",
@@ -117,6 +120,24 @@ static TOOLS: LazyLock<Vec<ToolDef>> = LazyLock::new(|| {
             "Always returns a tool error",
             no_args(),
             Content(error_handling),
+        ),
+        tool(
+            "test_trigger_tool_change",
+            "Signals notifications/tools/list_changed to listeners (the list itself is fixed)",
+            no_args(),
+            Signal(|_| Ok(Change::Tools)),
+        ),
+        tool(
+            "test_trigger_prompt_change",
+            "Signals notifications/prompts/list_changed to listeners (the list itself is fixed)",
+            no_args(),
+            Signal(|_| Ok(Change::Prompts)),
+        ),
+        tool(
+            "test_trigger_resource_update",
+            "Signals notifications/resources/updated for a URI to its subscribers",
+            json!({ "type": "object", "properties": { "uri": { "type": "string" } }, "required": ["uri"] }),
+            Signal(resource_update),
         ),
         tool(
             "test_tool_with_logging",
@@ -260,6 +281,15 @@ fn json_schema_2020_12() -> Value {
         "else": { "required": ["email"] },
         "additionalProperties": false
     })
+}
+
+fn resource_update(args: &Map<String, Value>) -> Result<Change, RpcError> {
+    match args.get("uri").and_then(Value::as_str) {
+        Some(uri) => Ok(Change::Resource(uri.to_owned())),
+        None => Err(RpcError::invalid_params(
+            "test_trigger_resource_update: 'uri' must be a string",
+        )),
+    }
 }
 
 fn simple_text(_: &Map<String, Value>) -> Result<Value, RpcError> {
