@@ -7,6 +7,8 @@
 //! rewritten so replies find their way home. All routing state travels in
 //! the sealed session id and in the rewritten ids: no replica remembers.
 
+mod listen;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -113,6 +115,9 @@ async fn post(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failur
         }
         Kind::Request => match method.as_str() {
             "server/discover" if stateless => discover(&call, &targets, &msg).await.map_err(fail),
+            "subscriptions/listen" if stateless => {
+                listen::listen(&call, &targets, &msg).await.map_err(fail)
+            }
             "tools/list" => list(&call, &targets, &msg, List::Tools).await.map_err(fail),
             "prompts/list" => list(&call, &targets, &msg, List::Prompts)
                 .await
@@ -404,21 +409,31 @@ async fn discover(
 ) -> Result<Response<Body>, GatewayError> {
     let answers = join_all(targets.iter().map(|t| request(call, t, msg))).await;
     let mut caps = Map::new();
+    // Change notifications come over `subscriptions/listen`, merged from the
+    // upstreams' (see `listen`): promise only what some upstream sends.
+    let mut notifies = Map::new();
     for (t, answer) in targets.iter().zip(answers) {
         match answer {
-            Ok((m, _)) => merge_capabilities(
-                &mut caps,
-                m.pointer("/result/capabilities").unwrap_or(&Value::Null),
-            ),
+            Ok((m, _)) => {
+                let theirs = m.pointer("/result/capabilities").unwrap_or(&Value::Null);
+                merge_capabilities(&mut caps, theirs);
+                for (feature, flag) in [
+                    ("tools", "listChanged"),
+                    ("prompts", "listChanged"),
+                    ("resources", "listChanged"),
+                    ("resources", "subscribe"),
+                ] {
+                    if theirs.pointer(&format!("/{feature}/{flag}")) == Some(&Value::Bool(true)) {
+                        notifies.insert(format!("{feature}/{flag}"), Value::Bool(true));
+                    }
+                }
+            }
             Err(e) => tracing::warn!(upstream = %t.up.name, "server/discover failed: {e}"),
         }
     }
-    // Change notifications come over `subscriptions/listen` in this
-    // revision, which `/mcp` does not serve yet: promise none.
-    for feature in ["tools", "prompts", "resources"] {
-        if let Some(f) = caps.get_mut(feature).and_then(Value::as_object_mut) {
-            f.remove("listChanged");
-            f.remove("subscribe");
+    for (feature, f) in caps.iter_mut() {
+        if let Some(f) = f.as_object_mut() {
+            f.retain(|flag, _| notifies.contains_key(&format!("{feature}/{flag}")));
         }
     }
     let result = json!({

@@ -68,6 +68,19 @@ pub fn keep_private(msg: &mut serde_json::Value) {
     }
 }
 
+/// Where 2026-07-28 notifications and the final result of a
+/// `subscriptions/listen` stream name the subscription.
+pub const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";
+
+/// The `SubscriptionsListenResult` that ends a listen stream on purpose
+/// (the gateway drains, say), so the client knows to listen again.
+pub fn listen_ended(id: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({"jsonrpc": "2.0", "id": id, "result": {
+        "resultType": "complete",
+        "_meta": {META_SUBSCRIPTION: id},
+    }})
+}
+
 pub fn is_supported(v: &str) -> bool {
     VERSIONS.contains(&v)
 }

@@ -149,6 +149,11 @@ async fn post(
     // Only 2026-07-28 results carry cache hints; older answers stay bytes.
     let private =
         kind == Kind::Request && version == mcp::STATELESS && mcp::cacheable(peek.method());
+    // A listen stream never ends by itself: it ends, with its result, when
+    // the gateway drains.
+    let listen = kind == Kind::Request
+        && version == mcp::STATELESS
+        && peek.method() == "subscriptions/listen";
     drop(peek);
 
     let mut req = upstream::upstream_request(
@@ -217,10 +222,12 @@ async fn post(
                 id: id.clone(),
                 filter: list_filter,
                 private,
+                listen,
             };
+            let end_on = listen.then(|| gw.draining.clone());
             Ok(sse_response(
                 status,
-                upstream::spawn_pump(resp.into_body(), map, pump_cfg(rt, up, None), guard),
+                upstream::spawn_pump(resp.into_body(), map, pump_cfg(rt, up, end_on), guard),
             ))
         }
     }
@@ -439,6 +446,8 @@ struct PostStream {
     filter: Option<ToolFilter>,
     /// The answer carries cache hints, kept private (`mcp::keep_private`).
     private: bool,
+    /// A `subscriptions/listen` stream.
+    listen: bool,
 }
 
 impl EventMap for PostStream {
@@ -460,6 +469,11 @@ impl EventMap for PostStream {
     fn on_error(&mut self, err: &GatewayError) -> Option<sse::Event> {
         let id = self.id.as_ref()?;
         Some(sse::Event::message(err.rpc_response(Some(id)).to_string()))
+    }
+
+    fn on_drain(&mut self) -> Option<sse::Event> {
+        let id = self.id.as_ref().filter(|_| self.listen)?;
+        Some(sse::Event::message(mcp::listen_ended(id).to_string()))
     }
 }
 

@@ -281,6 +281,10 @@ pub trait EventMap: Send + 'static {
     /// An event that tells the client why the stream failed, if it needs one
     /// (a POST stream owes the client a response to its request).
     fn on_error(&mut self, err: &GatewayError) -> Option<sse::Event>;
+    /// The last event when the gateway ends the stream as it drains.
+    fn on_drain(&mut self) -> Option<sse::Event> {
+        None
+    }
 }
 
 /// Passes events unchanged.
@@ -374,7 +378,12 @@ pub fn spawn_pump_into(
                     upstream: cfg.upstream.clone(),
                     after_ms: cfg.idle_timeout.as_millis() as u64,
                 }),
-                _ = end_on.cancelled() => break None,
+                _ = end_on.cancelled() => {
+                    if let Some(ev) = map.on_drain() {
+                        let _ = tx.send(Ok(Frame::data(ev.encode()))).await;
+                    }
+                    break None;
+                }
                 _ = tx.closed() => return,
             }
         };

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::{
     clients::{self, text_of, tool_names},
     harness::{Gateway, GatewaySpec, Reference, everything},
-    http::{Http, post_stateless, stateless_meta},
+    http::{Http, listen, post_stateless, stateless_meta},
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -193,19 +193,22 @@ async fn the_stateless_revision_is_aggregated() {
         }
     };
 
-    // `/mcp` serves no `subscriptions/listen`: it promises no change
-    // notifications, whatever its upstreams offer.
+    // Change notifications come from the upstreams' listen streams: `/mcp`
+    // promises what its upstream does (the reference's resource list never
+    // changes), no more.
     let discovered = post("server/discover", None, json!({"_meta": meta})).await;
     let caps = &discovered["result"]["capabilities"];
-    assert!(caps["tools"].is_object(), "{discovered}");
-    for feature in ["tools", "prompts", "resources"] {
-        for flag in ["listChanged", "subscribe"] {
-            assert!(
-                caps[feature].get(flag).is_none(),
-                "{feature}.{flag}: {discovered}"
-            );
-        }
-    }
+    assert_eq!(caps["tools"], json!({"listChanged": true}), "{discovered}");
+    assert_eq!(
+        caps["prompts"],
+        json!({"listChanged": true}),
+        "{discovered}"
+    );
+    assert_eq!(
+        caps["resources"],
+        json!({"subscribe": true}),
+        "{discovered}"
+    );
 
     let listed = post("tools/list", None, json!({"_meta": meta})).await;
     let tools: Vec<&str> = listed["result"]["tools"]
@@ -325,4 +328,144 @@ async fn the_stateless_revision_is_aggregated() {
             .is_some_and(|m| m.contains("_meta")),
         "{refused}"
     );
+}
+
+/// `subscriptions/listen` on `/mcp`: one stream over every upstream's, each
+/// asked only for what concerns it, acknowledged once with the union.
+#[tokio::test(flavor = "multi_thread")]
+async fn change_notifications_are_merged_from_every_upstream() {
+    let (a, b) = (Reference::start(None), Reference::start(None));
+    let (spec, key) = GatewaySpec::open(&[("a", &a.url), ("b", &b.url)]);
+    let mut gw = Gateway::start(&spec).await;
+    let url = format!("{}/mcp", gw.url());
+    let http = Http::h1();
+    let auth = key.bearer();
+    let call = |name: &'static str, arguments: Value| {
+        let (http, url, auth) = (&http, &url, &auth);
+        async move {
+            let params = json!({"name": name, "arguments": arguments, "_meta": stateless_meta()});
+            let r = post_stateless(http, url, Some(auth), "tools/call", Some(name), params).await;
+            assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.body);
+        }
+    };
+
+    let mut stream = listen(
+        &http,
+        &url,
+        &auth,
+        json!("watch-1"),
+        json!({
+            "toolsListChanged": true,
+            // No upstream sends these: not acknowledged.
+            "resourcesListChanged": true,
+            "resourceSubscriptions": ["stoa://b/test://static-text", "stoa://gone/test://x"],
+        }),
+    )
+    .await;
+    let ack = stream.next().await.expect("an acknowledgement");
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    assert_eq!(
+        ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        "watch-1"
+    );
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"toolsListChanged": true, "resourceSubscriptions": ["stoa://b/test://static-text"]}),
+        "{ack}"
+    );
+
+    call("a__test_trigger_tool_change", json!({})).await;
+    let changed = stream.next().await.expect("a notification");
+    assert_eq!(
+        changed["method"], "notifications/tools/list_changed",
+        "{changed}"
+    );
+    assert_eq!(
+        changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "watch-1",
+        "tagged with the client's listen id: {changed}"
+    );
+
+    // Prompt changes were not asked for: the next message from `a` is the
+    // second tool change, not the prompt change before it.
+    call("a__test_trigger_prompt_change", json!({})).await;
+    call("a__test_trigger_tool_change", json!({})).await;
+    let next = stream.next().await.expect("a notification");
+    assert_eq!(next["method"], "notifications/tools/list_changed", "{next}");
+
+    // A resource update names the resource as `/mcp` does.
+    call(
+        "b__test_trigger_resource_update",
+        json!({"uri": "test://static-text"}),
+    )
+    .await;
+    let updated = stream.next().await.expect("a notification");
+    assert_eq!(
+        updated["method"], "notifications/resources/updated",
+        "{updated}"
+    );
+    assert_eq!(updated["params"]["uri"], "stoa://b/test://static-text");
+    assert_eq!(
+        updated["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        "watch-1"
+    );
+
+    // A filter that is not one is refused, with a reason (a JSON-RPC error,
+    // as the gateway answers invalid params on every revision).
+    let bad = post_stateless(
+        &http,
+        &url,
+        Some(&auth),
+        "subscriptions/listen",
+        None,
+        json!({"_meta": stateless_meta(), "notifications": {"toolsListChanged": "yes"}}),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::OK, "{}", bad.body);
+    assert_eq!(bad.json()["error"]["code"], -32602, "{}", bad.body);
+    assert_eq!(bad.json()["error"]["data"]["reason"], "invalid_params");
+
+    // The same through `/mcp/<upstream>`, relayed unchanged.
+    let mut direct = listen(
+        &http,
+        &format!("{}/mcp/a", gw.url()),
+        &auth,
+        json!(7),
+        json!({"promptsListChanged": true}),
+    )
+    .await;
+    let ack = direct.next().await.expect("an acknowledgement");
+    assert_eq!(
+        ack["params"]["notifications"],
+        json!({"promptsListChanged": true}),
+        "{ack}"
+    );
+    call("a__test_trigger_prompt_change", json!({})).await;
+    let changed = direct.next().await.expect("a notification");
+    assert_eq!(
+        changed["method"], "notifications/prompts/list_changed",
+        "{changed}"
+    );
+    assert_eq!(
+        changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+        7
+    );
+
+    // Draining ends both streams on purpose: each gets its result, so its
+    // client knows to listen again elsewhere; and they do not hold the drain.
+    gw.proc.signal("TERM");
+    for (s, id) in [(&mut stream, json!("watch-1")), (&mut direct, json!(7))] {
+        let end = s.until(|v| v.get("id").is_some()).await;
+        assert_eq!(end["id"], id, "{end}");
+        assert_eq!(end["result"]["resultType"], "complete", "{end}");
+        assert_eq!(
+            end["result"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+            id
+        );
+        assert!(s.next().await.is_none(), "the stream ends after its result");
+    }
+    let status = gw.proc.wait_exit(std::time::Duration::from_secs(30)).await;
+    assert!(status.success(), "{status:?}\n{}", gw.log());
 }

@@ -290,6 +290,83 @@ pub async fn post_stateless(
         .await
 }
 
+/// Opens a 2026-07-28 `subscriptions/listen` stream with request id `id`.
+pub async fn listen(http: &Http, url: &str, auth: &str, id: Value, filter: Value) -> SseReader {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "subscriptions/listen",
+                      "params": {"_meta": stateless_meta(), "notifications": filter}});
+    let resp = http
+        .open(
+            Method::POST,
+            url,
+            &[
+                ("content-type", "application/json"),
+                ("accept", ACCEPT_BOTH),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "subscriptions/listen"),
+                ("authorization", auth),
+            ],
+            Some(&body.to_string()),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    SseReader::new(resp)
+}
+
+/// Reads the JSON messages of an SSE response as they arrive.
+pub struct SseReader {
+    resp: http::Response<Incoming>,
+    buf: String,
+}
+
+impl SseReader {
+    pub fn new(resp: http::Response<Incoming>) -> SseReader {
+        SseReader {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next message, or `None` once the stream has ended. Panics if
+    /// none comes within 20 s.
+    pub async fn next(&mut self) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let ev: String = self.buf.drain(..end + 2).collect();
+                let data: Vec<&str> = ev
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if let Ok(v) = serde_json::from_str(&data.join("\n")) {
+                    return Some(v);
+                }
+            }
+            let frame = tokio::time::timeout_at(deadline, self.resp.body_mut().frame())
+                .await
+                .expect("a message in time");
+            match frame {
+                None | Some(Err(_)) => return None,
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        self.buf.push_str(&String::from_utf8_lossy(&data));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next message that matches `want`, skipping others.
+    pub async fn until(&mut self, want: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let v = self.next().await.expect("the stream is open");
+            if want(&v) {
+                return v;
+            }
+        }
+    }
+}
+
 /// A QUIC connection (ALPN h3) to a gateway's TLS port, trusting its
 /// development CA; and the port.
 pub async fn quic_connect(

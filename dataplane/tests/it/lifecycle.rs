@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::{
     clients::text_of,
     harness::{Gateway, GatewaySpec, Key, Reference, eventually, everything},
-    http::{Http, Session},
+    http::{Http, Session, SseReader},
 };
 
 const SHARED_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes, base64
@@ -57,19 +57,18 @@ async fn any_replica_serves_any_request_of_a_session() {
     on_a.initialize().await;
     let call = json!({"jsonrpc": "2.0", "id": 99, "method": "tools/call",
         "params": {"name": "trigger-sampling-request", "arguments": {"prompt": "x"}}});
-    let mut stream = http
-        .open(
+    let mut stream = SseReader::new(
+        http.open(
             Method::POST,
             &on_a.url,
             &on_a.headers(),
             Some(&call.to_string()),
         )
+        .await,
+    );
+    let sampling_req = stream
+        .until(|v| v.get("method").is_some() && v.get("id").is_some())
         .await;
-    let mut seen = String::new();
-    let sampling_req = read_until(&mut stream, &mut seen, |v| {
-        v.get("method").is_some() && v.get("id").is_some()
-    })
-    .await;
     assert_eq!(sampling_req["method"], "sampling/createMessage");
     let mut on_b = Session::new(&http, &format!("{}/mcp/everything", b.url()), &key.bearer());
     on_b.id = on_a.id.clone();
@@ -84,40 +83,8 @@ async fn any_replica_serves_any_request_of_a_session() {
         )
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    let done = read_until(&mut stream, &mut seen, |v| v["id"] == 99).await;
+    let done = stream.until(|v| v["id"] == 99).await;
     assert!(done.to_string().contains("answered via b"), "{done}");
-}
-
-/// Reads SSE from a streaming response until a message matches `want`.
-/// `buf` keeps what was read, so a second call continues where the first stopped.
-async fn read_until(
-    resp: &mut http::Response<hyper::body::Incoming>,
-    buf: &mut String,
-    want: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    use http_body_util::BodyExt;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        while let Some(end) = buf.find("\n\n") {
-            let ev: String = buf.drain(..end + 2).collect();
-            for line in ev.lines() {
-                if let Some(d) = line.strip_prefix("data:")
-                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(d.trim())
-                    && want(&v)
-                {
-                    return v;
-                }
-            }
-        }
-        let frame = tokio::time::timeout_at(deadline, resp.body_mut().frame())
-            .await
-            .expect("the message in time")
-            .expect("stream open")
-            .expect("frame");
-        if let Ok(data) = frame.into_data() {
-            buf.push_str(&String::from_utf8_lossy(&data));
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
