@@ -408,32 +408,17 @@ async fn discover(
     msg: &Value,
 ) -> Result<Response<Body>, GatewayError> {
     let answers = join_all(targets.iter().map(|t| request(call, t, msg))).await;
+    // Change notifications come over `subscriptions/listen` (see `listen`):
+    // list changes from the upstreams and from the key's grants, updates of
+    // resources where some upstream sends them (`merge_capabilities`).
     let mut caps = Map::new();
-    // Change notifications come over `subscriptions/listen`, merged from the
-    // upstreams' (see `listen`): promise only what some upstream sends.
-    let mut notifies = Map::new();
     for (t, answer) in targets.iter().zip(answers) {
         match answer {
-            Ok((m, _)) => {
-                let theirs = m.pointer("/result/capabilities").unwrap_or(&Value::Null);
-                merge_capabilities(&mut caps, theirs);
-                for (feature, flag) in [
-                    ("tools", "listChanged"),
-                    ("prompts", "listChanged"),
-                    ("resources", "listChanged"),
-                    ("resources", "subscribe"),
-                ] {
-                    if theirs.pointer(&format!("/{feature}/{flag}")) == Some(&Value::Bool(true)) {
-                        notifies.insert(format!("{feature}/{flag}"), Value::Bool(true));
-                    }
-                }
-            }
+            Ok((m, _)) => merge_capabilities(
+                &mut caps,
+                m.pointer("/result/capabilities").unwrap_or(&Value::Null),
+            ),
             Err(e) => tracing::warn!(upstream = %t.up.name, "server/discover failed: {e}"),
-        }
-    }
-    for (feature, f) in caps.iter_mut() {
-        if let Some(f) = f.as_object_mut() {
-            f.retain(|flag, _| notifies.contains_key(&format!("{feature}/{flag}")));
         }
     }
     let result = json!({
@@ -736,7 +721,7 @@ async fn routed(
         Payload::Sse => {
             let guard =
                 GaugeGuard::new(call.gw.metrics.active_streams.with_label_values(&["post"]));
-            let cfg = relay::pump_cfg(call.rt, &t.up, None);
+            let cfg = relay::pump_cfg(call.rt, &t.up, None, Some(call.gw.watch_key(call.key)));
             Ok(relay::sse_response(
                 status,
                 upstream::spawn_pump(resp.into_body(), map, cfg, guard),
@@ -885,7 +870,12 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
                     upstream: t.up.name.to_string(),
                     request_id: None,
                 };
-                let cfg = relay::pump_cfg(call.rt, &t.up, Some(call.gw.draining.clone()));
+                let cfg = relay::pump_cfg(
+                    call.rt,
+                    &t.up,
+                    Some(call.gw.draining.clone()),
+                    Some(call.gw.watch_key(call.key)),
+                );
                 upstream::spawn_pump_into(resp.into_body(), map, cfg, (), tx.clone());
             }
             Ok(resp) => {

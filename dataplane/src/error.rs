@@ -43,6 +43,8 @@ pub enum GatewayError {
     MissingKey,
     #[error("unknown or invalid API key")]
     BadKey,
+    #[error("the API key was revoked or replaced while this stream was open")]
+    KeyRevoked,
     #[error("origin {0:?} is not allowed")]
     ForbiddenOrigin(String),
     #[error("{0}")]
@@ -188,7 +190,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            MissingKey | BadKey => StatusCode::UNAUTHORIZED,
+            MissingKey | BadKey | KeyRevoked => StatusCode::UNAUTHORIZED,
             ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
             // A refused tool is a JSON-RPC level answer: the HTTP exchange worked.
             NotGranted(_) | MethodNotFound(_) | InvalidParams(_) | UpstreamRefused(_) => {
@@ -217,7 +219,7 @@ impl GatewayError {
     pub fn rpc_code(&self) -> i64 {
         use GatewayError::*;
         match self {
-            MissingKey | BadKey => code::UNAUTHORIZED,
+            MissingKey | BadKey | KeyRevoked => code::UNAUTHORIZED,
             ForbiddenOrigin(_) | NotGranted(_) => code::FORBIDDEN,
             BodyTooLarge { .. } => code::TOO_LARGE,
             BodyTimeout => code::TIMEOUT,
@@ -266,6 +268,7 @@ impl GatewayError {
         match self {
             MissingKey => "missing_key",
             BadKey => "bad_key",
+            KeyRevoked => "key_revoked",
             ForbiddenOrigin(_) => "forbidden_origin",
             NotGranted(_) => "not_granted",
             BodyTooLarge { .. } => "body_too_large",

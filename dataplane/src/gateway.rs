@@ -23,7 +23,7 @@ use crate::{
     config::{FileConfig, Limits},
     error::GatewayError,
     metrics::Metrics,
-    model::{Rejected, SessionSpec, Snapshot, UpstreamName},
+    model::{ApiKey, Rejected, SessionSpec, Snapshot, UpstreamName},
     relay,
     session::{SealError, SessionKeys, SessionState},
     upstream::UpstreamClient,
@@ -152,6 +152,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Cancelled when the gateway starts draining: GET streams end cleanly.
     pub draining: CancellationToken,
+    /// Told of every new runtime, so open streams can check their key.
+    changes: tokio::sync::watch::Sender<()>,
     ready: AtomicBool,
     request_ids: AtomicU64,
     id_prefix: u32,
@@ -198,6 +200,7 @@ impl Gateway {
             client,
             metrics: Metrics::new(),
             draining: CancellationToken::new(),
+            changes: tokio::sync::watch::Sender::new(()),
             ready: AtomicBool::new(true),
             request_ids: AtomicU64::new(0),
             id_prefix: u32::from_ne_bytes(seed),
@@ -211,6 +214,7 @@ impl Gateway {
     /// Swaps in a new runtime; requests already running finish on the old one.
     pub fn swap(&self, rt: Runtime) {
         self.runtime.store(Arc::new(rt));
+        self.changes.send_replace(());
     }
 
     /// Swaps in a reloaded file's runtime but keeps the control plane's
@@ -225,12 +229,24 @@ impl Gateway {
                 ..rt.clone()
             })
         });
+        self.changes.send_replace(());
     }
 
     /// Swaps in a new snapshot (from the control plane), keeping the rest.
     pub fn install(&self, snapshot: Arc<Snapshot>) {
         self.runtime
             .rcu(|rt| Arc::new(rt.with_snapshot(snapshot.clone())));
+        self.changes.send_replace(());
+    }
+
+    /// Watches what becomes of `key` as the configuration changes (streams
+    /// outlive the request that authenticated them).
+    pub fn watch_key(self: &Arc<Self>, key: &Arc<ApiKey>) -> KeyWatch {
+        KeyWatch {
+            gw: self.clone(),
+            key: key.clone(),
+            changes: self.changes.subscribe(),
+        }
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -493,6 +509,61 @@ impl Call<'_> {
     pub fn session(&self) -> Result<Option<Arc<SessionState>>, GatewayError> {
         self.gw
             .open_session(self.rt, self.headers, self.key.prefix.as_str(), self.memo)
+    }
+}
+
+/// What became of a key since a stream was opened with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Same,
+    /// Still valid, with other grants (subscriptions, policies).
+    Regranted,
+    /// Removed, or its hash replaced.
+    Revoked,
+}
+
+/// A stream's view of its key (`Gateway::watch_key`).
+pub struct KeyWatch {
+    gw: Arc<Gateway>,
+    key: Arc<ApiKey>,
+    changes: tokio::sync::watch::Receiver<()>,
+}
+
+impl KeyWatch {
+    /// The key's standing after the next configuration change.
+    pub async fn changed(&mut self) -> Standing {
+        if self.changes.changed().await.is_err() {
+            // The gateway is gone: nothing will change any more.
+            std::future::pending::<()>().await;
+        }
+        let now = self
+            .gw
+            .runtime()
+            .snapshot
+            .keys
+            .get(&self.key.prefix)
+            .cloned();
+        match now {
+            Some(k) if k.hash == self.key.hash => {
+                if *k.grants == *self.key.grants {
+                    Standing::Same
+                } else {
+                    self.key = k;
+                    Standing::Regranted
+                }
+            }
+            _ => Standing::Revoked,
+        }
+    }
+
+    /// The key as of the last change seen.
+    pub fn key(&self) -> &ApiKey {
+        &self.key
+    }
+
+    /// Whether the key (as of the last change seen) may use `upstream`.
+    pub fn grants(&self, upstream: &str) -> bool {
+        self.key.grants.keys().any(|n| n.as_str() == upstream)
     }
 }
 

@@ -13,7 +13,7 @@ use crate::{
     body::{self, Body},
     client::UpstreamBody,
     error::GatewayError,
-    gateway::{Call, Gateway, ReqCtx, Runtime, unix_now},
+    gateway::{Call, Gateway, KeyWatch, ReqCtx, Runtime, unix_now},
     mcp::{self, Kind, Peek},
     metrics::{GaugeGuard, method_label},
     model::{ApiKey, ToolFilter, Upstream},
@@ -227,7 +227,12 @@ async fn post(
             let end_on = listen.then(|| gw.draining.clone());
             Ok(sse_response(
                 status,
-                upstream::spawn_pump(resp.into_body(), map, pump_cfg(rt, up, end_on), guard),
+                upstream::spawn_pump(
+                    resp.into_body(),
+                    map,
+                    pump_cfg(rt, up, end_on, Some(gw.watch_key(key))),
+                    guard,
+                ),
             ))
         }
     }
@@ -298,7 +303,12 @@ async fn get(
     match upstream::classify(up, &resp)? {
         Payload::Sse if status.is_success() => {
             let guard = GaugeGuard::new(gw.metrics.active_streams.with_label_values(&["get"]));
-            let cfg = pump_cfg(rt, up, Some(gw.draining.clone()));
+            let cfg = pump_cfg(
+                rt,
+                up,
+                Some(gw.draining.clone()),
+                Some(gw.watch_key(call.key)),
+            );
             Ok(sse_response(
                 status,
                 upstream::spawn_pump(resp.into_body(), Unchanged, cfg, guard),
@@ -386,8 +396,10 @@ pub fn pump_cfg(
     rt: &Runtime,
     up: &Upstream,
     end_on: Option<tokio_util::sync::CancellationToken>,
+    key: Option<KeyWatch>,
 ) -> PumpConfig {
     PumpConfig {
+        key,
         upstream: up.name.to_string(),
         max_event: rt.limits.max_sse_event_bytes,
         idle_timeout: rt.limits.stream_idle_timeout,

@@ -17,6 +17,7 @@ use crate::{
     client::{Client, ClientConfig, ClientError, Outgoing, UpstreamBody},
     config::Limits,
     error::GatewayError,
+    gateway::{KeyWatch, Standing},
     mcp,
     model::Upstream,
     sse,
@@ -306,6 +307,9 @@ pub struct PumpConfig {
     pub keepalive: Duration,
     /// When cancelled the stream ends cleanly, so the client resumes elsewhere.
     pub end_on: Option<CancellationToken>,
+    /// The stream ends when its key is revoked or loses this upstream
+    /// (`None`: its owner watches the key).
+    pub key: Option<KeyWatch>,
 }
 
 /// Relays one upstream SSE body into a client body, via a bounded channel
@@ -342,6 +346,7 @@ pub fn spawn_pump_into(
         let idle = tokio::time::sleep(cfg.idle_timeout);
         let mut idle = pin!(idle);
         let end_on = cfg.end_on.clone().unwrap_or_default();
+        let mut key = cfg.key;
         let failure: Option<GatewayError> = loop {
             tokio::select! {
                 frame = body.frame() => {
@@ -378,6 +383,18 @@ pub fn spawn_pump_into(
                     upstream: cfg.upstream.clone(),
                     after_ms: cfg.idle_timeout.as_millis() as u64,
                 }),
+                standing = async {
+                    match key.as_mut() {
+                        Some(k) => k.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => match standing {
+                    Standing::Revoked => break Some(GatewayError::KeyRevoked),
+                    Standing::Regranted if !key.as_ref().is_some_and(|k| k.grants(&cfg.upstream)) => break Some(GatewayError::NotGranted(
+                        format!("upstream {:?} is no longer granted to this key", cfg.upstream),
+                    )),
+                    Standing::Regranted | Standing::Same => {}
+                },
                 _ = end_on.cancelled() => {
                     if let Some(ev) = map.on_drain() {
                         let _ = tx.send(Ok(Frame::data(ev.encode()))).await;

@@ -4,17 +4,19 @@
 //! - Each upstream is asked only for what concerns it: the client's flags,
 //!   and the resource URIs that are its own (virtual URIs name their upstream).
 //! - The gateway acknowledges once every upstream has (or the upstream
-//!   response timeout passed), with the union of what they honoured, so its
-//!   acknowledgement is the first message, as the spec requires. Upstream
-//!   acknowledgements are not relayed.
+//!   response timeout passed), so its acknowledgement is the first message,
+//!   as the spec requires; upstream acknowledgements are not relayed. It
+//!   honours every list-change flag asked for (it signals them itself when
+//!   the key's grants change) and the resources some upstream honoured.
 //! - Notifications carry the client's listen id as `subscriptionId` and
 //!   virtual URIs; a type the client did not ask for is dropped, whatever the
 //!   upstream sends.
 //! - The stream ends when any upstream's does, so the client listens again
 //!   and refreshes instead of silently missing one upstream's changes. It
 //!   ends with a `SubscriptionsListenResult` when torn down on purpose (an
-//!   upstream closed gracefully, or the gateway drains), and without one when
-//!   an upstream's stream broke.
+//!   upstream closed gracefully, the gateway drains, the key's set of
+//!   upstreams changed), without one when an upstream's stream broke, and
+//!   with a `key_revoked` error when the key is.
 
 use std::sync::{
     Arc,
@@ -33,7 +35,7 @@ use super::{Rewrite, Target, count_error, send};
 use crate::{
     body::{Body, BoxError, ChannelBody},
     error::GatewayError,
-    gateway::Call,
+    gateway::{Call, KeyWatch, Standing},
     mcp::{self, META_SUBSCRIPTION},
     names, relay, sse,
     upstream::{self, EventMap, Payload},
@@ -134,13 +136,8 @@ impl Filter {
     }
 }
 
-/// Folds one upstream's acknowledged filter into the gateway's.
+/// Adds the resources one upstream acknowledged to the gateway's.
 fn honour(into: &mut Filter, up: &str, acked: &Value) {
-    for (i, (name, _)) in FLAGS.iter().enumerate() {
-        if acked.get(*name).and_then(Value::as_bool) == Some(true) {
-            into.flags[i] = true;
-        }
-    }
     for u in acked
         .get("resourceSubscriptions")
         .and_then(Value::as_array)
@@ -223,7 +220,13 @@ pub async fn listen(
             ack: Some(ack_tx),
             shared: shared.clone(),
         };
-        let cfg = relay::pump_cfg(call.rt, &t.up, Some(call.gw.draining.clone()));
+        let cfg = relay::pump_cfg(
+            call.rt,
+            &t.up,
+            Some(call.gw.draining.clone()),
+            // The merge watches the key for every feed (see `Merge::run`).
+            None,
+        );
         upstream::spawn_pump_into(
             resp.into_body(),
             feed,
@@ -244,6 +247,8 @@ pub async fn listen(
         out: tx,
         draining: call.gw.draining.clone(),
         ack_timeout: call.rt.limits.upstream_response_timeout,
+        key: call.gw.watch_key(call.key),
+        upstreams: granted(call.key.grants.keys().map(|n| n.as_str())),
         keepalive: call.rt.limits.sse_keepalive_interval,
         _guard: crate::metrics::GaugeGuard::new(
             call.gw
@@ -254,6 +259,12 @@ pub async fn listen(
     };
     tokio::spawn(merge.run());
     Ok(relay::sse_response(StatusCode::OK, ChannelBody::new(rx)))
+}
+
+fn granted<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut v: Vec<String> = names.map(str::to_owned).collect();
+    v.sort_unstable();
+    v
 }
 
 /// What the merge task and every upstream's feed share.
@@ -359,12 +370,18 @@ struct Merge {
     draining: CancellationToken,
     ack_timeout: std::time::Duration,
     keepalive: std::time::Duration,
+    key: KeyWatch,
+    /// The upstreams the key was granted when the stream opened.
+    upstreams: Vec<String>,
     _guard: crate::metrics::GaugeGuard,
 }
 
 impl Merge {
     async fn run(mut self) {
-        let mut honoured = Filter::default();
+        let mut honoured = Filter {
+            flags: self.shared.asked.flags,
+            uris: Vec::new(),
+        };
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
         for (up, rx) in std::mem::take(&mut self.acks) {
             match tokio::time::timeout_at(deadline, rx).await {
@@ -384,6 +401,7 @@ impl Merge {
         let keepalive = sse::keepalive();
         let mut tick = tokio::time::interval(self.keepalive);
         tick.tick().await;
+        let mut on_purpose = false;
         loop {
             tokio::select! {
                 f = self.mid.recv(), if self.pumps => match f {
@@ -402,11 +420,35 @@ impl Merge {
                     break;
                 }
                 () = self.draining.cancelled() => break,
+                standing = self.key.changed() => match standing {
+                    Standing::Same => {}
+                    Standing::Revoked => {
+                        let err = GatewayError::KeyRevoked.rpc_response(Some(&self.shared.client_id));
+                        let _ = self.send(sse::Event::message(err.to_string()).encode()).await;
+                        return;
+                    }
+                    Standing::Regranted => {
+                        // The virtual server's lists follow the key's grants.
+                        for ((_, method), on) in FLAGS.iter().zip(self.shared.asked.flags) {
+                            if on && !self.send(self.shared.message(method, json!({}))).await {
+                                return;
+                            }
+                        }
+                        // Other upstreams: listen again to hear from them.
+                        if granted(self.key.key().grants.keys().map(|n| n.as_str())) != self.upstreams {
+                            on_purpose = true;
+                            break;
+                        }
+                    }
+                },
                 _ = tick.tick() => if !self.send(keepalive.clone()).await { return },
                 () = self.out.closed() => return,
             }
         }
-        if self.draining.is_cancelled() || self.shared.graceful.load(Ordering::Relaxed) {
+        if on_purpose
+            || self.draining.is_cancelled()
+            || self.shared.graceful.load(Ordering::Relaxed)
+        {
             let _ = self.send(self.shared.ended()).await;
         }
     }
@@ -444,7 +486,7 @@ mod tests {
     }
 
     #[test]
-    fn the_acknowledgement_is_the_union_of_the_upstreams() {
+    fn acknowledged_resources_are_the_union_of_the_upstreams() {
         let mut h = Filter::default();
         honour(&mut h, "a", &json!({"toolsListChanged": true}));
         honour(
@@ -452,11 +494,14 @@ mod tests {
             "b",
             &json!({"promptsListChanged": true, "resourceSubscriptions": ["test://y"]}),
         );
+        honour(&mut h, "c", &json!({"resourceSubscriptions": ["test://y"]}));
         assert_eq!(
-            Value::Object(h.flags_json()),
-            json!({"toolsListChanged": true, "promptsListChanged": true})
+            h.uris,
+            vec![
+                "stoa://b/test://y".to_owned(),
+                "stoa://c/test://y".to_owned()
+            ]
         );
-        assert_eq!(h.uris, vec!["stoa://b/test://y".to_owned()]);
     }
 
     #[test]

@@ -193,9 +193,9 @@ async fn the_stateless_revision_is_aggregated() {
         }
     };
 
-    // Change notifications come from the upstreams' listen streams: `/mcp`
-    // promises what its upstream does (the reference's resource list never
-    // changes), no more.
+    // `/mcp` serves `subscriptions/listen`: list changes (its upstreams' and
+    // its own, when the key's grants change), and resource updates where an
+    // upstream sends them.
     let discovered = post("server/discover", None, json!({"_meta": meta})).await;
     let caps = &discovered["result"]["capabilities"];
     assert_eq!(caps["tools"], json!({"listChanged": true}), "{discovered}");
@@ -206,7 +206,7 @@ async fn the_stateless_revision_is_aggregated() {
     );
     assert_eq!(
         caps["resources"],
-        json!({"subscribe": true}),
+        json!({"listChanged": true, "subscribe": true}),
         "{discovered}"
     );
 
@@ -356,8 +356,10 @@ async fn change_notifications_are_merged_from_every_upstream() {
         json!("watch-1"),
         json!({
             "toolsListChanged": true,
-            // No upstream sends these: not acknowledged.
+            // No upstream sends these, but the gateway does when the key's
+            // grants change: acknowledged.
             "resourcesListChanged": true,
+            // Not a resource of any upstream: not acknowledged.
             "resourceSubscriptions": ["stoa://b/test://static-text", "stoa://gone/test://x"],
         }),
     )
@@ -373,7 +375,8 @@ async fn change_notifications_are_merged_from_every_upstream() {
     );
     assert_eq!(
         ack["params"]["notifications"],
-        json!({"toolsListChanged": true, "resourceSubscriptions": ["stoa://b/test://static-text"]}),
+        json!({"toolsListChanged": true, "resourcesListChanged": true,
+               "resourceSubscriptions": ["stoa://b/test://static-text"]}),
         "{ack}"
     );
 
@@ -468,4 +471,96 @@ async fn change_notifications_are_merged_from_every_upstream() {
     }
     let status = gw.proc.wait_exit(std::time::Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}\n{}", gw.log());
+}
+
+/// Streams outlive the request that authenticated them: they follow what
+/// becomes of their key as the configuration changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_follow_their_key() {
+    let (a, b) = (Reference::start(None), Reference::start(None));
+    let (mut spec, key) = GatewaySpec::open(&[("a", &a.url), ("b", &b.url)]);
+    let gw = Gateway::start(&spec).await;
+    let http = Http::h1();
+    let auth = key.bearer();
+    let reload = |spec: &GatewaySpec| std::fs::write(&gw.config, spec.yaml(&gw.dir)).unwrap();
+    let lists = json!({"toolsListChanged": true, "promptsListChanged": true});
+    let mut merged = listen(
+        &http,
+        &format!("{}/mcp", gw.url()),
+        &auth,
+        json!(1),
+        lists.clone(),
+    )
+    .await;
+    let mut only_b = listen(
+        &http,
+        &format!("{}/mcp/b", gw.url()),
+        &auth,
+        json!(2),
+        lists.clone(),
+    )
+    .await;
+    for s in [&mut merged, &mut only_b] {
+        let ack = s.next().await.expect("an acknowledgement");
+        assert_eq!(ack["params"]["notifications"], lists, "{ack}");
+    }
+
+    // Fewer tools of `a`: `/mcp`'s lists changed, and it says so.
+    spec.keys[0].1 = vec![
+        ("a".into(), vec!["echo".into()]),
+        ("b".into(), vec!["*".into()]),
+    ];
+    reload(&spec);
+    for method in [
+        "notifications/tools/list_changed",
+        "notifications/prompts/list_changed",
+    ] {
+        let n = merged.next().await.expect("a notification");
+        assert_eq!(n["method"], method, "{n}");
+        assert_eq!(
+            n["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"],
+            1
+        );
+    }
+
+    // No more `b`: `/mcp` says its lists changed, then ends the stream on
+    // purpose, so the client listens again over its new set of upstreams;
+    // the stream from `b` itself ends with a refusal.
+    spec.keys[0].1 = vec![("a".into(), vec!["echo".into()])];
+    reload(&spec);
+    let n = merged.next().await.expect("a notification");
+    assert_eq!(n["method"], "notifications/tools/list_changed", "{n}");
+    let end = merged.until(|v| v.get("id").is_some()).await;
+    assert_eq!(
+        end["result"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 1,
+        "{end}"
+    );
+    assert!(merged.next().await.is_none());
+    let refused = only_b.until(|v| v.get("id").is_some()).await;
+    assert_eq!(refused["id"], 2, "{refused}");
+    assert_eq!(
+        refused["error"]["data"]["reason"], "not_granted",
+        "{refused}"
+    );
+    assert!(only_b.next().await.is_none());
+
+    // A revoked key loses its streams at once, told why.
+    let mut revoked = listen(
+        &http,
+        &format!("{}/mcp", gw.url()),
+        &auth,
+        json!(3),
+        lists.clone(),
+    )
+    .await;
+    revoked.next().await.expect("an acknowledgement");
+    spec.keys[0].0 = crate::harness::Key::new();
+    reload(&spec);
+    let refused = revoked.until(|v| v.get("id").is_some()).await;
+    assert_eq!(refused["id"], 3, "{refused}");
+    assert_eq!(
+        refused["error"]["data"]["reason"], "key_revoked",
+        "{refused}"
+    );
+    assert!(revoked.next().await.is_none());
 }
