@@ -859,6 +859,9 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
     .await;
     let (tx, rx) = mpsc::channel(16);
     let mut streams = 0;
+    // Cancelled once every feed has ended (each holds a clone of the guard).
+    let feeds_ended = tokio_util::sync::CancellationToken::new();
+    let feeds = Arc::new(feeds_ended.clone().drop_guard());
     for (t, r) in targets.iter().zip(opened) {
         match r {
             Ok(resp)
@@ -876,7 +879,7 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
                     Some(call.gw.draining.clone()),
                     Some(call.gw.watch_key(call.key)),
                 );
-                upstream::spawn_pump_into(resp.into_body(), map, cfg, (), tx.clone());
+                upstream::spawn_pump_into(resp.into_body(), map, cfg, feeds.clone(), tx.clone());
             }
             Ok(resp) => {
                 tracing::debug!(upstream = %t.up.name, status = %resp.status(), "no GET stream")
@@ -887,7 +890,12 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
     if streams == 0 {
         return Err(GatewayError::MethodNotAllowed(Method::GET));
     }
-    drop(tx);
+    drop(feeds);
+    tokio::spawn(signal_regrants(
+        call.gw.watch_key(call.key),
+        tx,
+        feeds_ended,
+    ));
     let guard = GaugeGuard::new(call.gw.metrics.active_streams.with_label_values(&["get"]));
     let body = GuardedBody {
         inner: ChannelBody::new(rx),
@@ -899,6 +907,34 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
         .header(header::CACHE_CONTROL, "no-cache")
         .body(http_body_util::BodyExt::boxed(body))
         .expect("static response parts are valid"))
+}
+
+/// The virtual server's lists follow the key's grants: say so on the
+/// session's GET stream when they change. Ends with the stream's feeds.
+async fn signal_regrants(
+    mut key: crate::gateway::KeyWatch,
+    tx: upstream::FrameSender,
+    feeds_ended: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            standing = key.changed() => {
+                if standing != crate::gateway::Standing::Regranted {
+                    // Revoked: the feeds end themselves, and so this.
+                    continue;
+                }
+                for list in ["tools", "prompts", "resources"] {
+                    let note = json!({"jsonrpc": "2.0", "method": format!("notifications/{list}/list_changed")});
+                    let frame = http_body::Frame::data(sse::Event::message(note.to_string()).encode());
+                    if tx.send(Ok(frame)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            () = feeds_ended.cancelled() => return,
+            () = tx.closed() => return,
+        }
+    }
 }
 
 /// A body that holds a gauge up for as long as the client reads it.

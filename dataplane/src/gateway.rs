@@ -242,10 +242,14 @@ impl Gateway {
     /// Watches what becomes of `key` as the configuration changes (streams
     /// outlive the request that authenticated them).
     pub fn watch_key(self: &Arc<Self>, key: &Arc<ApiKey>) -> KeyWatch {
+        let mut changes = self.changes.subscribe();
+        // The key was checked against the runtime its request started on: a
+        // change since then is looked at at once.
+        changes.mark_changed();
         KeyWatch {
             gw: self.clone(),
             key: key.clone(),
-            changes: self.changes.subscribe(),
+            changes,
         }
     }
 
@@ -544,8 +548,9 @@ impl KeyWatch {
             .get(&self.key.prefix)
             .cloned();
         match now {
+            Some(k) if Arc::ptr_eq(&k, &self.key) => Standing::Same,
             Some(k) if k.hash == self.key.hash => {
-                if *k.grants == *self.key.grants {
+                if Arc::ptr_eq(&k.grants, &self.key.grants) || *k.grants == *self.key.grants {
                     Standing::Same
                 } else {
                     self.key = k;

@@ -11,8 +11,10 @@
 //! - Notifications carry the client's listen id as `subscriptionId` and
 //!   virtual URIs; a type the client did not ask for is dropped, whatever the
 //!   upstream sends.
-//! - The stream ends when any upstream's does, so the client listens again
-//!   and refreshes instead of silently missing one upstream's changes. It
+//! - The stream ends when any upstream's acknowledged stream does, so the
+//!   client listens again and refreshes instead of silently missing one
+//!   upstream's changes (one that refused or could not be reached when the
+//!   stream opened is left out, logged). It
 //!   ends with a `SubscriptionsListenResult` when torn down on purpose (an
 //!   upstream closed gracefully, the gateway drains, the key's set of
 //!   upstreams changed), without one when an upstream's stream broke, and
@@ -54,6 +56,8 @@ const FLAGS: [(&str, &str); 3] = [
     ),
 ];
 const UPDATED: &str = "notifications/resources/updated";
+/// Resources one listen stream may watch: bounds the work of matching them.
+pub const MAX_RESOURCE_SUBSCRIPTIONS: usize = 256;
 
 /// What the client asked for, read strictly.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -80,6 +84,11 @@ impl Filter {
         }
         match n.get("resourceSubscriptions") {
             None | Some(Value::Null) => {}
+            Some(Value::Array(a)) if a.len() > MAX_RESOURCE_SUBSCRIPTIONS => {
+                return Err(bad(&format!(
+                    "at most {MAX_RESOURCE_SUBSCRIPTIONS} resourceSubscriptions per stream"
+                )));
+            }
             Some(Value::Array(a)) => {
                 for u in a {
                     let u = u.as_str().ok_or_else(|| {
@@ -136,8 +145,9 @@ impl Filter {
     }
 }
 
-/// Adds the resources one upstream acknowledged to the gateway's.
-fn honour(into: &mut Filter, up: &str, acked: &Value) {
+/// Adds the resources one upstream acknowledged (of those asked) to the
+/// gateway's.
+fn honour(into: &mut Filter, asked: &Filter, up: &str, acked: &Value) {
     for u in acked
         .get("resourceSubscriptions")
         .and_then(Value::as_array)
@@ -146,7 +156,7 @@ fn honour(into: &mut Filter, up: &str, acked: &Value) {
         .filter_map(Value::as_str)
     {
         let v = names::virtual_uri(up, u);
-        if !into.uris.contains(&v) {
+        if asked.uris.contains(&v) && !into.uris.contains(&v) {
             into.uris.push(v);
         }
     }
@@ -219,6 +229,8 @@ pub async fn listen(
             },
             ack: Some(ack_tx),
             shared: shared.clone(),
+            end: any_ended.clone(),
+            armed: None,
         };
         let cfg = relay::pump_cfg(
             call.rt,
@@ -227,13 +239,7 @@ pub async fn listen(
             // The merge watches the key for every feed (see `Merge::run`).
             None,
         );
-        upstream::spawn_pump_into(
-            resp.into_body(),
-            feed,
-            cfg,
-            any_ended.clone().drop_guard(),
-            mid_tx.clone(),
-        );
+        upstream::spawn_pump_into(resp.into_body(), feed, cfg, (), mid_tx.clone());
     }
     drop(mid_tx);
 
@@ -312,6 +318,9 @@ struct Feed {
     rewrite: Rewrite,
     ack: Option<oneshot::Sender<Value>>,
     shared: Arc<Shared>,
+    /// Cancelled when an acknowledged feed ends (the pump drops its map).
+    end: CancellationToken,
+    armed: Option<tokio_util::sync::DropGuard>,
 }
 
 impl EventMap for Feed {
@@ -320,9 +329,13 @@ impl EventMap for Feed {
             return Vec::new();
         };
         let Some(method) = v.get("method").and_then(Value::as_str).map(str::to_owned) else {
-            if v.get("id").is_some() {
+            if v.get("result").is_some() && self.armed.is_some() {
                 // Its `SubscriptionsListenResult`: the upstream ends on purpose.
                 self.shared.graceful.store(true, Ordering::Relaxed);
+            } else if v.get("error").is_some() {
+                // A refusal sent as an event: this upstream honours nothing.
+                tracing::debug!(upstream = %self.rewrite.upstream, error = %v["error"], "listen refused");
+                self.ack = None;
             }
             return Vec::new();
         };
@@ -337,6 +350,8 @@ impl EventMap for Feed {
                         .cloned()
                         .unwrap_or_default(),
                 );
+                // From now on this feed's end ends the merged stream.
+                self.armed = Some(self.end.clone().drop_guard());
             }
             return Vec::new();
         }
@@ -384,8 +399,12 @@ impl Merge {
         };
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
         for (up, rx) in std::mem::take(&mut self.acks) {
-            match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(acked)) => honour(&mut honoured, &up, &acked),
+            let acked = tokio::select! {
+                r = tokio::time::timeout_at(deadline, rx) => r,
+                () = self.out.closed() => return,
+            };
+            match acked {
+                Ok(Ok(acked)) => honour(&mut honoured, &self.shared.asked, &up, &acked),
                 // A feed that ended or never acknowledged honours nothing.
                 Ok(Err(_)) => {}
                 Err(_) => tracing::warn!(upstream = %up, "no subscription acknowledgement in time"),
@@ -419,7 +438,14 @@ impl Merge {
                     }
                     break;
                 }
-                () = self.draining.cancelled() => break,
+                () = self.draining.cancelled() => {
+                    while let Ok(f) = self.mid.try_recv() {
+                        if !self.send_frame(f).await {
+                            return;
+                        }
+                    }
+                    break;
+                }
                 standing = self.key.changed() => match standing {
                     Standing::Same => {}
                     Standing::Revoked => {
@@ -487,20 +513,30 @@ mod tests {
 
     #[test]
     fn acknowledged_resources_are_the_union_of_the_upstreams() {
+        let asked = Filter::parse(Some(&json!({"notifications": {
+            "resourceSubscriptions": ["stoa://b/test://y", "stoa://c/test://y"]}})))
+        .unwrap();
         let mut h = Filter::default();
-        honour(&mut h, "a", &json!({"toolsListChanged": true}));
+        honour(&mut h, &asked, "a", &json!({"toolsListChanged": true}));
         honour(
             &mut h,
+            &asked,
             "b",
-            &json!({"promptsListChanged": true, "resourceSubscriptions": ["test://y"]}),
+            &json!({"promptsListChanged": true, "resourceSubscriptions": ["test://y", "test://unasked"]}),
         );
-        honour(&mut h, "c", &json!({"resourceSubscriptions": ["test://y"]}));
+        honour(
+            &mut h,
+            &asked,
+            "c",
+            &json!({"resourceSubscriptions": ["test://y"]}),
+        );
         assert_eq!(
             h.uris,
             vec![
                 "stoa://b/test://y".to_owned(),
                 "stoa://c/test://y".to_owned()
-            ]
+            ],
+            "the union, of what was asked only"
         );
     }
 
@@ -524,6 +560,8 @@ mod tests {
             json!({"notifications": {"toolsListChanged": 1}}),
             json!({"notifications": {"resourceSubscriptions": "stoa://a/x"}}),
             json!({"notifications": {"resourceSubscriptions": [7]}}),
+            json!({"notifications": {"resourceSubscriptions":
+                vec!["stoa://a/x"; MAX_RESOURCE_SUBSCRIPTIONS + 1]}}),
         ] {
             assert!(Filter::parse(Some(&bad)).is_err(), "{bad}");
         }

@@ -469,7 +469,8 @@ async fn change_notifications_are_merged_from_every_upstream() {
         );
         assert!(s.next().await.is_none(), "the stream ends after its result");
     }
-    let status = gw.proc.wait_exit(std::time::Duration::from_secs(30)).await;
+    // Well within `drain_timeout` (30 s): the streams did not hold the drain.
+    let status = gw.proc.wait_exit(std::time::Duration::from_secs(10)).await;
     assert!(status.success(), "{status:?}\n{}", gw.log());
 }
 
@@ -505,12 +506,28 @@ async fn streams_follow_their_key() {
         assert_eq!(ack["params"]["notifications"], lists, "{ack}");
     }
 
+    // A session-based client's GET stream on `/mcp` too.
+    let mut session = crate::http::Session::new(&http, &format!("{}/mcp", gw.url()), &auth);
+    session.initialize().await;
+    let mut get = crate::http::SseReader::new(
+        http.open(Method::GET, &session.url, &session.headers(), None)
+            .await,
+    );
+
     // Fewer tools of `a`: `/mcp`'s lists changed, and it says so.
     spec.keys[0].1 = vec![
         ("a".into(), vec!["echo".into()]),
         ("b".into(), vec!["*".into()]),
     ];
     reload(&spec);
+    for list in ["tools", "prompts", "resources"] {
+        let n = get.next().await.expect("a notification");
+        assert_eq!(
+            n["method"],
+            format!("notifications/{list}/list_changed"),
+            "{n}"
+        );
+    }
     for method in [
         "notifications/tools/list_changed",
         "notifications/prompts/list_changed",
@@ -544,7 +561,8 @@ async fn streams_follow_their_key() {
     );
     assert!(only_b.next().await.is_none());
 
-    // A revoked key loses its streams at once, told why.
+    // A revoked key loses its streams at once, told why: the merged one,
+    // and one relayed from a single upstream.
     let mut revoked = listen(
         &http,
         &format!("{}/mcp", gw.url()),
@@ -553,14 +571,25 @@ async fn streams_follow_their_key() {
         lists.clone(),
     )
     .await;
+    let mut relayed = listen(
+        &http,
+        &format!("{}/mcp/a", gw.url()),
+        &auth,
+        json!(4),
+        lists.clone(),
+    )
+    .await;
     revoked.next().await.expect("an acknowledgement");
+    relayed.next().await.expect("an acknowledgement");
     spec.keys[0].0 = crate::harness::Key::new();
     reload(&spec);
-    let refused = revoked.until(|v| v.get("id").is_some()).await;
-    assert_eq!(refused["id"], 3, "{refused}");
-    assert_eq!(
-        refused["error"]["data"]["reason"], "key_revoked",
-        "{refused}"
-    );
-    assert!(revoked.next().await.is_none());
+    for (s, id) in [(&mut revoked, 3), (&mut relayed, 4)] {
+        let refused = s.until(|v| v.get("id").is_some()).await;
+        assert_eq!(refused["id"], id, "{refused}");
+        assert_eq!(
+            refused["error"]["data"]["reason"], "key_revoked",
+            "{refused}"
+        );
+        assert!(s.next().await.is_none());
+    }
 }

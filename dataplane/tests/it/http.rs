@@ -326,8 +326,8 @@ impl SseReader {
         }
     }
 
-    /// The next message, or `None` once the stream has ended. Panics if
-    /// none comes within 20 s.
+    /// The next message, or `None` once the stream has ended cleanly.
+    /// Panics if none comes within 20 s, or if the stream breaks.
     pub async fn next(&mut self) -> Option<Value> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
@@ -346,7 +346,8 @@ impl SseReader {
                 .await
                 .expect("a message in time");
             match frame {
-                None | Some(Err(_)) => return None,
+                None => return None,
+                Some(Err(e)) => panic!("the stream broke: {e}"),
                 Some(Ok(f)) => {
                     if let Ok(data) = f.into_data() {
                         self.buf.push_str(&String::from_utf8_lossy(&data));
