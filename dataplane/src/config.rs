@@ -125,6 +125,9 @@ pub struct Limits {
     pub max_sse_event_bytes: usize,
     /// Largest request head (request line + headers) accepted (431 beyond).
     pub max_header_bytes: usize,
+    /// Resources one `subscriptions/listen` stream on `/mcp` may watch
+    /// (`invalid_params` beyond).
+    pub max_resource_subscriptions: usize,
     /// Concurrent streams per HTTP/2 or HTTP/3 connection.
     pub max_concurrent_streams: u32,
     /// Concurrent connections per listener; further connections wait in the accept queue.
@@ -182,6 +185,7 @@ impl Default for Limits {
             max_response_bytes: 16 << 20,
             max_sse_event_bytes: 4 << 20,
             max_header_bytes: 16 << 10,
+            max_resource_subscriptions: 256,
             max_concurrent_streams: 256,
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),

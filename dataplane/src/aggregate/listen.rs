@@ -56,8 +56,6 @@ const FLAGS: [(&str, &str); 3] = [
     ),
 ];
 const UPDATED: &str = "notifications/resources/updated";
-/// Resources one listen stream may watch: bounds the work of matching them.
-pub const MAX_RESOURCE_SUBSCRIPTIONS: usize = 256;
 
 /// What the client asked for, read strictly.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -68,7 +66,8 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn parse(params: Option<&Value>) -> Result<Filter, GatewayError> {
+    /// `max_uris` bounds the work of matching notifications to resources.
+    pub fn parse(params: Option<&Value>, max_uris: usize) -> Result<Filter, GatewayError> {
         let bad = |m: &str| GatewayError::InvalidParams(format!("subscriptions/listen: {m}"));
         let n = params
             .and_then(|p| p.get("notifications"))
@@ -84,9 +83,9 @@ impl Filter {
         }
         match n.get("resourceSubscriptions") {
             None | Some(Value::Null) => {}
-            Some(Value::Array(a)) if a.len() > MAX_RESOURCE_SUBSCRIPTIONS => {
+            Some(Value::Array(a)) if a.len() > max_uris => {
                 return Err(bad(&format!(
-                    "at most {MAX_RESOURCE_SUBSCRIPTIONS} resourceSubscriptions per stream"
+                    "at most {max_uris} resourceSubscriptions per stream (limits.max_resource_subscriptions)"
                 )));
             }
             Some(Value::Array(a)) => {
@@ -167,7 +166,7 @@ pub async fn listen(
     targets: &[Target],
     msg: &Value,
 ) -> Result<http::Response<Body>, GatewayError> {
-    let asked = Filter::parse(msg.get("params"))?;
+    let asked = Filter::parse(msg.get("params"), call.rt.limits.max_resource_subscriptions)?;
     let client_id = msg["id"].clone();
     // The client's `_meta` goes along (protocol version, capabilities), less
     // its progress token, which names its one request.
@@ -492,29 +491,35 @@ impl Merge {
 mod tests {
     use super::*;
 
+    const MAX: usize = 256;
+
     #[test]
     fn each_upstream_is_asked_for_its_own_resources() {
         let f = Filter::parse(Some(&json!({"notifications": {
             "toolsListChanged": true,
             "resourceSubscriptions": ["stoa://a/test://x", "stoa://b/test://y", "stoa://a/test://x", "file:///z"],
-        }})))
+        }})), MAX)
         .unwrap();
         assert_eq!(
             f.for_upstream("a"),
             Some(json!({"toolsListChanged": true, "resourceSubscriptions": ["test://x"]}))
         );
         assert_eq!(f.for_upstream("c"), Some(json!({"toolsListChanged": true})));
-        let only_uris = Filter::parse(Some(
-            &json!({"notifications": {"resourceSubscriptions": ["stoa://a/test://x"]}}),
-        ))
+        let only_uris = Filter::parse(
+            Some(&json!({"notifications": {"resourceSubscriptions": ["stoa://a/test://x"]}})),
+            MAX,
+        )
         .unwrap();
         assert_eq!(only_uris.for_upstream("b"), None, "nothing to ask b for");
     }
 
     #[test]
     fn acknowledged_resources_are_the_union_of_the_upstreams() {
-        let asked = Filter::parse(Some(&json!({"notifications": {
-            "resourceSubscriptions": ["stoa://b/test://y", "stoa://c/test://y"]}})))
+        let asked = Filter::parse(
+            Some(&json!({"notifications": {
+            "resourceSubscriptions": ["stoa://b/test://y", "stoa://c/test://y"]}})),
+            MAX,
+        )
         .unwrap();
         let mut h = Filter::default();
         honour(&mut h, &asked, "a", &json!({"toolsListChanged": true}));
@@ -542,8 +547,11 @@ mod tests {
 
     #[test]
     fn only_what_was_asked_gets_through() {
-        let f = Filter::parse(Some(&json!({"notifications": {
-            "promptsListChanged": true, "resourceSubscriptions": ["stoa://a/test://x"]}})))
+        let f = Filter::parse(
+            Some(&json!({"notifications": {
+            "promptsListChanged": true, "resourceSubscriptions": ["stoa://a/test://x"]}})),
+            MAX,
+        )
         .unwrap();
         assert!(f.wants("notifications/prompts/list_changed", &json!({})));
         assert!(!f.wants("notifications/tools/list_changed", &json!({})));
@@ -561,9 +569,9 @@ mod tests {
             json!({"notifications": {"resourceSubscriptions": "stoa://a/x"}}),
             json!({"notifications": {"resourceSubscriptions": [7]}}),
             json!({"notifications": {"resourceSubscriptions":
-                vec!["stoa://a/x"; MAX_RESOURCE_SUBSCRIPTIONS + 1]}}),
+                vec!["stoa://a/x"; MAX + 1]}}),
         ] {
-            assert!(Filter::parse(Some(&bad)).is_err(), "{bad}");
+            assert!(Filter::parse(Some(&bad), MAX).is_err(), "{bad}");
         }
     }
 }
