@@ -5,9 +5,13 @@
 //! (see `names`), routes each call to its upstream, and relays what the
 //! upstreams send back (progress, logs, sampling, elicitation) with ids
 //! rewritten so replies find their way home. All routing state travels in
-//! the sealed session id and in the rewritten ids: no replica remembers.
+//! the sealed session id and in the rewritten ids: no replica remembers
+//! (the sessions `bridge` holds for 2026-07-28 clients are a cache).
 
+mod bridge;
 mod listen;
+
+pub use bridge::Bridges;
 
 use std::sync::Arc;
 
@@ -38,6 +42,9 @@ struct Target {
     filter: ToolFilter,
     session: Option<String>,
     version: String,
+    /// Reached over a session the gateway holds for a 2026-07-28 client
+    /// (`bridge`).
+    bridged: bool,
 }
 
 pub async fn handle(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failure> {
@@ -165,6 +172,7 @@ fn targets(call: &Call<'_>, session: Option<&SessionState>, version: &str) -> Ve
                     filter,
                     session: us.session.clone(),
                     version: us.version.clone(),
+                    bridged: false,
                 })
             })
             .collect(),
@@ -174,6 +182,7 @@ fn targets(call: &Call<'_>, session: Option<&SessionState>, version: &str) -> Ve
                 filter,
                 session: None,
                 version: version.to_owned(),
+                bridged: false,
             })
             .collect(),
     }
@@ -237,7 +246,34 @@ fn headers_for(call: &Call<'_>, t: &Target, msg: &Value, last_event: Option<&str
     h
 }
 
+/// Sends to an upstream as it must be spoken to: over a bridged session if
+/// the client speaks 2026-07-28 and the upstream does not (`bridge`).
 async fn send(
+    call: &Call<'_>,
+    t: &Target,
+    msg: &Value,
+    last_event: Option<&str>,
+) -> Result<Response<crate::client::UpstreamBody>, GatewayError> {
+    if !bridge::candidate(t) {
+        return send_direct(call, t, msg, last_event).await;
+    }
+    let bridged = bridge::resolve(call, t).await?;
+    if !bridged.bridged {
+        return send_direct(call, t, msg, last_event).await;
+    }
+    let msg = bridge::to_sessions(msg);
+    let resp = send_direct(call, &bridged, &msg, last_event).await?;
+    if resp.status() != StatusCode::NOT_FOUND {
+        return Ok(resp);
+    }
+    // The upstream forgot the session (expired, restarted): the request was
+    // not handled, so it goes once more over a new one.
+    bridge::forget(call, t);
+    let bridged = bridge::resolve(call, t).await?;
+    send_direct(call, &bridged, &msg, last_event).await
+}
+
+async fn send_direct(
     call: &Call<'_>,
     t: &Target,
     msg: &Value,
@@ -280,6 +316,25 @@ async fn request(
     msg: &Value,
 ) -> Result<(Value, HeaderMap), GatewayError> {
     let resp = send(call, t, msg, None).await?;
+    read_answer(call, t, msg, resp).await
+}
+
+/// `request`, to the target exactly as given (no bridge).
+async fn request_direct(
+    call: &Call<'_>,
+    t: &Target,
+    msg: &Value,
+) -> Result<(Value, HeaderMap), GatewayError> {
+    let resp = send_direct(call, t, msg, None).await?;
+    read_answer(call, t, msg, resp).await
+}
+
+async fn read_answer(
+    call: &Call<'_>,
+    t: &Target,
+    msg: &Value,
+    resp: Response<crate::client::UpstreamBody>,
+) -> Result<(Value, HeaderMap), GatewayError> {
     let headers = resp.headers().clone();
     let payload = upstream::classify(&t.up, &resp)?;
     let message =
@@ -407,7 +462,14 @@ async fn discover(
     targets: &[Target],
     msg: &Value,
 ) -> Result<Response<Body>, GatewayError> {
-    let answers = join_all(targets.iter().map(|t| request(call, t, msg))).await;
+    let answers = join_all(targets.iter().map(|t| async move {
+        // A bridged upstream told what it offers when its session opened.
+        match bridge::capabilities(call, t).await? {
+            Some(caps) => Ok((json!({"result": {"capabilities": caps}}), HeaderMap::new())),
+            None => request(call, t, msg).await,
+        }
+    }))
+    .await;
     // Change notifications come over `subscriptions/listen` (see `listen`):
     // list changes from the upstreams and from the key's grants, updates of
     // resources where some upstream sends them (`merge_capabilities`).
@@ -710,6 +772,7 @@ async fn routed(
     let map = Rewrite {
         upstream: t.up.name.to_string(),
         request_id: msg.get("id").cloned(),
+        stateless: t.version == mcp::STATELESS,
     };
     match payload {
         Payload::Empty => Ok(relay::status_only(status)),
@@ -770,6 +833,9 @@ struct Rewrite {
     upstream: String,
     /// The client's request this stream answers (POST streams).
     request_id: Option<Value>,
+    /// The client speaks 2026-07-28: every result names its type and the
+    /// virtual server, whatever revision the upstream answered in.
+    stateless: bool,
 }
 
 impl Rewrite {
@@ -798,7 +864,15 @@ impl Rewrite {
             None => {
                 mcp::keep_private(v);
                 // A 2026-07-28 result names its server: here, the virtual one.
-                if let Some(info) = v
+                if self.stateless
+                    && let Some(r) = v.get_mut("result").and_then(Value::as_object_mut)
+                {
+                    r.entry("resultType").or_insert_with(|| json!("complete"));
+                    let meta = r.entry("_meta").or_insert_with(|| json!({}));
+                    if let Some(m) = meta.as_object_mut() {
+                        m.insert(META_SERVER_INFO.into(), server_info());
+                    }
+                } else if let Some(info) = v
                     .pointer_mut("/result/_meta")
                     .and_then(|m| m.get_mut(META_SERVER_INFO))
                 {
@@ -872,6 +946,7 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
                 let map = Rewrite {
                     upstream: t.up.name.to_string(),
                     request_id: None,
+                    stateless: false,
                 };
                 let cfg = relay::pump_cfg(
                     call.rt,
@@ -1016,6 +1091,7 @@ mod tests {
         let r = Rewrite {
             upstream: "ev".into(),
             request_id: Some(json!(1)),
+            stateless: false,
         };
         let mut sampling =
             json!({"jsonrpc":"2.0","id":0,"method":"sampling/createMessage","params":{}});

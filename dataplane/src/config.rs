@@ -128,6 +128,14 @@ pub struct Limits {
     /// Resources one `subscriptions/listen` stream on `/mcp` may watch
     /// (`invalid_params` beyond).
     pub max_resource_subscriptions: usize,
+    /// Upstream sessions a replica holds for 2026-07-28 clients of `/mcp`
+    /// whose upstreams speak only the session-based revisions (least
+    /// recently used dropped beyond).
+    pub max_bridged_sessions: usize,
+    /// Such a session unused for this long is opened anew when next needed.
+    #[serde(deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub bridged_session_idle_timeout: Duration,
     /// Concurrent streams per HTTP/2 or HTTP/3 connection.
     pub max_concurrent_streams: u32,
     /// Concurrent connections per listener; further connections wait in the accept queue.
@@ -186,6 +194,8 @@ impl Default for Limits {
             max_sse_event_bytes: 4 << 20,
             max_header_bytes: 16 << 10,
             max_resource_subscriptions: 256,
+            max_bridged_sessions: 10_000,
+            bridged_session_idle_timeout: Duration::from_secs(300),
             max_concurrent_streams: 256,
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),

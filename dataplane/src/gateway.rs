@@ -154,6 +154,9 @@ pub struct Gateway {
     pub draining: CancellationToken,
     /// Told of every new runtime, so open streams can check their key.
     changes: tokio::sync::watch::Sender<()>,
+    /// Sessions this replica holds for 2026-07-28 clients of `/mcp` with
+    /// session-based upstreams (a cache; see `aggregate::bridge`).
+    pub bridges: crate::aggregate::Bridges,
     ready: AtomicBool,
     request_ids: AtomicU64,
     id_prefix: u32,
@@ -201,6 +204,7 @@ impl Gateway {
             metrics: Metrics::new(),
             draining: CancellationToken::new(),
             changes: tokio::sync::watch::Sender::new(()),
+            bridges: crate::aggregate::Bridges::default(),
             ready: AtomicBool::new(true),
             request_ids: AtomicU64::new(0),
             id_prefix: u32::from_ne_bytes(seed),

@@ -225,6 +225,7 @@ pub async fn listen(
             rewrite: Rewrite {
                 upstream: up.to_owned(),
                 request_id: None,
+                stateless: true,
             },
             ack: Some(ack_tx),
             shared: shared.clone(),

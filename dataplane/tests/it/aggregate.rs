@@ -593,3 +593,80 @@ async fn streams_follow_their_key() {
         assert!(s.next().await.is_none());
     }
 }
+
+/// A 2026-07-28 client on `/mcp` also reaches an upstream that only speaks
+/// the session-based revisions: the gateway holds a session with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stateless_client_reaches_session_based_upstreams() {
+    let reference = Reference::start(None);
+    let (_ev, ev_url) = everything().await;
+    let (spec, key) = GatewaySpec::open(&[("reference", &reference.url), ("everything", &ev_url)]);
+    let gw = Gateway::start(&spec).await;
+    let url = format!("{}/mcp", gw.url());
+    let http = Http::h1();
+    let auth = key.bearer();
+    let post = |method: &'static str, name: Option<String>, params: Value| {
+        let (http, url, auth) = (&http, &url, &auth);
+        async move {
+            let mut params = params;
+            params["_meta"] = stateless_meta();
+            let r = post_stateless(http, url, Some(auth), method, name.as_deref(), params).await;
+            assert_eq!(r.status, StatusCode::OK, "{method}: {}", r.body);
+            r.json()
+        }
+    };
+
+    let discovered = post("server/discover", None, json!({})).await;
+    let caps = &discovered["result"]["capabilities"];
+    assert!(
+        caps["logging"].is_object(),
+        "everything's capabilities (from its initialize) count: {discovered}"
+    );
+
+    let listed = post("tools/list", None, json!({})).await;
+    let tools: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{listed}"))
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    for want in ["reference__echo", "everything__echo"] {
+        assert!(tools.contains(&want), "{want}: {tools:?}");
+    }
+
+    for i in 0..3 {
+        let called = post(
+            "tools/call",
+            Some("everything__echo".into()),
+            json!({"name": "everything__echo", "arguments": {"message": format!("bridged {i}")}}),
+        )
+        .await;
+        let result = &called["result"];
+        assert!(
+            text_of(result).contains(&format!("bridged {i}")),
+            "{called}"
+        );
+        // A 2026-07-28 result, though the upstream answered in 2025-11-25.
+        assert_eq!(result["resultType"], "complete", "{called}");
+        assert_eq!(
+            result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+            "stoa-gateway"
+        );
+    }
+
+    let resources = post("resources/list", None, json!({})).await;
+    let uri = resources["result"]["resources"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{resources}"))
+        .iter()
+        .filter_map(|r| r["uri"].as_str())
+        .find(|u| u.starts_with("stoa://everything/"))
+        .unwrap_or_else(|| panic!("no resource of everything: {resources}"))
+        .to_owned();
+    let read = post("resources/read", Some(uri.clone()), json!({"uri": uri})).await;
+    assert_eq!(read["result"]["contents"][0]["uri"], uri, "{read}");
+
+    // One session for all of it, held by this replica.
+    let log = gw.log();
+    assert_eq!(log.matches("bridged session opened").count(), 1, "{log}");
+}
