@@ -45,6 +45,9 @@ struct Target {
     /// Reached over a session the gateway holds for a 2026-07-28 client
     /// (`bridge`).
     bridged: bool,
+    /// The `_meta` a session-based client's requests gain for this upstream,
+    /// which speaks only 2026-07-28 (`bridge`).
+    meta: Option<Arc<Value>>,
 }
 
 pub async fn handle(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failure> {
@@ -125,14 +128,16 @@ async fn post(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failur
             "subscriptions/listen" if stateless => {
                 listen::listen(&call, &targets, &msg).await.map_err(fail)
             }
-            "tools/list" => list(&call, &targets, &msg, List::Tools).await.map_err(fail),
-            "prompts/list" => list(&call, &targets, &msg, List::Prompts)
+            "tools/list" => list(&call, &targets, &msg, List::Tools, stateless)
                 .await
                 .map_err(fail),
-            "resources/list" => list(&call, &targets, &msg, List::Resources)
+            "prompts/list" => list(&call, &targets, &msg, List::Prompts, stateless)
                 .await
                 .map_err(fail),
-            "resources/templates/list" => list(&call, &targets, &msg, List::Templates)
+            "resources/list" => list(&call, &targets, &msg, List::Resources, stateless)
+                .await
+                .map_err(fail),
+            "resources/templates/list" => list(&call, &targets, &msg, List::Templates, stateless)
                 .await
                 .map_err(fail),
             "logging/setLevel" => {
@@ -164,18 +169,24 @@ fn targets(call: &Call<'_>, session: Option<&SessionState>, version: &str) -> Ve
         Some((up.clone(), filter.clone()))
     });
     match session {
-        Some(s) => granted
-            .filter_map(|(up, filter)| {
-                let us = s.upstream(up.name.as_str())?;
-                Some(Target {
-                    up,
-                    filter,
-                    session: us.session.clone(),
-                    version: us.version.clone(),
-                    bridged: false,
+        Some(s) => {
+            let meta = bridge::stateless_meta(s);
+            granted
+                .filter_map(|(up, filter)| {
+                    let us = s.upstream(up.name.as_str())?;
+                    Some(Target {
+                        up,
+                        filter,
+                        session: us.session.clone(),
+                        version: us.version.clone(),
+                        bridged: false,
+                        meta: (us.version == mcp::STATELESS)
+                            .then(|| meta.clone())
+                            .flatten(),
+                    })
                 })
-            })
-            .collect(),
+                .collect()
+        }
         None => granted
             .map(|(up, filter)| Target {
                 up,
@@ -183,6 +194,7 @@ fn targets(call: &Call<'_>, session: Option<&SessionState>, version: &str) -> Ve
                 session: None,
                 version: version.to_owned(),
                 bridged: false,
+                meta: None,
             })
             .collect(),
     }
@@ -254,23 +266,13 @@ async fn send(
     msg: &Value,
     last_event: Option<&str>,
 ) -> Result<Response<crate::client::UpstreamBody>, GatewayError> {
-    if !bridge::candidate(t) {
+    if let Some(meta) = &t.meta {
+        return send_direct(call, t, &bridge::to_stateless(msg, meta), last_event).await;
+    }
+    if bridge::speaks(call, t).await {
         return send_direct(call, t, msg, last_event).await;
     }
-    let bridged = bridge::resolve(call, t).await?;
-    if !bridged.bridged {
-        return send_direct(call, t, msg, last_event).await;
-    }
-    let msg = bridge::to_sessions(msg);
-    let resp = send_direct(call, &bridged, &msg, last_event).await?;
-    if resp.status() != StatusCode::NOT_FOUND {
-        return Ok(resp);
-    }
-    // The upstream forgot the session (expired, restarted): the request was
-    // not handled, so it goes once more over a new one.
-    bridge::forget(call, t);
-    let bridged = bridge::resolve(call, t).await?;
-    send_direct(call, &bridged, &msg, last_event).await
+    bridge::send(call, t, msg).await
 }
 
 async fn send_direct(
@@ -337,13 +339,26 @@ async fn read_answer(
 ) -> Result<(Value, HeaderMap), GatewayError> {
     let headers = resp.headers().clone();
     let payload = upstream::classify(&t.up, &resp)?;
-    let message =
-        upstream::read_message(&t.up, resp, payload, msg.get("id"), &call.rt.limits).await?;
+    // Over a bridged session the request went under an id of the gateway's.
+    let sent = resp
+        .extensions()
+        .get::<bridge::SentId>()
+        .map(|s| s.0.clone());
+    let id = sent.as_ref().or(msg.get("id"));
+    let mut message = upstream::read_message(&t.up, resp, payload, id, &call.rt.limits).await?;
+    if sent.is_some() {
+        bridge::restore_id(&mut message);
+    }
     Ok((message, headers))
 }
 
 async fn notify_all(call: &Call<'_>, targets: &[Target], msg: &Value) {
     let sends = targets.iter().map(|t| async move {
+        if !bridge::speaks(call, t).await {
+            // Notifications do not cross a bridge: they name requests or
+            // state of the client's own, which the shared session has not.
+            return;
+        }
         match send(call, t, msg, None).await {
             Ok(resp) if resp.status().is_success() => {}
             Ok(resp) => tracing::debug!(upstream = %t.up.name, status = %resp.status(), "notification refused"),
@@ -411,6 +426,36 @@ async fn initialize(
                 .to_owned(),
         });
     }
+    // Upstreams that refused `initialize` may speak only 2026-07-28: they
+    // join the session without one of their own (`bridge`).
+    let client_caps = bridge::crossing_caps(msg.pointer("/params/capabilities"));
+    let refused: Vec<&Target> = targets
+        .iter()
+        .filter(|t| !sessions.iter().any(|s| s.name == t.up.name.as_str()))
+        .collect();
+    let modern = join_all(
+        refused
+            .iter()
+            .map(|t| bridge::discover_stateless(call, t, &client_caps)),
+    )
+    .await;
+    let mut any_modern = false;
+    for (t, found) in refused.into_iter().zip(modern) {
+        let Some(result) = found else { continue };
+        any_modern = true;
+        merge_capabilities(
+            &mut caps,
+            result.get("capabilities").unwrap_or(&Value::Null),
+        );
+        if let Some(text) = result.get("instructions").and_then(Value::as_str) {
+            instructions.push(format!("[{}] {text}", t.up.name));
+        }
+        sessions.push(UpstreamSession {
+            name: t.up.name.to_string(),
+            session: None,
+            version: mcp::STATELESS.to_owned(),
+        });
+    }
     if sessions.is_empty()
         && let Some(e) = first_error
     {
@@ -437,6 +482,7 @@ async fn initialize(
         issued: unix_now(),
         version: version.to_owned(),
         upstreams: sessions,
+        client_caps: any_modern.then_some(client_caps),
     };
     let mut resp = body::json_response(
         StatusCode::OK,
@@ -560,6 +606,7 @@ async fn list(
     targets: &[Target],
     msg: &Value,
     kind: List,
+    stateless: bool,
 ) -> Result<Response<Body>, GatewayError> {
     let per_upstream = join_all(targets.iter().map(|t| list_one(call, t, msg, kind))).await;
     let mut items = Vec::new();
@@ -583,7 +630,7 @@ async fn list(
     }
     let mut result = Map::new();
     result.insert(kind.field().to_owned(), Value::Array(items));
-    if targets.first().is_some_and(|t| t.version == mcp::STATELESS) {
+    if stateless {
         // A merged list is specific to the caller's grants: never shared.
         result.insert("resultType".into(), json!("complete"));
         result.insert("ttlMs".into(), json!(0));
@@ -862,6 +909,7 @@ impl Rewrite {
             }
             Some(_) => {}
             None => {
+                bridge::restore_id(v);
                 mcp::keep_private(v);
                 // A 2026-07-28 result names its server: here, the virtual one.
                 if self.stateless

@@ -272,6 +272,7 @@ async fn initialize(
                 session: up_session,
                 version: version.to_owned(),
             }],
+            client_caps: None,
         };
         let sealed = rt.sessions.seal(&state);
         out.headers_mut().insert(

@@ -34,6 +34,10 @@ pub struct SessionState {
     /// One entry per upstream in the session.
     #[serde(rename = "u")]
     pub upstreams: Vec<UpstreamSession>,
+    /// The client capabilities its requests carry to upstreams that speak
+    /// 2026-07-28 (which take them in every request), when it has any such.
+    #[serde(rename = "c", default, skip_serializing_if = "Option::is_none")]
+    pub client_caps: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,6 +227,7 @@ mod tests {
                 session: Some("abc-123".into()),
                 version: "2025-06-18".into(),
             }],
+            client_caps: None,
         }
     }
 

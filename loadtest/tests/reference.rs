@@ -48,6 +48,7 @@ fn client() -> HttpClient {
 async fn stateful_session_lifecycle() {
     let url = start(Options {
         force_version: Some("2025-06-18".into()),
+        ..Default::default()
     })
     .await;
     let c = client();

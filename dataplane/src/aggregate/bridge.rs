@@ -1,5 +1,5 @@
-//! `/mcp` for a 2026-07-28 client over an upstream that speaks only the
-//! session-based revisions.
+//! `/mcp` across protocol revisions: a 2026-07-28 client over an upstream
+//! that speaks only the session-based ones, and the other way round.
 //!
 //! The client has no session; such an upstream needs one. Each replica
 //! opens one upstream session per (key, upstream) when first needed and
@@ -16,28 +16,62 @@
 //! not resume; so the gateway declares no client capabilities to the
 //! upstream. Change notifications of such an upstream (its GET stream) do
 //! not reach `subscriptions/listen` either.
+//!
+//! The other way round, a session-based client's `initialize` reaches an
+//! upstream that refuses it; if its `server/discover` names 2026-07-28, it
+//! joins the session without a session of its own (the sealed session id
+//! records it, and the client's capabilities), and each request to it gains
+//! that revision's `_meta` and mirrored headers. The capabilities it is
+//! told of leave out sampling, elicitation and roots: its `input_required`
+//! rounds cannot be turned into requests to the client.
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::{Value, json};
+use tokio::sync::OnceCell;
 
 use super::{Target, read_answer, request_direct, send_direct};
-use crate::{error::GatewayError, gateway::Call, mcp};
+use crate::{
+    client::UpstreamBody, error::GatewayError, gateway::Call, mcp, model::Upstream,
+    session::SessionState, upstream,
+};
 
 /// How long what an upstream speaks is remembered.
 const ERA_TTL: Duration = Duration::from_secs(300);
+/// Ids of requests sent over a bridged session: `stoa-bridge:<n>:<the
+/// client's id as JSON>`. Every client of a key shares the session, so their
+/// ids must not meet there.
+const ID_PREFIX: &str = "stoa-bridge:";
 
 /// What this replica knows of upstreams for bridging.
 #[derive(Default)]
 pub struct Bridges {
-    /// Upstream URL → speaks 2026-07-28, and when that was learnt.
-    eras: Mutex<HashMap<String, (bool, Instant)>>,
-    /// (key prefix, upstream name) → its open session.
-    sessions: Mutex<HashMap<(String, String), Open>>,
+    /// Upstream name → what it speaks, as learnt.
+    eras: Mutex<HashMap<String, Era>>,
+    /// (key prefix, upstream name) → its session, opened once however many
+    /// requests need it at the same time.
+    sessions: Mutex<HashMap<(String, String), Slot>>,
+    next_id: AtomicU64,
+}
+
+struct Era {
+    url: http::Uri,
+    stateless: bool,
+    at: Instant,
+}
+
+struct Slot {
+    cell: Arc<OnceCell<Open>>,
+    used: Instant,
 }
 
 /// An upstream session opened for a key.
@@ -47,7 +81,10 @@ pub struct Open {
     pub version: String,
     /// What the upstream's `initialize` said it offers.
     pub capabilities: Value,
-    used: Instant,
+    /// The upstream (URL, credentials) and key it was opened for: after a
+    /// reload that changes either, it is closed and another opened.
+    up: Arc<Upstream>,
+    key_hash: [u8; 32],
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -55,50 +92,93 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Bridges {
-    fn era(&self, url: &str) -> Option<bool> {
+    fn era(&self, t: &Target) -> Option<bool> {
         let eras = lock(&self.eras);
-        let (stateless, at) = eras.get(url)?;
-        (at.elapsed() < ERA_TTL).then_some(*stateless)
+        let e = eras.get(t.up.name.as_str())?;
+        (e.url == t.up.url && e.at.elapsed() < ERA_TTL).then_some(e.stateless)
     }
 
-    fn learn(&self, url: &str, stateless: bool) {
+    fn learn(&self, t: &Target, stateless: bool) {
         let mut eras = lock(&self.eras);
         // Bounded by the configured upstreams; drop what a reload removed.
-        eras.retain(|_, (_, at)| at.elapsed() < ERA_TTL);
-        eras.insert(url.to_owned(), (stateless, Instant::now()));
+        eras.retain(|_, e| e.at.elapsed() < ERA_TTL);
+        eras.insert(
+            t.up.name.as_str().to_owned(),
+            Era {
+                url: t.up.url.clone(),
+                stateless,
+                at: Instant::now(),
+            },
+        );
     }
 
-    fn get(&self, key: &(String, String), idle: Duration) -> Option<Open> {
+    /// The slot for this key and upstream (new if none, or if the one there
+    /// is idle too long or was opened for another upstream or key), and the
+    /// sessions to close: replaced, expired, or evicted to stay within `max`.
+    fn slot(
+        &self,
+        key: &(String, String),
+        fits: impl Fn(&Open) -> bool,
+        idle: Duration,
+        max: usize,
+    ) -> (Arc<OnceCell<Open>>, Vec<Open>) {
         let mut sessions = lock(&self.sessions);
-        let open = sessions.get_mut(key)?;
-        if open.used.elapsed() >= idle {
-            sessions.remove(key);
-            return None;
+        let mut closed = Vec::new();
+        if let Some(s) = sessions.get_mut(key) {
+            match s.cell.get() {
+                Some(open) if s.used.elapsed() >= idle || !fits(open) => {
+                    closed.push(open.clone());
+                    sessions.remove(key);
+                }
+                _ => {
+                    s.used = Instant::now();
+                    return (s.cell.clone(), closed);
+                }
+            }
         }
-        open.used = Instant::now();
-        Some(open.clone())
-    }
-
-    fn keep(&self, key: (String, String), open: Open, idle: Duration, max: usize) {
-        let mut sessions = lock(&self.sessions);
-        if sessions.len() >= max {
-            sessions.retain(|_, o| o.used.elapsed() < idle);
+        if sessions.len() >= max.max(1) {
+            sessions.retain(|_, s| {
+                let keep = s.used.elapsed() < idle;
+                if !keep && let Some(o) = s.cell.get() {
+                    closed.push(o.clone());
+                }
+                keep
+            });
         }
-        if sessions.len() >= max
+        if sessions.len() >= max.max(1)
             && let Some(oldest) = sessions
                 .iter()
-                .min_by_key(|(_, o)| o.used)
+                .min_by_key(|(_, s)| s.used)
                 .map(|(k, _)| k.clone())
+            && let Some(s) = sessions.remove(&oldest)
+            && let Some(o) = s.cell.get()
         {
-            sessions.remove(&oldest);
+            closed.push(o.clone());
         }
-        if max > 0 {
-            sessions.insert(key, open);
+        let cell = Arc::new(OnceCell::new());
+        sessions.insert(
+            key.clone(),
+            Slot {
+                cell: cell.clone(),
+                used: Instant::now(),
+            },
+        );
+        (cell, closed)
+    }
+
+    /// Drops the slot if it still holds the session the upstream forgot.
+    fn forget(&self, key: &(String, String), session: &Option<String>) {
+        let mut sessions = lock(&self.sessions);
+        if sessions
+            .get(key)
+            .is_some_and(|s| s.cell.get().is_some_and(|o| &o.session == session))
+        {
+            sessions.remove(key);
         }
     }
 
-    fn forget(&self, key: &(String, String)) {
-        lock(&self.sessions).remove(key);
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Open bridged sessions (for tests and metrics).
@@ -114,89 +194,129 @@ fn cache_key(call: &Call<'_>, t: &Target) -> (String, String) {
     )
 }
 
-/// Whether a target reached by a 2026-07-28 client needs a bridge.
+/// Whether a target reached by a 2026-07-28 client may need a bridge.
 pub fn candidate(t: &Target) -> bool {
-    t.version == mcp::STATELESS && t.session.is_none() && !t.bridged
+    t.version == mcp::STATELESS && t.session.is_none() && !t.bridged && t.meta.is_none()
 }
 
-/// The target as the gateway must speak to it: unchanged if the upstream
-/// speaks 2026-07-28, else over this key's bridged session (opened if need be).
-pub async fn resolve(call: &Call<'_>, t: &Target) -> Result<Target, GatewayError> {
-    if !candidate(t) || speaks_stateless(call, t).await? {
-        return Ok(t.clone());
-    }
+/// Whether the gateway speaks to this target in its own revision (no bridge).
+pub async fn speaks(call: &Call<'_>, t: &Target) -> bool {
+    !candidate(t) || speaks_stateless(call, t).await
+}
+
+/// The session this key holds with the upstream, opened if need be (once,
+/// whoever else is waiting for it).
+async fn session(call: &Call<'_>, t: &Target) -> Result<Open, GatewayError> {
     let limits = &call.rt.limits;
     let key = cache_key(call, t);
-    let open = match call
-        .gw
-        .bridges
-        .get(&key, limits.bridged_session_idle_timeout)
-    {
-        Some(o) => o,
-        None => {
-            let o = open(call, t).await?;
-            call.gw.bridges.keep(
-                key,
-                o.clone(),
-                limits.bridged_session_idle_timeout,
-                limits.max_bridged_sessions,
-            );
-            o
-        }
-    };
-    Ok(Target {
-        session: open.session,
-        version: open.version,
-        bridged: true,
-        ..t.clone()
-    })
+    let (cell, closed) = call.gw.bridges.slot(
+        &key,
+        |o| Arc::ptr_eq(&o.up, &t.up) && o.key_hash == call.key.hash,
+        limits.bridged_session_idle_timeout,
+        limits.max_bridged_sessions,
+    );
+    for open in closed {
+        close(call, open);
+    }
+    cell.get_or_try_init(|| open(call, t)).await.cloned()
 }
 
-/// The upstream forgot this key's session: the next `resolve` opens another.
-pub fn forget(call: &Call<'_>, t: &Target) {
-    call.gw.bridges.forget(&cache_key(call, t));
+/// Sends over this key's bridged session: the request without what only
+/// 2026-07-28 knows, under an id of the gateway's. If the upstream has
+/// forgotten the session (404, or 400 as many servers answer an unknown
+/// one), the request was not handled: it goes once more over a new session.
+pub async fn send(
+    call: &Call<'_>,
+    t: &Target,
+    msg: &Value,
+) -> Result<http::Response<UpstreamBody>, GatewayError> {
+    let (msg, sent_id) = to_sessions(msg, &call.gw.bridges);
+    let mut attempt = 0;
+    loop {
+        let open = session(call, t).await?;
+        let over = Target {
+            session: open.session.clone(),
+            version: open.version.clone(),
+            bridged: true,
+            ..t.clone()
+        };
+        let mut resp = send_direct(call, &over, &msg, None).await?;
+        let forgotten = matches!(
+            resp.status(),
+            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST
+        );
+        if forgotten && attempt == 0 {
+            tracing::info!(upstream = %t.up.name, status = %resp.status(), "bridged session lost; opening another");
+            call.gw.bridges.forget(&cache_key(call, t), &open.session);
+            attempt += 1;
+            continue;
+        }
+        if let Some(id) = sent_id {
+            resp.extensions_mut().insert(SentId(id));
+        }
+        return Ok(resp);
+    }
+}
+
+/// The id a bridged request went under (on its response's extensions), so
+/// its answer is recognised.
+#[derive(Clone)]
+pub struct SentId(pub Value);
+
+/// Gives an answer from a bridged session back its client's id.
+pub fn restore_id(v: &mut Value) {
+    let Some(orig) = v
+        .get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| s.strip_prefix(ID_PREFIX))
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(_, orig)| serde_json::from_str::<Value>(orig).ok())
+    else {
+        return;
+    };
+    v["id"] = orig;
 }
 
 /// What a bridged upstream offers (its `initialize` answer), or `None` when
-/// it speaks 2026-07-28 itself.
+/// the gateway speaks to it in 2026-07-28.
 pub async fn capabilities(call: &Call<'_>, t: &Target) -> Result<Option<Value>, GatewayError> {
-    if !candidate(t) || speaks_stateless(call, t).await? {
+    if speaks(call, t).await {
         return Ok(None);
     }
-    resolve(call, t).await?;
-    let open = call.gw.bridges.get(
-        &cache_key(call, t),
-        call.rt.limits.bridged_session_idle_timeout,
-    );
-    Ok(Some(open.map(|o| o.capabilities).unwrap_or_default()))
+    Ok(Some(session(call, t).await?.capabilities))
 }
 
-async fn speaks_stateless(call: &Call<'_>, t: &Target) -> Result<bool, GatewayError> {
-    let url = t.up.url.to_string();
-    if let Some(known) = call.gw.bridges.era(&url) {
-        return Ok(known);
+/// Whether the upstream speaks 2026-07-28. Only a clear answer is learnt: a
+/// refusal (400, 404, 405, or a JSON-RPC error) means the session-based
+/// revisions; anything else (down, failing, 401, 429) teaches nothing, and
+/// the request goes as it came, to fail or not on its own.
+async fn speaks_stateless(call: &Call<'_>, t: &Target) -> bool {
+    if let Some(known) = call.gw.bridges.era(t) {
+        return known;
     }
     let probe = json!({"jsonrpc": "2.0", "id": "stoa-probe", "method": "server/discover",
     "params": {"_meta": {
         "io.modelcontextprotocol/protocolVersion": mcp::STATELESS,
         "io.modelcontextprotocol/clientCapabilities": {},
     }}});
-    // Only a clear answer is learnt: a refusal (4xx, or a JSON-RPC error)
-    // means the session-based revisions; an upstream that is down or
-    // failing (5xx) teaches nothing and fails this request.
-    let resp = send_direct(call, t, &probe, None).await?;
-    let stateless = if resp.status().is_client_error() {
-        false
-    } else {
-        let (answer, _) = read_answer(call, t, &probe, resp).await?;
-        answer
-            .pointer("/result/supportedVersions")
-            .and_then(Value::as_array)
-            .is_some_and(|v| v.iter().any(|x| x == mcp::STATELESS))
+    let Ok(resp) = send_direct(call, t, &probe, None).await else {
+        return true;
+    };
+    let stateless = match resp.status() {
+        StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => false,
+        s if s.is_success() => match read_answer(call, t, &probe, resp).await {
+            Ok((answer, _)) if answer.get("error").is_some() => false,
+            Ok((answer, _)) => answer
+                .pointer("/result/supportedVersions")
+                .and_then(Value::as_array)
+                .is_some_and(|v| v.iter().any(|x| x == mcp::STATELESS)),
+            Err(_) => return true,
+        },
+        _ => return true,
     };
     tracing::debug!(upstream = %t.up.name, stateless, "learnt what the upstream speaks");
-    call.gw.bridges.learn(&url, stateless);
-    Ok(stateless)
+    call.gw.bridges.learn(t, stateless);
+    stateless
 }
 
 /// Opens a session with the upstream for this key.
@@ -251,13 +371,36 @@ async fn open(call: &Call<'_>, t: &Target) -> Result<Open, GatewayError> {
         session,
         version,
         capabilities: result.get("capabilities").cloned().unwrap_or_default(),
-        used: Instant::now(),
+        up: t.up.clone(),
+        key_hash: call.key.hash,
     })
 }
 
+/// Ends a session the gateway no longer uses (best effort, in the background).
+fn close(call: &Call<'_>, open: Open) {
+    let Some(session) = open.session else { return };
+    let gw = call.gw.clone();
+    let timeout = call.rt.limits.upstream_response_timeout;
+    tokio::spawn(async move {
+        let mut h = HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(&open.version) {
+            h.insert(mcp::HDR_VERSION, v);
+        }
+        let Ok(req) =
+            upstream::upstream_request(&open.up, Method::DELETE, &h, Some(&session), Bytes::new())
+        else {
+            return;
+        };
+        if let Err(e) = gw.client.send(&open.up, req, timeout).await {
+            tracing::debug!(upstream = %open.up.name, "closing a bridged session failed: {e}");
+        }
+    });
+}
+
 /// A 2026-07-28 request as a session-based upstream expects it: without the
-/// `_meta` keys of that revision (its progress token stays).
-pub fn to_sessions(msg: &Value) -> Value {
+/// `_meta` keys of that revision (its progress token stays), and under an id
+/// of the gateway's (returned) if it has one.
+pub fn to_sessions(msg: &Value, bridges: &Bridges) -> (Value, Option<Value>) {
     let mut msg = msg.clone();
     if let Some(params) = msg.get_mut("params").and_then(Value::as_object_mut) {
         if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
@@ -270,7 +413,91 @@ pub fn to_sessions(msg: &Value) -> Value {
         params.remove("inputResponses");
         params.remove("requestState");
     }
+    let sent = msg.get("id").cloned().map(|id| {
+        let sent = json!(format!("{ID_PREFIX}{}:{id}", bridges.next_id()));
+        msg["id"] = sent.clone();
+        sent
+    });
+    (msg, sent)
+}
+
+/// The other way: a session-based client's capabilities as it declares them
+/// to an upstream that speaks only 2026-07-28, less what would need that
+/// upstream's `input_required` rounds (sampling, elicitation, roots), which
+/// the gateway cannot turn into requests to a session-based client.
+pub fn crossing_caps(caps: Option<&Value>) -> Value {
+    let mut caps = caps
+        .filter(|c| c.is_object())
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let Some(m) = caps.as_object_mut() {
+        for name in ["sampling", "elicitation", "roots"] {
+            m.remove(name);
+        }
+    }
+    caps
+}
+
+/// The `_meta` every request of a session-based client gains on its way to
+/// an upstream that speaks only 2026-07-28.
+pub fn stateless_meta(s: &SessionState) -> Option<Arc<Value>> {
+    s.upstreams
+        .iter()
+        .any(|u| u.version == mcp::STATELESS)
+        .then(|| {
+            Arc::new(json!({
+                "io.modelcontextprotocol/protocolVersion": mcp::STATELESS,
+                "io.modelcontextprotocol/clientCapabilities":
+                    s.client_caps.clone().unwrap_or_else(|| json!({})),
+            }))
+        })
+}
+
+/// A session-based client's request as a 2026-07-28 upstream expects it.
+pub fn to_stateless(msg: &Value, meta: &Value) -> Value {
+    let mut msg = msg.clone();
+    if msg.get("method").is_none() {
+        return msg;
+    }
+    if !msg.get("params").is_some_and(Value::is_object) {
+        msg["params"] = json!({});
+    }
+    let params = &mut msg["params"];
+    if !params.get("_meta").is_some_and(Value::is_object) {
+        params["_meta"] = json!({});
+    }
+    if let (Some(into), Some(from)) = (params["_meta"].as_object_mut(), meta.as_object()) {
+        for (k, v) in from {
+            into.insert(k.clone(), v.clone());
+        }
+    }
     msg
+}
+
+/// For `initialize`: whether an upstream that refused it speaks 2026-07-28,
+/// and if so what it offers (its `server/discover` result).
+pub async fn discover_stateless(call: &Call<'_>, t: &Target, caps: &Value) -> Option<Value> {
+    let probe = json!({"jsonrpc": "2.0", "id": "stoa-probe", "method": "server/discover",
+    "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": mcp::STATELESS,
+        "io.modelcontextprotocol/clientCapabilities": caps,
+    }}});
+    let modern = Target {
+        version: mcp::STATELESS.to_owned(),
+        session: None,
+        ..t.clone()
+    };
+    let (answer, _) = request_direct(call, &modern, &probe)
+        .await
+        .inspect_err(|e| tracing::warn!(upstream = %t.up.name, "server/discover failed: {e}"))
+        .ok()?;
+    let result = answer.get("result")?;
+    let speaks = result
+        .get("supportedVersions")
+        .and_then(Value::as_array)
+        .is_some_and(|v| v.iter().any(|x| x == mcp::STATELESS));
+    call.gw.bridges.learn(t, speaks);
+    speaks.then(|| result.clone())
 }
 
 #[cfg(test)]
@@ -278,38 +505,85 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_lose_what_only_2026_knows() {
+    fn requests_lose_what_only_2026_knows_and_go_under_a_gateway_id() {
+        let b = Bridges::default();
         let msg = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
             "name": "echo", "arguments": {"message": "m"},
             "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                       "io.modelcontextprotocol/clientCapabilities": {}, "progressToken": "p"}}});
+        let (sent, id) = to_sessions(&msg, &b);
         assert_eq!(
-            to_sessions(&msg)["params"],
+            sent["params"],
             json!({"name": "echo", "arguments": {"message": "m"}, "_meta": {"progressToken": "p"}})
         );
-        let bare = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {
+        let (again, other) = to_sessions(&msg, &b);
+        assert_ne!(id, other, "two requests with one client id never meet");
+        assert_eq!(Some(&again["id"]), other.as_ref());
+        let mut answer = json!({"jsonrpc": "2.0", "id": sent["id"], "result": {}});
+        restore_id(&mut answer);
+        assert_eq!(answer["id"], 1);
+        let bare = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {
             "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}});
-        assert_eq!(to_sessions(&bare)["params"], json!({}));
+        let (sent, id) = to_sessions(&bare, &b);
+        assert_eq!((sent["params"].clone(), id), (json!({}), None));
+    }
+
+    fn opened(session: &str, up: &Arc<Upstream>) -> Open {
+        Open {
+            session: Some(session.into()),
+            version: mcp::LATEST.into(),
+            capabilities: json!({}),
+            up: up.clone(),
+            key_hash: [0; 32],
+        }
     }
 
     #[test]
-    fn sessions_are_bounded_and_expire() {
+    fn sessions_are_opened_once_bounded_replaced_and_forgotten() {
+        let up = Arc::new(Upstream {
+            name: crate::model::UpstreamName::parse("up").unwrap(),
+            url: "http://127.0.0.1:1/mcp".parse().unwrap(),
+            tenant: None,
+            headers: Vec::new(),
+        });
         let b = Bridges::default();
-        let open = || Open {
-            session: Some("s".into()),
-            version: mcp::LATEST.into(),
-            capabilities: json!({}),
-            used: Instant::now(),
-        };
         let k = |i: u32| (format!("key{i}"), "up".to_owned());
         let idle = Duration::from_secs(60);
-        for i in 0..3 {
-            b.keep(k(i), open(), idle, 2);
+        let fits = |_: &Open| true;
+        for i in 0..2 {
+            let (cell, closed) = b.slot(&k(i), fits, idle, 2);
+            assert!(closed.is_empty());
+            assert!(cell.set(opened(&format!("s{i}"), &up)).is_ok());
         }
+        let (again, _) = b.slot(&k(1), fits, idle, 2);
+        assert_eq!(again.get().unwrap().session.as_deref(), Some("s1"), "kept");
+        let (_, closed) = b.slot(&k(2), fits, idle, 2);
         assert_eq!(b.open_sessions(), 2, "at most max");
-        assert!(b.get(&k(0), idle).is_none(), "the oldest went first");
-        assert!(b.get(&k(2), idle).is_some());
-        assert!(b.get(&k(2), Duration::ZERO).is_none(), "idle too long");
-        assert!(b.get(&k(2), idle).is_none(), "and gone");
+        assert_eq!(
+            closed[0].session.as_deref(),
+            Some("s0"),
+            "the least used went"
+        );
+
+        // Opened for another upstream (a reload): closed and replaced.
+        let (cell, closed) = b.slot(&k(1), |_| false, idle, 2);
+        assert_eq!(closed[0].session.as_deref(), Some("s1"));
+        assert!(cell.set(opened("s1b", &up)).is_ok());
+        // Forgotten only while it still holds the session that was lost.
+        b.forget(&k(1), &Some("s1".into()));
+        assert_eq!(
+            b.slot(&k(1), fits, idle, 2)
+                .0
+                .get()
+                .unwrap()
+                .session
+                .as_deref(),
+            Some("s1b")
+        );
+        b.forget(&k(1), &Some("s1b".into()));
+        assert!(
+            b.slot(&k(1), fits, idle, 2).0.get().is_none(),
+            "a new one opens"
+        );
     }
 }

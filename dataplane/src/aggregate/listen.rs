@@ -177,10 +177,13 @@ pub async fn listen(
     if let Some(m) = meta.as_object_mut() {
         m.remove("progressToken");
     }
+    // Upstreams reached over a bridge have no listen stream (`bridge`).
+    let speaks = join_all(targets.iter().map(|t| super::bridge::speaks(call, t))).await;
     let asks: Vec<(&Target, Value)> = targets
         .iter()
-        .filter(|t| t.version == mcp::STATELESS)
-        .filter_map(|t| Some((t, asked.for_upstream(t.up.name.as_str())?)))
+        .zip(speaks)
+        .filter(|(t, speaks)| *speaks && t.version == mcp::STATELESS)
+        .filter_map(|(t, _)| Some((t, asked.for_upstream(t.up.name.as_str())?)))
         .collect();
     let opened = join_all(asks.iter().map(|(t, filter)| {
         let req = json!({"jsonrpc": "2.0", "id": client_id, "method": "subscriptions/listen",

@@ -600,7 +600,11 @@ async fn streams_follow_their_key() {
 async fn a_stateless_client_reaches_session_based_upstreams() {
     let reference = Reference::start(None);
     let (_ev, ev_url) = everything().await;
-    let (spec, key) = GatewaySpec::open(&[("reference", &reference.url), ("everything", &ev_url)]);
+    let (mut spec, key) =
+        GatewaySpec::open(&[("reference", &reference.url), ("everything", &ev_url)]);
+    let other = crate::harness::Key::new();
+    spec.keys
+        .push((other.clone(), vec![("everything".into(), vec!["*".into()])]));
     let gw = Gateway::start(&spec).await;
     let url = format!("{}/mcp", gw.url());
     let http = Http::h1();
@@ -666,7 +670,118 @@ async fn a_stateless_client_reaches_session_based_upstreams() {
     let read = post("resources/read", Some(uri.clone()), json!({"uri": uri})).await;
     assert_eq!(read["result"]["contents"][0]["uri"], uri, "{read}");
 
-    // One session for all of it, held by this replica.
+    // Every client of the key shares that session: requests that all carry
+    // JSON-RPC id 1 (as `post_stateless` sends) at once still each get
+    // their own answer.
+    let slow = "everything__trigger-long-running-operation";
+    let calls = (0..8).map(|i| {
+        let post = &post;
+        async move {
+            // Half of them last a while, so the others run meanwhile.
+            let (name, args, want) = if i % 2 == 0 {
+                (
+                    slow,
+                    json!({"duration": 1, "steps": 1}),
+                    "completed".to_owned(),
+                )
+            } else {
+                let m = format!("at once {i}");
+                ("everything__echo", json!({"message": m}), m)
+            };
+            let called = post(
+                "tools/call",
+                Some(name.into()),
+                json!({"name": name, "arguments": args}),
+            )
+            .await;
+            assert_eq!(called["id"], 1, "{called}");
+            assert!(
+                text_of(&called["result"]).contains(&want),
+                "call {i} got another's answer: {called}"
+            );
+        }
+    });
+    let lists = (0..4).map(|_| post("tools/list", None, json!({})));
+    let (_, lists) = tokio::join!(
+        futures_util::future::join_all(calls),
+        futures_util::future::join_all(lists)
+    );
+    for l in lists {
+        assert!(
+            l["result"]["tools"].as_array().is_some_and(|t| t.len() > 2),
+            "{l}"
+        );
+    }
+
+    // One session for all of it, held by this replica; another key gets
+    // its own.
     let log = gw.log();
     assert_eq!(log.matches("bridged session opened").count(), 1, "{log}");
+    let theirs = post_stateless(
+        &http,
+        &url,
+        Some(&other.bearer()),
+        "tools/call",
+        Some("everything__echo"),
+        json!({"name": "everything__echo", "arguments": {"message": "other key"},
+               "_meta": stateless_meta()}),
+    )
+    .await;
+    assert!(
+        text_of(&theirs.json()["result"]).contains("other key"),
+        "{}",
+        theirs.body
+    );
+    let log = gw.log();
+    assert_eq!(log.matches("bridged session opened").count(), 2, "{log}");
+}
+
+/// The other way: a session-based client on `/mcp` also reaches an upstream
+/// that speaks only 2026-07-28 (no `initialize`, no sessions).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_client_reaches_stateless_only_upstreams() {
+    let (classic, modern) = (Reference::start(None), Reference::stateless_only());
+    let (spec, key) = GatewaySpec::open(&[("classic", &classic.url), ("modern", &modern.url)]);
+    let gw = Gateway::start(&spec).await;
+    let url = format!("{}/mcp", gw.url());
+    let auth = key.bearer();
+
+    // The official TypeScript SDK client (2025-11-25) lists and calls.
+    let listed = clients::ts(&url, &auth, "list", None).await;
+    let tools = tool_names(&listed);
+    for want in ["classic__echo", "modern__echo"] {
+        assert!(tools.iter().any(|t| t == want), "{want}: {tools:?}");
+    }
+    let r = clients::ts(
+        &url,
+        &auth,
+        "call",
+        Some(("modern__echo", json!({"message": "across revisions"}))),
+    )
+    .await;
+    assert_eq!(text_of(&r["result"]), "across revisions", "{r}");
+
+    // Over raw HTTP: a read, routed by its virtual URI, and another call
+    // (each request gains the `_meta` and mirrored headers that revision
+    // requires; the upstream refuses any request without them).
+    let http = Http::h1();
+    let mut s = crate::http::Session::new(&http, &url, &auth);
+    s.initialize().await;
+    let read = s
+        .call(
+            "resources/read",
+            json!({"uri": "stoa://modern/test://static-text"}),
+        )
+        .await;
+    assert_eq!(
+        read["result"]["contents"][0]["uri"], "stoa://modern/test://static-text",
+        "{read}"
+    );
+    let added = s
+        .call(
+            "tools/call",
+            json!({"name": "modern__add", "arguments": {"a": 2, "b": 3}}),
+        )
+        .await;
+    assert_eq!(text_of(&added["result"]), "5", "{added}");
 }

@@ -44,9 +44,21 @@ pub struct Reference {
 
 impl Reference {
     pub fn start(force_version: Option<&str>) -> Reference {
-        let opts = stoa_loadtest::reference::Options {
+        Self::with(stoa_loadtest::reference::Options {
             force_version: force_version.map(str::to_owned),
-        };
+            ..Default::default()
+        })
+    }
+
+    /// One that speaks only 2026-07-28, as a modern-only server does.
+    pub fn stateless_only() -> Reference {
+        Self::with(stoa_loadtest::reference::Options {
+            stateless_only: true,
+            ..Default::default()
+        })
+    }
+
+    fn with(opts: stoa_loadtest::reference::Options) -> Reference {
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -17,6 +17,9 @@ struct Args {
     /// Answer `initialize` with this protocol version instead of negotiating.
     #[arg(long)]
     force_version: Option<String>,
+    /// Speak only 2026-07-28 (no `initialize`, no sessions), as a modern-only server.
+    #[arg(long)]
+    stateless_only: bool,
 }
 
 #[tokio::main]
@@ -40,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         listener,
         Options {
             force_version: args.force_version,
+            stateless_only: args.stateless_only,
         },
     )
     .await?;

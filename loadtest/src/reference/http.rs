@@ -38,6 +38,12 @@ pub(crate) async fn handle(
         );
         return Ok(error(StatusCode::FORBIDDEN, None, &err));
     }
+    if state.opts.stateless_only && req.method() != Method::POST {
+        let mut resp = empty(StatusCode::METHOD_NOT_ALLOWED);
+        resp.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("POST"));
+        return Ok(resp);
+    }
     let resp = match *req.method() {
         Method::POST => post(&state, req).await,
         Method::GET => get(&state, req.headers()),
@@ -80,7 +86,7 @@ async fn post(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             );
         }
     };
-    if is_modern(&parts.headers, &msg) {
+    if state.opts.stateless_only || is_modern(&parts.headers, &msg) {
         stateless::handle(state, &parts.headers, msg)
     } else {
         legacy::handle(state, &parts.headers, msg)

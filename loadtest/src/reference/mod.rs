@@ -45,6 +45,9 @@ pub struct Options {
     /// Answer `initialize` with this protocol version instead of negotiating (e.g. "2025-06-18"),
     /// so a real 2025-06-18 wire can be exercised.
     pub force_version: Option<String>,
+    /// Speak only 2026-07-28, as a modern-only server does: no `initialize`,
+    /// no sessions, GET and DELETE answered 405.
+    pub stateless_only: bool,
 }
 
 /// Name and version reported in `serverInfo`.

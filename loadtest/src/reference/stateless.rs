@@ -203,7 +203,7 @@ fn route(
             .and_then(resources::read)
             .map(|v| complete(v, true)),
         "completion/complete" => prompts::completion(&params).map(|v| complete(v, false)),
-        "server/discover" => Ok(discover()),
+        "server/discover" => Ok(discover(state)),
         "subscriptions/listen" => return listen::open(state, &id, &params),
         // Removed at this revision (initialize, ping, logging/setLevel, resources/(un)subscribe),
         // and anything unknown.
@@ -212,9 +212,11 @@ fn route(
     reply(&id, result)
 }
 
-fn discover() -> Value {
+fn discover(state: &State) -> Value {
     let mut supported = vec![VERSION];
-    supported.extend(legacy::VERSIONS);
+    if !state.opts.stateless_only {
+        supported.extend(legacy::VERSIONS);
+    }
     complete(
         json!({
             "supportedVersions": supported,
