@@ -246,6 +246,15 @@ fn headers_for(call: &Call<'_>, t: &Target, msg: &Value, last_event: Option<&str
         {
             h.insert(mcp::HDR_NAME, v);
         }
+        // Arguments a tool's schema mirrors into headers: a 2026-07-28
+        // client sent them for the same schema (only the name is virtual).
+        if m == "tools/call" && t.meta.is_none() {
+            for (name, v) in call.headers {
+                if name.as_str().starts_with("mcp-param-") {
+                    h.append(name, v.clone());
+                }
+            }
+        }
     }
     if let Some(le) = last_event.and_then(|s| HeaderValue::from_str(s).ok()) {
         h.insert(mcp::HDR_LAST_EVENT, le);
@@ -335,8 +344,9 @@ async fn read_answer(
     call: &Call<'_>,
     t: &Target,
     msg: &Value,
-    resp: Response<crate::client::UpstreamBody>,
+    mut resp: Response<crate::client::UpstreamBody>,
 ) -> Result<(Value, HeaderMap), GatewayError> {
+    let _in_use = resp.extensions_mut().remove::<bridge::InUse>();
     let headers = resp.headers().clone();
     let payload = upstream::classify(&t.up, &resp)?;
     // Over a bridged session the request went under an id of the gateway's.
@@ -393,11 +403,19 @@ async fn initialize(
     let mut instructions = Vec::new();
     let mut sessions = Vec::new();
     let mut first_error = None;
+    // Unreachable ones are not asked again below.
+    let mut unreachable = Vec::new();
     for (t, answer) in targets.iter().zip(answers) {
         let (message, headers) = match answer {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(upstream = %t.up.name, "initialize failed: {e}");
+                if matches!(
+                    e,
+                    GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamTimeout { .. }
+                ) {
+                    unreachable.push(t.up.name.as_str());
+                }
                 first_error.get_or_insert(e);
                 continue;
             }
@@ -432,6 +450,7 @@ async fn initialize(
     let refused: Vec<&Target> = targets
         .iter()
         .filter(|t| !sessions.iter().any(|s| s.name == t.up.name.as_str()))
+        .filter(|t| !unreachable.contains(&t.up.name.as_str()))
         .collect();
     let modern = join_all(
         refused
@@ -805,7 +824,10 @@ async fn routed(
         }
     };
     ctx.upstream = Some(t.up.name.shared());
-    let resp = send(call, &t, &msg, None).await?;
+    let mut resp = send(call, &t, &msg, None).await?;
+    // Over a bridged session: held while the answer is read.
+    let in_use = resp.extensions_mut().remove::<bridge::InUse>();
+    let bridged = resp.extensions().get::<bridge::SentId>().is_some();
     let payload = upstream::classify(&t.up, &resp).inspect_err(|e| count_error(call, &t, e))?;
     if let Some(tool) = &ctx.tool {
         call.gw.metrics.tool_relayed(
@@ -819,12 +841,16 @@ async fn routed(
     let map = Rewrite {
         upstream: t.up.name.to_string(),
         request_id: msg.get("id").cloned(),
-        stateless: t.version == mcp::STATELESS,
+        // The client's revision (a session-based client's 2026 members
+        // carry `meta`).
+        stateless: t.version == mcp::STATELESS && t.meta.is_none(),
+        bridged,
     };
     match payload {
         Payload::Empty => Ok(relay::status_only(status)),
         Payload::Json => {
             let mut v = upstream::read_json(&t.up, resp.into_body(), &call.rt.limits).await?;
+            drop(in_use);
             map.message(&mut v);
             Ok(body::json_response(status, &v))
         }
@@ -834,7 +860,7 @@ async fn routed(
             let cfg = relay::pump_cfg(call.rt, &t.up, None, Some(call.gw.watch_key(call.key)));
             Ok(relay::sse_response(
                 status,
-                upstream::spawn_pump(resp.into_body(), map, cfg, guard),
+                upstream::spawn_pump(resp.into_body(), map, cfg, (guard, in_use)),
             ))
         }
     }
@@ -883,6 +909,8 @@ struct Rewrite {
     /// The client speaks 2026-07-28: every result names its type and the
     /// virtual server, whatever revision the upstream answered in.
     stateless: bool,
+    /// Answers come over a bridged session, under ids of the gateway's.
+    bridged: bool,
 }
 
 impl Rewrite {
@@ -909,7 +937,9 @@ impl Rewrite {
             }
             Some(_) => {}
             None => {
-                bridge::restore_id(v);
+                if self.bridged {
+                    bridge::restore_id(v);
+                }
                 mcp::keep_private(v);
                 // A 2026-07-28 result names its server: here, the virtual one.
                 if self.stateless
@@ -995,6 +1025,7 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
                     upstream: t.up.name.to_string(),
                     request_id: None,
                     stateless: false,
+                    bridged: false,
                 };
                 let cfg = relay::pump_cfg(
                     call.rt,
@@ -1140,6 +1171,7 @@ mod tests {
             upstream: "ev".into(),
             request_id: Some(json!(1)),
             stateless: false,
+            bridged: false,
         };
         let mut sampling =
             json!({"jsonrpc":"2.0","id":0,"method":"sampling/createMessage","params":{}});

@@ -687,7 +687,7 @@ impl UpstreamBody {
     fn empty() -> Self {
         UpstreamBody { inner: Inner::Done }
     }
-    fn full(b: Bytes) -> Self {
+    pub(crate) fn full(b: Bytes) -> Self {
         if b.is_empty() {
             return Self::empty();
         }

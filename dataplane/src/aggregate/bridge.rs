@@ -6,8 +6,11 @@
 //! keeps it while it is used (`limits.bridged_session_idle_timeout`, at most
 //! `limits.max_bridged_sessions`). It is a cache, not state the client
 //! relies on: another replica opens its own, and a session the upstream has
-//! forgotten (404) is opened again, once. Whether an upstream speaks
-//! 2026-07-28 is learnt by a `server/discover` and remembered a few minutes.
+//! forgotten (404, or a 400 that says so) is opened again, once; one that
+//! is dropped is closed (DELETE) once no request uses it. Every client of
+//! the key shares the session, under request ids of the gateway's. Whether
+//! an upstream speaks 2026-07-28 is learnt by a `server/discover` and
+//! remembered a few minutes.
 //!
 //! Requests lose the 2026-07-28 `_meta` keys; results gain what that
 //! revision requires (`Rewrite` in `aggregate.rs`). What does not cross:
@@ -69,10 +72,18 @@ struct Era {
     at: Instant,
 }
 
+/// The outcome of opening a session, shared by every request that waited.
+type Opened = Result<Open, Arc<GatewayError>>;
+
 struct Slot {
-    cell: Arc<OnceCell<Open>>,
+    cell: Arc<OnceCell<Opened>>,
     used: Instant,
+    /// One clone per request using the session (`InUse`), and this one.
+    users: Arc<()>,
 }
+
+/// A session no longer in the cache, to close once nothing uses it.
+type Dropped = (Open, Arc<()>);
 
 /// An upstream session opened for a key.
 #[derive(Clone)]
@@ -89,6 +100,13 @@ pub struct Open {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn dropped(s: Slot) -> Option<Dropped> {
+    match s.cell.get() {
+        Some(Ok(open)) => Some((open.clone(), s.users)),
+        _ => None,
+    }
 }
 
 impl Bridges {
@@ -121,60 +139,68 @@ impl Bridges {
         fits: impl Fn(&Open) -> bool,
         idle: Duration,
         max: usize,
-    ) -> (Arc<OnceCell<Open>>, Vec<Open>) {
+    ) -> (Arc<OnceCell<Opened>>, Arc<()>, Vec<Dropped>) {
         let mut sessions = lock(&self.sessions);
         let mut closed = Vec::new();
         if let Some(s) = sessions.get_mut(key) {
-            match s.cell.get() {
-                Some(open) if s.used.elapsed() >= idle || !fits(open) => {
-                    closed.push(open.clone());
-                    sessions.remove(key);
-                }
-                _ => {
-                    s.used = Instant::now();
-                    return (s.cell.clone(), closed);
-                }
+            let stale = match s.cell.get() {
+                Some(Ok(open)) => s.used.elapsed() >= idle || !fits(open),
+                // Opening, or failed (its opener removes it).
+                _ => false,
+            };
+            if !stale {
+                s.used = Instant::now();
+                return (s.cell.clone(), s.users.clone(), closed);
+            }
+            closed.extend(sessions.remove(key).and_then(dropped));
+        }
+        let max = max.max(1);
+        if sessions.len() >= max {
+            let expired: Vec<_> = sessions
+                .iter()
+                .filter(|(_, s)| s.used.elapsed() >= idle)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in expired {
+                closed.extend(sessions.remove(&k).and_then(dropped));
             }
         }
-        if sessions.len() >= max.max(1) {
-            sessions.retain(|_, s| {
-                let keep = s.used.elapsed() < idle;
-                if !keep && let Some(o) = s.cell.get() {
-                    closed.push(o.clone());
-                }
-                keep
-            });
-        }
-        if sessions.len() >= max.max(1)
+        if sessions.len() >= max
             && let Some(oldest) = sessions
                 .iter()
                 .min_by_key(|(_, s)| s.used)
                 .map(|(k, _)| k.clone())
-            && let Some(s) = sessions.remove(&oldest)
-            && let Some(o) = s.cell.get()
         {
-            closed.push(o.clone());
+            closed.extend(sessions.remove(&oldest).and_then(dropped));
         }
-        let cell = Arc::new(OnceCell::new());
-        sessions.insert(
-            key.clone(),
-            Slot {
-                cell: cell.clone(),
-                used: Instant::now(),
-            },
-        );
-        (cell, closed)
+        let slot = Slot {
+            cell: Arc::new(OnceCell::new()),
+            used: Instant::now(),
+            users: Arc::new(()),
+        };
+        let out = (slot.cell.clone(), slot.users.clone());
+        sessions.insert(key.clone(), slot);
+        (out.0, out.1, closed)
     }
 
-    /// Drops the slot if it still holds the session the upstream forgot.
-    fn forget(&self, key: &(String, String), session: &Option<String>) {
+    /// Removes the slot if it still holds this cell (its open failed, or its
+    /// session was lost); what it held, to close.
+    fn remove_if(&self, key: &(String, String), cell: &Arc<OnceCell<Opened>>) -> Option<Dropped> {
         let mut sessions = lock(&self.sessions);
         if sessions
             .get(key)
-            .is_some_and(|s| s.cell.get().is_some_and(|o| &o.session == session))
+            .is_some_and(|s| Arc::ptr_eq(&s.cell, cell))
         {
-            sessions.remove(key);
+            return sessions.remove(key).and_then(dropped);
         }
+        None
+    }
+
+    /// Whether the slot still holds this cell.
+    fn holds(&self, key: &(String, String), cell: &Arc<OnceCell<Opened>>) -> bool {
+        lock(&self.sessions)
+            .get(key)
+            .is_some_and(|s| Arc::ptr_eq(&s.cell, cell))
     }
 
     fn next_id(&self) -> u64 {
@@ -205,56 +231,139 @@ pub async fn speaks(call: &Call<'_>, t: &Target) -> bool {
 }
 
 /// The session this key holds with the upstream, opened if need be (once,
-/// whoever else is waiting for it).
-async fn session(call: &Call<'_>, t: &Target) -> Result<Open, GatewayError> {
+/// whoever else is waiting for it), and a token held while it is used.
+async fn session(call: &Call<'_>, t: &Target) -> Result<(Open, InUse), GatewayError> {
     let limits = &call.rt.limits;
     let key = cache_key(call, t);
-    let (cell, closed) = call.gw.bridges.slot(
+    let bridges = &call.gw.bridges;
+    let (cell, users, closed) = bridges.slot(
         &key,
         |o| Arc::ptr_eq(&o.up, &t.up) && o.key_hash == call.key.hash,
         limits.bridged_session_idle_timeout,
         limits.max_bridged_sessions,
     );
-    for open in closed {
-        close(call, open);
+    for d in closed {
+        close(call, d);
     }
-    cell.get_or_try_init(|| open(call, t)).await.cloned()
+    let opened = cell
+        .get_or_init(|| async { open(call, t).await.map_err(Arc::new) })
+        .await;
+    match opened {
+        Ok(open) => {
+            if !bridges.holds(&key, &cell) {
+                // Evicted while it opened: used by this request, then closed.
+                close(call, (open.clone(), users.clone()));
+            }
+            Ok((open.clone(), InUse { _held: users }))
+        }
+        Err(e) => {
+            // Every request that waited gets the one failure; the next opens anew.
+            bridges.remove_if(&key, &cell);
+            Err(again(e))
+        }
+    }
+}
+
+/// A failure to open a session, for each request that waited on it.
+fn again(e: &GatewayError) -> GatewayError {
+    match e {
+        GatewayError::UpstreamUnavailable { upstream, reason } => {
+            GatewayError::UpstreamUnavailable {
+                upstream: upstream.clone(),
+                reason: reason.clone(),
+            }
+        }
+        GatewayError::UpstreamTimeout { upstream, after_ms } => GatewayError::UpstreamTimeout {
+            upstream: upstream.clone(),
+            after_ms: *after_ms,
+        },
+        GatewayError::UpstreamBadResponse { upstream, reason } => {
+            GatewayError::UpstreamBadResponse {
+                upstream: upstream.clone(),
+                reason: reason.clone(),
+            }
+        }
+        other => GatewayError::UpstreamBadResponse {
+            upstream: String::new(),
+            reason: format!("opening a session failed: {other}"),
+        },
+    }
+}
+
+/// Held (in a response's extensions, then by whoever reads its body) while
+/// a request uses a bridged session, so the session is not closed under it.
+#[derive(Clone)]
+pub struct InUse {
+    _held: Arc<()>,
 }
 
 /// Sends over this key's bridged session: the request without what only
 /// 2026-07-28 knows, under an id of the gateway's. If the upstream has
-/// forgotten the session (404, or 400 as many servers answer an unknown
-/// one), the request was not handled: it goes once more over a new session.
+/// forgotten the session (404, or a 400 that says so, as many servers
+/// answer), the request was not handled: it goes once more over a new one.
 pub async fn send(
     call: &Call<'_>,
     t: &Target,
     msg: &Value,
 ) -> Result<http::Response<UpstreamBody>, GatewayError> {
     let (msg, sent_id) = to_sessions(msg, &call.gw.bridges);
-    let mut attempt = 0;
+    let mut retried = false;
     loop {
-        let open = session(call, t).await?;
+        let (open, in_use) = session(call, t).await?;
         let over = Target {
             session: open.session.clone(),
             version: open.version.clone(),
             bridged: true,
             ..t.clone()
         };
-        let mut resp = send_direct(call, &over, &msg, None).await?;
-        let forgotten = matches!(
-            resp.status(),
-            StatusCode::NOT_FOUND | StatusCode::BAD_REQUEST
-        );
-        if forgotten && attempt == 0 {
+        let resp = send_direct(call, &over, &msg, None).await?;
+        let (mut resp, lost) = session_lost(call, t, resp).await?;
+        if lost && !retried {
             tracing::info!(upstream = %t.up.name, status = %resp.status(), "bridged session lost; opening another");
-            call.gw.bridges.forget(&cache_key(call, t), &open.session);
-            attempt += 1;
+            let key = cache_key(call, t);
+            let mut sessions = lock(&call.gw.bridges.sessions);
+            let same = sessions.get(&key).is_some_and(|s| {
+                s.cell
+                    .get()
+                    .is_some_and(|o| o.as_ref().is_ok_and(|o| o.session == open.session))
+            });
+            let gone = if same { sessions.remove(&key) } else { None };
+            drop(sessions);
+            if let Some(d) = gone.and_then(dropped) {
+                close(call, d);
+            }
+            retried = true;
             continue;
         }
         if let Some(id) = sent_id {
             resp.extensions_mut().insert(SentId(id));
         }
+        resp.extensions_mut().insert(in_use);
         return Ok(resp);
+    }
+}
+
+/// Whether the upstream said it does not know the session: a 404, or a 400
+/// whose body says so (read here, and put back).
+async fn session_lost(
+    call: &Call<'_>,
+    t: &Target,
+    resp: http::Response<UpstreamBody>,
+) -> Result<(http::Response<UpstreamBody>, bool), GatewayError> {
+    match resp.status() {
+        StatusCode::NOT_FOUND => Ok((resp, true)),
+        StatusCode::BAD_REQUEST => {
+            let (parts, body) = resp.into_parts();
+            let bytes = upstream::read_json_body(&t.up, body, &call.rt.limits).await?;
+            let lost = String::from_utf8_lossy(&bytes)
+                .to_ascii_lowercase()
+                .contains("session");
+            Ok((
+                http::Response::from_parts(parts, UpstreamBody::full(bytes)),
+                lost,
+            ))
+        }
+        _ => Ok((resp, false)),
     }
 }
 
@@ -283,7 +392,7 @@ pub async fn capabilities(call: &Call<'_>, t: &Target) -> Result<Option<Value>, 
     if speaks(call, t).await {
         return Ok(None);
     }
-    Ok(Some(session(call, t).await?.capabilities))
+    Ok(Some(session(call, t).await?.0.capabilities))
 }
 
 /// Whether the upstream speaks 2026-07-28. Only a clear answer is learnt: a
@@ -376,12 +485,19 @@ async fn open(call: &Call<'_>, t: &Target) -> Result<Open, GatewayError> {
     })
 }
 
-/// Ends a session the gateway no longer uses (best effort, in the background).
-fn close(call: &Call<'_>, open: Open) {
+/// Ends a session the gateway no longer keeps, once no request uses it (a
+/// stream may for a while: waits at most `stream_idle_timeout`), with a
+/// DELETE, best effort, in the background.
+fn close(call: &Call<'_>, (open, users): Dropped) {
     let Some(session) = open.session else { return };
     let gw = call.gw.clone();
     let timeout = call.rt.limits.upstream_response_timeout;
+    let patience = call.rt.limits.stream_idle_timeout;
     tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + patience;
+        while Arc::strong_count(&users) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         let mut h = HeaderMap::new();
         if let Ok(v) = HeaderValue::from_str(&open.version) {
             h.insert(mcp::HDR_VERSION, v);
@@ -413,11 +529,16 @@ pub fn to_sessions(msg: &Value, bridges: &Bridges) -> (Value, Option<Value>) {
         params.remove("inputResponses");
         params.remove("requestState");
     }
-    let sent = msg.get("id").cloned().map(|id| {
-        let sent = json!(format!("{ID_PREFIX}{}:{id}", bridges.next_id()));
-        msg["id"] = sent.clone();
-        sent
-    });
+    // Only requests: a response keeps the id its upstream gave.
+    let sent = msg
+        .get("id")
+        .cloned()
+        .filter(|_| msg.get("method").is_some())
+        .map(|id| {
+            let sent = json!(format!("{ID_PREFIX}{}:{id}", bridges.next_id()));
+            msg["id"] = sent.clone();
+            sent
+        });
     (msg, sent)
 }
 
@@ -539,7 +660,7 @@ mod tests {
     }
 
     #[test]
-    fn sessions_are_opened_once_bounded_replaced_and_forgotten() {
+    fn sessions_are_bounded_replaced_and_removed_only_when_still_theirs() {
         let up = Arc::new(Upstream {
             name: crate::model::UpstreamName::parse("up").unwrap(),
             url: "http://127.0.0.1:1/mcp".parse().unwrap(),
@@ -550,37 +671,39 @@ mod tests {
         let k = |i: u32| (format!("key{i}"), "up".to_owned());
         let idle = Duration::from_secs(60);
         let fits = |_: &Open| true;
+        let session_of = |cell: &Arc<OnceCell<Opened>>| {
+            cell.get()
+                .and_then(|o| o.as_ref().ok())
+                .and_then(|o| o.session.clone())
+        };
         for i in 0..2 {
-            let (cell, closed) = b.slot(&k(i), fits, idle, 2);
+            let (cell, _, closed) = b.slot(&k(i), fits, idle, 2);
             assert!(closed.is_empty());
-            assert!(cell.set(opened(&format!("s{i}"), &up)).is_ok());
+            assert!(cell.set(Ok(opened(&format!("s{i}"), &up))).is_ok());
         }
-        let (again, _) = b.slot(&k(1), fits, idle, 2);
-        assert_eq!(again.get().unwrap().session.as_deref(), Some("s1"), "kept");
-        let (_, closed) = b.slot(&k(2), fits, idle, 2);
+        let (again, users, _) = b.slot(&k(1), fits, idle, 2);
+        assert_eq!(session_of(&again).as_deref(), Some("s1"), "kept");
+        let (_, _, closed) = b.slot(&k(2), fits, idle, 2);
         assert_eq!(b.open_sessions(), 2, "at most max");
         assert_eq!(
-            closed[0].session.as_deref(),
+            closed[0].0.session.as_deref(),
             Some("s0"),
             "the least used went"
         );
 
-        // Opened for another upstream (a reload): closed and replaced.
-        let (cell, closed) = b.slot(&k(1), |_| false, idle, 2);
-        assert_eq!(closed[0].session.as_deref(), Some("s1"));
-        assert!(cell.set(opened("s1b", &up)).is_ok());
-        // Forgotten only while it still holds the session that was lost.
-        b.forget(&k(1), &Some("s1".into()));
+        // Opened for another upstream (a reload): closed and replaced; the
+        // request still using it holds it (the closer waits for that).
+        let (cell, _, closed) = b.slot(&k(1), |_| false, idle, 2);
+        assert_eq!(closed[0].0.session.as_deref(), Some("s1"));
+        assert_eq!(Arc::strong_count(&users), 2, "the slot's and ours");
+        assert!(cell.set(Ok(opened("s1b", &up))).is_ok());
+        // Removed only by whoever holds the cell it has now.
+        assert!(b.remove_if(&k(1), &again).is_none());
+        assert!(b.holds(&k(1), &cell));
         assert_eq!(
-            b.slot(&k(1), fits, idle, 2)
-                .0
-                .get()
-                .unwrap()
-                .session
-                .as_deref(),
-            Some("s1b")
+            b.remove_if(&k(1), &cell).map(|d| d.0.session),
+            Some(Some("s1b".into()))
         );
-        b.forget(&k(1), &Some("s1b".into()));
         assert!(
             b.slot(&k(1), fits, idle, 2).0.get().is_none(),
             "a new one opens"

@@ -229,6 +229,7 @@ pub async fn listen(
                 upstream: up.to_owned(),
                 request_id: None,
                 stateless: true,
+                bridged: false,
             },
             ack: Some(ack_tx),
             shared: shared.clone(),
