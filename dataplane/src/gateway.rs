@@ -316,10 +316,16 @@ impl Gateway {
                     plain(StatusCode::SERVICE_UNAVAILABLE, "not ready")
                 }
             }
-            Route::Metrics => Response::builder()
-                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-                .body(body::full(self.metrics.render()))
-                .expect("static response parts are valid"),
+            Route::Metrics => {
+                let bridged = self.bridges.open_sessions();
+                self.metrics
+                    .bridged_sessions
+                    .set(i64::try_from(bridged).unwrap_or(i64::MAX));
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+                    .body(body::full(self.metrics.render()))
+                    .expect("static response parts are valid")
+            }
             Route::NotFound => body::json_response(
                 StatusCode::NOT_FOUND,
                 &json!({"error": "not found", "hint": "the MCP endpoint is /mcp (every granted upstream) or /mcp/<upstream>"}),

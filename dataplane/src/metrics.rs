@@ -29,6 +29,8 @@ pub struct Metrics {
     pub config_updates: IntCounterVec,
     pub control_plane_connected: IntGauge,
     pub config_bytes: prometheus::IntCounter,
+    /// Set when rendered, from `aggregate::Bridges`.
+    pub bridged_sessions: IntGauge,
     /// Tool label values seen, by upstream (see `MAX_TOOL_LABELS`).
     tool_labels: Mutex<HashMap<Box<str>, HashSet<Box<str>>>>,
 }
@@ -185,8 +187,14 @@ impl Metrics {
             "Bytes of config-stream updates received from the control plane (encoded messages)",
         )
         .expect("valid metric");
+        let bridged_sessions = IntGauge::new(
+            "stoa_bridged_sessions",
+            "Upstream sessions this replica holds for 2026-07-28 clients of /mcp",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(bridged_sessions.clone()),
             Box::new(config_bytes.clone()),
             Box::new(config_revision.clone()),
             Box::new(config_updates.clone()),
@@ -221,6 +229,7 @@ impl Metrics {
             config_updates,
             control_plane_connected,
             config_bytes,
+            bridged_sessions,
             tool_labels: Mutex::default(),
         }
     }

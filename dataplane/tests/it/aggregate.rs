@@ -734,6 +734,8 @@ async fn a_stateless_client_reaches_session_based_upstreams() {
     );
     let log = gw.log();
     assert_eq!(log.matches("bridged session opened").count(), 2, "{log}");
+    let m = gw.metrics().await;
+    assert!(m.contains("stoa_bridged_sessions 2"), "{m}");
 }
 
 /// The other way: a session-based client on `/mcp` also reaches an upstream
