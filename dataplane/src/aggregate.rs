@@ -1002,7 +1002,13 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
         .get(mcp::HDR_LAST_EVENT)
         .and_then(|v| v.to_str().ok())
         .and_then(names::split_event_id);
+    let listen = listen_for_get_stream();
     let opened = join_all(targets.iter().map(|t| {
+        if t.meta.is_some() {
+            // A member that speaks only 2026-07-28 has no GET stream: its
+            // change notifications come over a listen stream (`bridge`).
+            return send(&call, t, &listen, None);
+        }
         let le = last
             .filter(|(up, _)| *up == t.up.name.as_str())
             .map(|(_, id)| id);
@@ -1033,7 +1039,13 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
                     Some(call.gw.draining.clone()),
                     Some(call.gw.watch_key(call.key)),
                 );
-                upstream::spawn_pump_into(resp.into_body(), map, cfg, feeds.clone(), tx.clone());
+                let body = resp.into_body();
+                if t.meta.is_some() {
+                    let map = Listened(map);
+                    upstream::spawn_pump_into(body, map, cfg, feeds.clone(), tx.clone());
+                } else {
+                    upstream::spawn_pump_into(body, map, cfg, feeds.clone(), tx.clone());
+                }
             }
             Ok(resp) => {
                 tracing::debug!(upstream = %t.up.name, status = %resp.status(), "no GET stream")
@@ -1061,6 +1073,47 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
         .header(header::CACHE_CONTROL, "no-cache")
         .body(http_body_util::BodyExt::boxed(body))
         .expect("static response parts are valid"))
+}
+
+/// What a session-based client's GET stream asks a 2026-07-28 member for:
+/// the list changes its GET stream would carry.
+fn listen_for_get_stream() -> Value {
+    json!({"jsonrpc": "2.0", "id": "stoa-get-stream", "method": "subscriptions/listen",
+    "params": {"notifications": {
+        "toolsListChanged": true, "promptsListChanged": true, "resourcesListChanged": true,
+    }}})
+}
+
+/// A 2026-07-28 member's listen stream, as a session-based client's GET
+/// stream carries it: its notifications, without the subscription's
+/// acknowledgement, tag or final result.
+struct Listened(Rewrite);
+
+impl EventMap for Listened {
+    fn map(&mut self, ev: sse::Event) -> Vec<sse::Event> {
+        let Ok(mut v) = serde_json::from_str::<Value>(&ev.data) else {
+            return Vec::new();
+        };
+        let relayed = v.get("id").is_none()
+            && v.get("method")
+                .and_then(Value::as_str)
+                .is_some_and(|m| m != "notifications/subscriptions/acknowledged");
+        if !relayed {
+            return Vec::new();
+        }
+        if let Some(meta) = v
+            .pointer_mut("/params/_meta")
+            .and_then(Value::as_object_mut)
+        {
+            meta.remove(mcp::META_SUBSCRIPTION);
+        }
+        self.0.message(&mut v);
+        vec![sse::Event::message(v.to_string())]
+    }
+
+    fn on_error(&mut self, _: &GatewayError) -> Option<sse::Event> {
+        None
+    }
 }
 
 /// The virtual server's lists follow the key's grants: say so on the

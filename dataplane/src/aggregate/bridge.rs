@@ -26,7 +26,9 @@
 //! records it, and the client's capabilities), and each request to it gains
 //! that revision's `_meta` and mirrored headers. The capabilities it is
 //! told of leave out sampling, elicitation and roots: its `input_required`
-//! rounds cannot be turned into requests to the client.
+//! rounds cannot be turned into requests to the client. The session's GET
+//! stream carries its list changes, from a listen stream (`Listened` in
+//! `aggregate.rs`).
 
 use std::{
     collections::HashMap,

@@ -786,4 +786,25 @@ async fn a_session_client_reaches_stateless_only_upstreams() {
         )
         .await;
     assert_eq!(text_of(&added["result"]), "5", "{added}");
+
+    // Its change notifications reach the session's GET stream (it has no
+    // GET stream: the gateway listens to it).
+    let mut get =
+        crate::http::SseReader::new(http.open(Method::GET, &s.url, &s.headers(), None).await);
+    s.call(
+        "tools/call",
+        json!({"name": "modern__test_trigger_tool_change", "arguments": {}}),
+    )
+    .await;
+    let changed = get.next().await.expect("a notification");
+    assert_eq!(
+        changed["method"], "notifications/tools/list_changed",
+        "{changed}"
+    );
+    assert!(
+        changed["params"]["_meta"]
+            .get("io.modelcontextprotocol/subscriptionId")
+            .is_none(),
+        "no 2026 subscription tag on a session's stream: {changed}"
+    );
 }
