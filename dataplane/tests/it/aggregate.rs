@@ -392,7 +392,9 @@ async fn change_notifications_are_merged_from_every_upstream() {
     );
 
     // Prompt changes were not asked for: the next message from `a` is the
-    // second tool change, not the prompt change before it.
+    // second tool change, not the prompt change before it. (The reference
+    // filters by itself; `unasked_notifications_are_dropped` shows the
+    // gateway does too.)
     call("a__test_trigger_prompt_change", json!({})).await;
     call("a__test_trigger_tool_change", json!({})).await;
     let next = stream.next().await.expect("a notification");
@@ -806,5 +808,55 @@ async fn a_session_client_reaches_stateless_only_upstreams() {
             .get("io.modelcontextprotocol/subscriptionId")
             .is_none(),
         "no 2026 subscription tag on a session's stream: {changed}"
+    );
+}
+
+/// An upstream that sends what was not asked for on a listen stream: the
+/// gateway drops it, as the spec requires of the server the client sees.
+#[tokio::test(flavor = "multi_thread")]
+async fn unasked_notifications_are_dropped() {
+    let loose = Reference::ignoring_listen_filters();
+    let (spec, key) = GatewaySpec::open(&[("loose", &loose.url)]);
+    let gw = Gateway::start(&spec).await;
+    let http = Http::h1();
+    let auth = key.bearer();
+    let trigger = |name: &'static str| {
+        let (http, auth, url) = (&http, &auth, format!("{}/mcp", gw.url()));
+        async move {
+            let params = json!({"name": name, "arguments": {}, "_meta": stateless_meta()});
+            let r = post_stateless(http, &url, Some(auth), "tools/call", Some(name), params).await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        }
+    };
+    // Straight to the upstream, the misbehaviour shows.
+    let mut direct = listen(
+        &http,
+        &format!("{}/mcp/loose", gw.url()),
+        &auth,
+        json!(1),
+        json!({"promptsListChanged": true}),
+    )
+    .await;
+    let mut merged = listen(
+        &http,
+        &format!("{}/mcp", gw.url()),
+        &auth,
+        json!(2),
+        json!({"promptsListChanged": true}),
+    )
+    .await;
+    direct.next().await.expect("an acknowledgement");
+    merged.next().await.expect("an acknowledgement");
+    trigger("loose__test_trigger_tool_change").await;
+    trigger("loose__test_trigger_prompt_change").await;
+    let leaked = direct.next().await.expect("a notification");
+    assert_eq!(
+        leaked["method"], "notifications/tools/list_changed",
+        "{leaked}"
+    );
+    let first = merged.next().await.expect("a notification");
+    assert_eq!(
+        first["method"], "notifications/prompts/list_changed",
+        "the tool change before it was dropped: {first}"
     );
 }

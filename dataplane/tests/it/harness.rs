@@ -50,6 +50,14 @@ impl Reference {
         })
     }
 
+    /// One that sends every change on a listen stream, asked for or not.
+    pub fn ignoring_listen_filters() -> Reference {
+        Self::with(stoa_loadtest::reference::Options {
+            ignore_listen_filter: true,
+            ..Default::default()
+        })
+    }
+
     /// One that speaks only 2026-07-28, as a modern-only server does.
     pub fn stateless_only() -> Reference {
         Self::with(stoa_loadtest::reference::Options {

@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         Options {
             force_version: args.force_version,
             stateless_only: args.stateless_only,
+            ..Default::default()
         },
     )
     .await?;

@@ -147,6 +147,7 @@ pub(crate) fn open(state: &Arc<State>, id: &RawValue, params: &Value) -> http::R
     // Subscribed before the acknowledgement: nothing signalled after it is missed.
     let mut changes = state.bus.0.subscribe();
     let ack = json!({ "_meta": meta, "notifications": filter.honoured() });
+    let loose = state.opts.ignore_listen_filter;
     sink.send(&rpc::encode_notification(
         "notifications/subscriptions/acknowledged",
         &ack,
@@ -164,7 +165,7 @@ pub(crate) fn open(state: &Arc<State>, id: &RawValue, params: &Value) -> http::R
                         Err(broadcast::error::RecvError::Lagged(_)) => continue,
                         Err(broadcast::error::RecvError::Closed) => return,
                     };
-                    if !filter.wants(&change) {
+                    if !loose && !filter.wants(&change) {
                         continue;
                     }
                     let (method, mut params) = change.notification();

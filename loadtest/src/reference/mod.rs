@@ -48,6 +48,9 @@ pub struct Options {
     /// Speak only 2026-07-28, as a modern-only server does: no `initialize`,
     /// no sessions, GET and DELETE answered 405.
     pub stateless_only: bool,
+    /// Misbehave on listen streams: send every change, asked for or not
+    /// (to test that a gateway enforces the filter itself).
+    pub ignore_listen_filter: bool,
 }
 
 /// Name and version reported in `serverInfo`.
