@@ -62,6 +62,8 @@ const ID_PREFIX: &str = "stoa-bridge:";
 pub struct Bridges {
     /// Upstream name → what it speaks, as learnt.
     eras: Mutex<HashMap<String, Era>>,
+    /// Upstream name → the probe in flight, if any.
+    probes: Mutex<HashMap<String, Arc<OnceCell<Option<bool>>>>>,
     /// (key prefix, upstream name) → its session, opened once however many
     /// requests need it at the same time.
     sessions: Mutex<HashMap<(String, String), Slot>>,
@@ -402,32 +404,52 @@ pub async fn capabilities(call: &Call<'_>, t: &Target) -> Result<Option<Value>, 
 /// revisions; anything else (down, failing, 401, 429) teaches nothing, and
 /// the request goes as it came, to fail or not on its own.
 async fn speaks_stateless(call: &Call<'_>, t: &Target) -> bool {
-    if let Some(known) = call.gw.bridges.era(t) {
+    let bridges = &call.gw.bridges;
+    if let Some(known) = bridges.era(t) {
         return known;
     }
+    // One probe per upstream at a time; the requests that arrive meanwhile
+    // wait for its answer.
+    let cell = lock(&bridges.probes)
+        .entry(t.up.name.as_str().to_owned())
+        .or_default()
+        .clone();
+    let learnt = *cell.get_or_init(|| probe(call, t)).await;
+    {
+        let mut probes = lock(&bridges.probes);
+        if probes
+            .get(t.up.name.as_str())
+            .is_some_and(|c| Arc::ptr_eq(c, &cell))
+        {
+            probes.remove(t.up.name.as_str());
+        }
+    }
+    learnt.unwrap_or(true)
+}
+
+/// Asks the upstream what it speaks: `None` when the answer is unclear.
+async fn probe(call: &Call<'_>, t: &Target) -> Option<bool> {
     let probe = json!({"jsonrpc": "2.0", "id": "stoa-probe", "method": "server/discover",
     "params": {"_meta": {
         "io.modelcontextprotocol/protocolVersion": mcp::STATELESS,
         "io.modelcontextprotocol/clientCapabilities": {},
     }}});
-    let Ok(resp) = send_direct(call, t, &probe, None).await else {
-        return true;
-    };
+    let resp = send_direct(call, t, &probe, None).await.ok()?;
     let stateless = match resp.status() {
         StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => false,
-        s if s.is_success() => match read_answer(call, t, &probe, resp).await {
-            Ok((answer, _)) if answer.get("error").is_some() => false,
-            Ok((answer, _)) => answer
+        s if s.is_success() => match read_answer(call, t, &probe, resp).await.ok()? {
+            (answer, _) if answer.get("error").is_some() => false,
+            (answer, _) => answer
                 .pointer("/result/supportedVersions")
                 .and_then(Value::as_array)
                 .is_some_and(|v| v.iter().any(|x| x == mcp::STATELESS)),
-            Err(_) => return true,
         },
-        _ => return true,
+        _ => return None,
     };
     tracing::debug!(upstream = %t.up.name, stateless, "learnt what the upstream speaks");
+    // Learnt before the probe is let go: no request starts another meanwhile.
     call.gw.bridges.learn(t, stateless);
-    stateless
+    Some(stateless)
 }
 
 /// Opens a session with the upstream for this key.
