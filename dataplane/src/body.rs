@@ -64,9 +64,10 @@ pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
         .expect("static response parts are valid")
 }
 
-/// The one mapping from an error to what the client sees.
-pub fn error_response(err: &GatewayError, id: Option<&Value>) -> Response<Body> {
-    let mut resp = json_response(err.status(), &err.rpc_response(id));
+/// The one mapping from an error to what the client sees (`stateless`: the
+/// request speaks 2026-07-28).
+pub fn error_response(err: &GatewayError, id: Option<&Value>, stateless: bool) -> Response<Body> {
+    let mut resp = json_response(err.status_for(stateless), &err.rpc_response(id));
     match err {
         GatewayError::MissingKey | GatewayError::BadKey => {
             // RFC 6750: no error code when the request carried no credentials.

@@ -187,6 +187,28 @@ impl GatewayError {
         )
     }
 
+    /// The status for a request of the given revision: 2026-07-28 gives
+    /// JSON-RPC errors a meaningful HTTP status too (404 for an unknown
+    /// method, 500 for an internal error, 400 for the rest, as its servers
+    /// answer), where earlier revisions answer them 200.
+    pub fn status_for(&self, stateless: bool) -> StatusCode {
+        use GatewayError::*;
+        if !stateless {
+            return self.status();
+        }
+        match self {
+            NotGranted(_) => StatusCode::FORBIDDEN,
+            MethodNotFound(_) => StatusCode::NOT_FOUND,
+            InvalidParams(_) => StatusCode::BAD_REQUEST,
+            UpstreamRefused(r) => match r.code {
+                code::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+                code::INTERNAL_ERROR => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::BAD_REQUEST,
+            },
+            _ => self.status(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {

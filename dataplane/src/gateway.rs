@@ -179,6 +179,9 @@ pub struct ReqCtx {
     pub upstream: Option<Arc<str>>,
     pub tool: Option<String>,
     pub key: Option<Arc<crate::model::ApiKey>>,
+    /// The request speaks 2026-07-28, where JSON-RPC errors carry an HTTP
+    /// error status too (`GatewayError::status_for`).
+    pub stateless: bool,
 }
 
 impl ReqCtx {
@@ -299,6 +302,7 @@ impl Gateway {
             upstream: None,
             tool: None,
             key: None,
+            stateless: false,
         };
         let span = tracing::info_span!("request", id = id.to_str().unwrap_or(""), http = %req.method(), path = %req.uri().path());
         let (parts, body) = req.into_parts();
@@ -356,7 +360,7 @@ impl Gateway {
                         } else {
                             tracing::warn!(parent: &span, reason = err.reason(), "failed: {err}");
                         }
-                        body::error_response(&err, id.as_ref())
+                        body::error_response(&err, id.as_ref(), ctx.stateless)
                     }
                 }
             }

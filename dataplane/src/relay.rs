@@ -45,6 +45,7 @@ pub fn parse_post<'b>(
     let (peek, kind) = Peek::parse(body, shown).map_err(|e| (e, None))?;
     let id: Option<Value> = peek.id.and_then(|r| serde_json::from_str(r.get()).ok());
     let version = version.map_err(|e| (e, id.clone()))?;
+    ctx.stateless = version == mcp::STATELESS;
     ctx.method = if kind == Kind::Response {
         "response"
     } else {

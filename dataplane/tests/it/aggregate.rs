@@ -316,8 +316,11 @@ async fn the_stateless_revision_is_aggregated() {
     .await;
     assert!(paged["result"]["tools"].is_array(), "{paged}");
 
-    // Without `_meta` the upstream refuses the list: its code, named.
-    let refused = post("tools/list", None, json!({})).await;
+    // Without `_meta` the upstream refuses the list: its code, named, with
+    // the status this revision gives invalid params.
+    let r = post_stateless(&http, &url, Some(&auth), "tools/list", None, json!({})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let refused = r.json();
     assert_eq!(refused["id"], 1, "{refused}");
     assert_eq!(refused["error"]["code"], -32602, "{refused}");
     assert_eq!(refused["error"]["data"]["reason"], "upstream_refused");
@@ -417,8 +420,8 @@ async fn change_notifications_are_merged_from_every_upstream() {
         "watch-1"
     );
 
-    // A filter that is not one is refused, with a reason (a JSON-RPC error,
-    // as the gateway answers invalid params on every revision).
+    // A filter that is not one is refused, with a reason (and, on this
+    // revision, an HTTP status that says so).
     let bad = post_stateless(
         &http,
         &url,
@@ -428,7 +431,7 @@ async fn change_notifications_are_merged_from_every_upstream() {
         json!({"_meta": stateless_meta(), "notifications": {"toolsListChanged": "yes"}}),
     )
     .await;
-    assert_eq!(bad.status, StatusCode::OK, "{}", bad.body);
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.body);
     assert_eq!(bad.json()["error"]["code"], -32602, "{}", bad.body);
     assert_eq!(bad.json()["error"]["data"]["reason"], "invalid_params");
 
