@@ -42,9 +42,6 @@ struct Target {
     filter: ToolFilter,
     session: Option<String>,
     version: String,
-    /// Reached over a session the gateway holds for a 2026-07-28 client
-    /// (`bridge`).
-    bridged: bool,
     /// The `_meta` a session-based client's requests gain for this upstream,
     /// which speaks only 2026-07-28 (`bridge`).
     meta: Option<Arc<Value>>,
@@ -179,7 +176,6 @@ fn targets(call: &Call<'_>, session: Option<&SessionState>, version: &str) -> Ve
                         filter,
                         session: us.session.clone(),
                         version: us.version.clone(),
-                        bridged: false,
                         meta: (us.version == mcp::STATELESS)
                             .then(|| meta.clone())
                             .flatten(),
@@ -193,7 +189,6 @@ fn targets(call: &Call<'_>, session: Option<&SessionState>, version: &str) -> Ve
                 filter,
                 session: None,
                 version: version.to_owned(),
-                bridged: false,
                 meta: None,
             })
             .collect(),

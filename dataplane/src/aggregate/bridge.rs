@@ -200,6 +200,21 @@ impl Bridges {
         None
     }
 
+    /// Removes the slot if it still holds this session (the upstream lost
+    /// it; another request may have opened the next already); what it held.
+    fn forget(&self, key: &(String, String), session: &Option<String>) -> Option<Dropped> {
+        let mut sessions = lock(&self.sessions);
+        let same = sessions.get(key).is_some_and(|s| {
+            s.cell
+                .get()
+                .is_some_and(|o| o.as_ref().is_ok_and(|o| &o.session == session))
+        });
+        if same {
+            return sessions.remove(key).and_then(dropped);
+        }
+        None
+    }
+
     /// Whether the slot still holds this cell.
     fn holds(&self, key: &(String, String), cell: &Arc<OnceCell<Opened>>) -> bool {
         lock(&self.sessions)
@@ -226,7 +241,7 @@ fn cache_key(call: &Call<'_>, t: &Target) -> (String, String) {
 
 /// Whether a target reached by a 2026-07-28 client may need a bridge.
 pub fn candidate(t: &Target) -> bool {
-    t.version == mcp::STATELESS && t.session.is_none() && !t.bridged && t.meta.is_none()
+    t.version == mcp::STATELESS && t.session.is_none() && t.meta.is_none()
 }
 
 /// Whether the gateway speaks to this target in its own revision (no bridge).
@@ -317,23 +332,13 @@ pub async fn send(
         let over = Target {
             session: open.session.clone(),
             version: open.version.clone(),
-            bridged: true,
             ..t.clone()
         };
         let resp = send_direct(call, &over, &msg, None).await?;
         let (mut resp, lost) = session_lost(call, t, resp).await?;
         if lost && !retried {
             tracing::info!(upstream = %t.up.name, status = %resp.status(), "bridged session lost; opening another");
-            let key = cache_key(call, t);
-            let mut sessions = lock(&call.gw.bridges.sessions);
-            let same = sessions.get(&key).is_some_and(|s| {
-                s.cell
-                    .get()
-                    .is_some_and(|o| o.as_ref().is_ok_and(|o| o.session == open.session))
-            });
-            let gone = if same { sessions.remove(&key) } else { None };
-            drop(sessions);
-            if let Some(d) = gone.and_then(dropped) {
+            if let Some(d) = call.gw.bridges.forget(&cache_key(call, t), &open.session) {
                 close(call, d);
             }
             retried = true;
@@ -429,20 +434,13 @@ async fn speaks_stateless(call: &Call<'_>, t: &Target) -> bool {
 
 /// Asks the upstream what it speaks: `None` when the answer is unclear.
 async fn probe(call: &Call<'_>, t: &Target) -> Option<bool> {
-    let probe = json!({"jsonrpc": "2.0", "id": "stoa-probe", "method": "server/discover",
-    "params": {"_meta": {
-        "io.modelcontextprotocol/protocolVersion": mcp::STATELESS,
-        "io.modelcontextprotocol/clientCapabilities": {},
-    }}});
+    let probe = discover_request(&json!({}));
     let resp = send_direct(call, t, &probe, None).await.ok()?;
     let stateless = match resp.status() {
         StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => false,
         s if s.is_success() => match read_answer(call, t, &probe, resp).await.ok()? {
             (answer, _) if answer.get("error").is_some() => false,
-            (answer, _) => answer
-                .pointer("/result/supportedVersions")
-                .and_then(Value::as_array)
-                .is_some_and(|v| v.iter().any(|x| x == mcp::STATELESS)),
+            (answer, _) => answer.get("result").is_some_and(names_stateless),
         },
         _ => return None,
     };
@@ -464,7 +462,6 @@ async fn open(call: &Call<'_>, t: &Target) -> Result<Open, GatewayError> {
     let fresh = Target {
         version: mcp::LATEST.to_owned(),
         session: None,
-        bridged: false,
         ..t.clone()
     };
     let (answer, headers) = request_direct(call, &fresh, &init).await?;
@@ -622,11 +619,7 @@ pub fn to_stateless(msg: &Value, meta: &Value) -> Value {
 /// For `initialize`: whether an upstream that refused it speaks 2026-07-28,
 /// and if so what it offers (its `server/discover` result).
 pub async fn discover_stateless(call: &Call<'_>, t: &Target, caps: &Value) -> Option<Value> {
-    let probe = json!({"jsonrpc": "2.0", "id": "stoa-probe", "method": "server/discover",
-    "params": {"_meta": {
-        "io.modelcontextprotocol/protocolVersion": mcp::STATELESS,
-        "io.modelcontextprotocol/clientCapabilities": caps,
-    }}});
+    let probe = discover_request(caps);
     let modern = Target {
         version: mcp::STATELESS.to_owned(),
         session: None,
@@ -637,12 +630,26 @@ pub async fn discover_stateless(call: &Call<'_>, t: &Target, caps: &Value) -> Op
         .inspect_err(|e| tracing::warn!(upstream = %t.up.name, "server/discover failed: {e}"))
         .ok()?;
     let result = answer.get("result")?;
-    let speaks = result
-        .get("supportedVersions")
-        .and_then(Value::as_array)
-        .is_some_and(|v| v.iter().any(|x| x == mcp::STATELESS));
+    let speaks = names_stateless(result);
     call.gw.bridges.learn(t, speaks);
     speaks.then(|| result.clone())
+}
+
+/// The `server/discover` that asks an upstream what it speaks.
+fn discover_request(caps: &Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": "stoa-probe", "method": "server/discover",
+    "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": mcp::STATELESS,
+        "io.modelcontextprotocol/clientCapabilities": caps,
+    }}})
+}
+
+/// Whether a `server/discover` result names 2026-07-28.
+fn names_stateless(result: &Value) -> bool {
+    result
+        .get("supportedVersions")
+        .and_then(Value::as_array)
+        .is_some_and(|v| v.iter().any(|x| x == mcp::STATELESS))
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Rewrite, Target, count_error, send};
+use super::{Rewrite, Target, count_error, send_direct};
 use crate::{
     body::{Body, BoxError, ChannelBody},
     error::GatewayError,
@@ -188,7 +188,8 @@ pub async fn listen(
     let opened = join_all(asks.iter().map(|(t, filter)| {
         let req = json!({"jsonrpc": "2.0", "id": client_id, "method": "subscriptions/listen",
                          "params": {"_meta": meta, "notifications": filter}});
-        async move { send(call, t, &req, None).await }
+        // Spoken to directly: the bridge was ruled out above.
+        async move { send_direct(call, t, &req, None).await }
     }))
     .await;
 

@@ -490,22 +490,13 @@ async fn streams_follow_their_key() {
     let auth = key.bearer();
     let reload = |spec: &GatewaySpec| std::fs::write(&gw.config, spec.yaml(&gw.dir)).unwrap();
     let lists = json!({"toolsListChanged": true, "promptsListChanged": true});
-    let mut merged = listen(
-        &http,
-        &format!("{}/mcp", gw.url()),
-        &auth,
-        json!(1),
-        lists.clone(),
-    )
-    .await;
-    let mut only_b = listen(
-        &http,
-        &format!("{}/mcp/b", gw.url()),
-        &auth,
-        json!(2),
-        lists.clone(),
-    )
-    .await;
+    let open = |path: &str, id: u64| {
+        let url = format!("{}{path}", gw.url());
+        let (http, auth, lists) = (&http, &auth, lists.clone());
+        async move { listen(http, &url, auth, json!(id), lists).await }
+    };
+    let mut merged = open("/mcp", 1).await;
+    let mut only_b = open("/mcp/b", 2).await;
     for s in [&mut merged, &mut only_b] {
         let ack = s.next().await.expect("an acknowledgement");
         assert_eq!(ack["params"]["notifications"], lists, "{ack}");
@@ -568,22 +559,8 @@ async fn streams_follow_their_key() {
 
     // A revoked key loses its streams at once, told why: the merged one,
     // and one relayed from a single upstream.
-    let mut revoked = listen(
-        &http,
-        &format!("{}/mcp", gw.url()),
-        &auth,
-        json!(3),
-        lists.clone(),
-    )
-    .await;
-    let mut relayed = listen(
-        &http,
-        &format!("{}/mcp/a", gw.url()),
-        &auth,
-        json!(4),
-        lists.clone(),
-    )
-    .await;
+    let mut revoked = open("/mcp", 3).await;
+    let mut relayed = open("/mcp/a", 4).await;
     revoked.next().await.expect("an acknowledgement");
     relayed.next().await.expect("an acknowledgement");
     spec.keys[0].0 = crate::harness::Key::new();
