@@ -226,20 +226,15 @@ fn headers_for(call: &Call<'_>, t: &Target, msg: &Value, last_event: Option<&str
     if t.version == mcp::STATELESS
         && let Some(m) = msg.get("method").and_then(Value::as_str)
     {
-        if let Ok(v) = HeaderValue::from_str(m) {
-            h.insert(mcp::HDR_METHOD, v);
-        }
+        h.insert(mcp::HDR_METHOD, mcp::mirror_value(m));
         let p = &msg["params"];
         let target = match m {
             "tools/call" | "prompts/get" => p.get("name"),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => p.get("uri"),
             _ => None,
         };
-        if let Some(v) = target
-            .and_then(Value::as_str)
-            .and_then(|s| HeaderValue::from_str(s).ok())
-        {
-            h.insert(mcp::HDR_NAME, v);
+        if let Some(v) = target.and_then(Value::as_str) {
+            h.insert(mcp::HDR_NAME, mcp::mirror_value(v));
         }
         // Arguments a tool's schema mirrors into headers: a 2026-07-28
         // client sent them for the same schema (only the name is virtual).

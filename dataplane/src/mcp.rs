@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -281,6 +281,29 @@ pub fn check_mirrored_headers(
     }
 }
 
+/// The wrapper of a mirrored header value sent as base64 (2026-07-28).
+const B64_PREFIX: &str = "=?base64?";
+const B64_SUFFIX: &str = "?=";
+
+/// A value as a mirrored header carries it (`Mcp-Name`, `Mcp-Param-*`):
+/// as is when it is safe plain ASCII, else as `=?base64?<standard base64,
+/// padded, of its UTF-8>?=`. Not safe: non-ASCII, control characters (tab
+/// included), whitespace at either end (a header's ends are trimmed), and
+/// text that starts like the wrapper (a server would decode it).
+pub fn mirror_value(s: &str) -> HeaderValue {
+    let plain = s.bytes().all(|b| (0x20..0x7f).contains(&b))
+        && !s.starts_with(' ')
+        && !s.ends_with(' ')
+        && !s.starts_with(B64_PREFIX);
+    if plain && let Ok(v) = HeaderValue::from_str(s) {
+        return v;
+    }
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(s);
+    HeaderValue::try_from(format!("{B64_PREFIX}{b64}{B64_SUFFIX}"))
+        .expect("base64 and its wrapper are visible ASCII")
+}
+
 /// A mirrored header's value: surrounding whitespace trimmed, and the
 /// `=?base64?…?=` form (used for values that are not plain ASCII) decoded.
 fn header_str<'h>(
@@ -301,8 +324,8 @@ fn header_str<'h>(
         .map_err(|_| bad("<non-ASCII>"))?
         .trim_matches([' ', '\t']);
     match s
-        .strip_prefix("=?base64?")
-        .and_then(|r| r.strip_suffix("?="))
+        .strip_prefix(B64_PREFIX)
+        .and_then(|r| r.strip_suffix(B64_SUFFIX))
     {
         Some(b64) => {
             use base64::Engine;
@@ -464,6 +487,39 @@ mod tests {
         assert!(check_mirrored_headers(&headers(&[]), &p, k, "2025-11-25").is_ok());
         let wrong = headers(&[("mcp-name", "add")]);
         assert!(check_mirrored_headers(&wrong, &p, k, "2025-11-25").is_err());
+    }
+
+    #[test]
+    fn mirrored_values_are_plain_or_base64() {
+        let cases = [
+            ("echo", "echo"),
+            ("eu-west-1", "eu-west-1"),
+            ("two words", "two words"),
+            ("", ""),
+            ("SGVsbG8=", "SGVsbG8="),
+            ("test://static-text", "test://static-text"),
+            // Not safe plain ASCII: sent as base64 of the UTF-8.
+            (" Zürich", "=?base64?IFrDvHJpY2g=?="),
+            ("Zürich", "=?base64?WsO8cmljaA==?="),
+            (" lead", "=?base64?IGxlYWQ=?="),
+            ("trail ", "=?base64?dHJhaWwg?="),
+            ("tab\there", "=?base64?dGFiCWhlcmU=?="),
+            ("line\nbreak", "=?base64?bGluZQpicmVhaw==?="),
+            ("del\u{7f}", "=?base64?ZGVsfw==?="),
+            (
+                "=?base64?SGVsbG8=?=",
+                "=?base64?PT9iYXNlNjQ/U0dWc2JHOD0/PQ==?=",
+            ),
+            ("=?base64?SGVsbG8=", "=?base64?PT9iYXNlNjQ/U0dWc2JHOD0=?="),
+        ];
+        for (value, sent) in cases {
+            let v = mirror_value(value);
+            assert_eq!(v.to_str().unwrap(), sent, "mirroring {value:?}");
+            // What the receiving end (this gateway's own check) reads back.
+            let h = headers(&[("mcp-name", sent)]);
+            let read = header_str(&h, HDR_NAME, "Mcp-Name").unwrap().unwrap();
+            assert_eq!(read, value, "decoding {sent:?}");
+        }
     }
 
     #[test]
