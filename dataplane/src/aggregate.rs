@@ -10,6 +10,7 @@
 
 mod bridge;
 mod listen;
+mod params;
 
 pub use bridge::Bridges;
 
@@ -266,7 +267,14 @@ async fn send(
     last_event: Option<&str>,
 ) -> Result<Response<crate::client::UpstreamBody>, GatewayError> {
     if let Some(meta) = &t.meta {
-        return send_direct(call, t, &bridge::to_stateless(msg, meta), last_event).await;
+        // The arguments the tool's schema mirrors into headers.
+        let params = if msg.get("method").is_some_and(|m| m == "tools/call") {
+            params::for_call(call, t, msg).await
+        } else {
+            HeaderMap::new()
+        };
+        let msg = bridge::to_stateless(msg, meta);
+        return send_with(call, t, &msg, last_event, params).await;
     }
     if bridge::speaks(call, t).await {
         return send_direct(call, t, msg, last_event).await;
@@ -280,6 +288,17 @@ async fn send_direct(
     msg: &Value,
     last_event: Option<&str>,
 ) -> Result<Response<crate::client::UpstreamBody>, GatewayError> {
+    send_with(call, t, msg, last_event, HeaderMap::new()).await
+}
+
+/// `send_direct`, with headers besides those of `headers_for`.
+async fn send_with(
+    call: &Call<'_>,
+    t: &Target,
+    msg: &Value,
+    last_event: Option<&str>,
+    extra: HeaderMap,
+) -> Result<Response<crate::client::UpstreamBody>, GatewayError> {
     let method = if msg.is_null() {
         Method::GET
     } else {
@@ -290,7 +309,8 @@ async fn send_direct(
     } else {
         Bytes::from(msg.to_string())
     };
-    let headers = headers_for(call, t, msg, last_event);
+    let mut headers = headers_for(call, t, msg, last_event);
+    headers.extend(extra);
     let mut req = upstream::upstream_request(&t.up, method, &headers, t.session.as_deref(), body)?;
     if msg.get("id").is_some() && msg["method"].as_str().is_some_and(mcp::replay_safe) {
         req.replay_safe();
@@ -692,8 +712,24 @@ async fn list_one(
 }
 
 /// Every item of one upstream's list, following `nextCursor` (bounded).
-/// An upstream without the feature contributes nothing.
+/// An upstream without the feature contributes nothing. The tools of one
+/// that speaks only 2026-07-28, reached by a session-based client, are
+/// remembered for the headers their calls need (`params`).
 async fn pages(
+    call: &Call<'_>,
+    t: &Target,
+    method: &str,
+    client_params: Option<&Map<String, Value>>,
+    field: &str,
+) -> Result<Vec<Value>, GatewayError> {
+    let items = all_pages(call, t, method, client_params, field).await?;
+    if t.meta.is_some() && method == "tools/list" {
+        call.gw.bridges.schemas.learn(&t.up, &items);
+    }
+    Ok(items)
+}
+
+async fn all_pages(
     call: &Call<'_>,
     t: &Target,
     method: &str,

@@ -24,7 +24,8 @@
 //! upstream that refuses it; if its `server/discover` names 2026-07-28, it
 //! joins the session without a session of its own (the sealed session id
 //! records it, and the client's capabilities), and each request to it gains
-//! that revision's `_meta` and mirrored headers. The capabilities it is
+//! that revision's `_meta` and mirrored headers (`Mcp-Param-*` from the
+//! tool's input schema, `params`). The capabilities it is
 //! told of leave out sampling, elicitation and roots: its `input_required`
 //! rounds cannot be turned into requests to the client. The session's GET
 //! stream carries its list changes, from a listen stream (`Listened` in
@@ -68,6 +69,8 @@ pub struct Bridges {
     /// requests need it at the same time.
     sessions: Mutex<HashMap<(String, String), Slot>>,
     next_id: AtomicU64,
+    /// What 2026-07-28-only upstreams' tools mirror into `Mcp-Param-*`.
+    pub(super) schemas: super::params::Schemas,
 }
 
 struct Era {

@@ -1,0 +1,388 @@
+//! `Mcp-Param-*` headers for a session-based client's calls to an upstream
+//! that speaks only 2026-07-28 (`bridge`).
+//!
+//! That revision mirrors each argument whose input-schema property says
+//! `"x-mcp-header": "<Name>"` into a header `Mcp-Param-<Name>`, and the
+//! upstream refuses a call without them. The client speaks an older
+//! revision and sends none, so the gateway computes them from the tool's
+//! schema. It keeps only those annotations (property path → header name),
+//! per upstream and per tool, learnt from the upstream's `tools/list`
+//! whenever the gateway lists it (a client's list, or a shortened name to
+//! resolve), and listed once for a call when it holds no recent list of that
+//! upstream (one listing at a time per upstream). A cache of this replica:
+//! bounded, and forgotten after `TTL`.
+//!
+//! The rules (as 2026-07-28 clients follow them): strings as they are,
+//! integers in decimal, booleans `true`/`false`, each through
+//! `mcp::mirror_value` (base64 when not safe plain ASCII); an absent or
+//! `null` argument sends no header; only properties reachable through
+//! `properties`, of a primitive type other than `number`.
+
+use std::{
+    borrow::Cow,
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use http::{HeaderMap, HeaderName};
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use super::Target;
+use crate::{gateway::Call, mcp, model::Upstream};
+
+/// How long an upstream's listed annotations are used.
+const TTL: Duration = Duration::from_secs(300);
+/// Tools with annotations kept per upstream.
+const MAX_TOOLS: usize = 1024;
+/// Mirrored properties kept per tool.
+const MAX_PARAMS: usize = 32;
+/// How deep nested `properties` are followed.
+const MAX_DEPTH: usize = 8;
+
+/// One mirrored property of a tool's input schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Param {
+    /// Property names from the arguments object down to the value.
+    path: Box<[String]>,
+    header: HeaderName,
+}
+
+/// The mirrored properties of an input schema, in schema order; a header
+/// name that is not a valid one, or that an earlier property took, is
+/// skipped.
+pub fn annotations(schema: &Value) -> Vec<Param> {
+    let mut out = Vec::new();
+    walk(schema, &mut Vec::new(), &mut out);
+    out
+}
+
+fn walk(schema: &Value, path: &mut Vec<String>, out: &mut Vec<Param>) {
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    for (name, def) in props {
+        if out.len() >= MAX_PARAMS {
+            return;
+        }
+        path.push(name.clone());
+        if let Some(header) = def
+            .get("x-mcp-header")
+            .and_then(Value::as_str)
+            .filter(|h| !h.is_empty() && mirrorable(def))
+            .and_then(|h| HeaderName::from_bytes(format!("mcp-param-{h}").as_bytes()).ok())
+            .filter(|h| out.iter().all(|p| p.header != *h))
+        {
+            out.push(Param {
+                path: path.clone().into(),
+                header,
+            });
+        }
+        if path.len() < MAX_DEPTH {
+            walk(def, path, out);
+        }
+        path.pop();
+    }
+}
+
+/// Whether a property's declared type may be mirrored: a primitive other
+/// than `number` (or nullable one), or no declared type (then the value
+/// decides).
+fn mirrorable(def: &Value) -> bool {
+    let ok = |t: &str| matches!(t, "string" | "integer" | "boolean");
+    match def.get("type") {
+        None => true,
+        Some(Value::String(t)) => ok(t),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .all(|t| t.as_str().is_some_and(|t| ok(t) || t == "null")),
+        Some(_) => false,
+    }
+}
+
+/// The header form of an argument; `None` sends no header.
+fn text(v: &Value) -> Option<Cow<'_, str>> {
+    match v {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        Value::Null | Value::Array(_) | Value::Object(_) => None,
+    }
+}
+
+/// The `Mcp-Param-*` headers of a call with these arguments.
+pub fn headers(params: &[Param], args: Option<&Value>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let Some(args) = args else { return h };
+    for p in params {
+        let value = p.path.iter().try_fold(args, |v, k| v.get(k)).and_then(text);
+        if let Some(value) = value {
+            h.insert(p.header.clone(), mcp::mirror_value(&value));
+        }
+    }
+    h
+}
+
+/// What this replica knows of upstreams' mirrored properties.
+#[derive(Default)]
+pub struct Schemas {
+    /// Upstream name → its tools with annotations, as last listed.
+    listed: Mutex<HashMap<String, Listed>>,
+    /// Upstream name → the listing in flight for a call, if any.
+    fetches: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+}
+
+struct Listed {
+    url: http::Uri,
+    at: Instant,
+    tools: HashMap<String, Arc<[Param]>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Schemas {
+    /// Remembers what a full `tools/list` of the upstream says (it replaces
+    /// what was known).
+    pub fn learn(&self, up: &Upstream, tools: &[Value]) {
+        let mut annotated = HashMap::new();
+        for tool in tools {
+            let Some(name) = tool.get("name").and_then(Value::as_str) else {
+                continue;
+            };
+            let params = annotations(tool.get("inputSchema").unwrap_or(&Value::Null));
+            if params.is_empty() {
+                continue;
+            }
+            if annotated.len() >= MAX_TOOLS {
+                tracing::warn!(upstream = %up.name, "more than {MAX_TOOLS} tools mirror arguments into headers: the rest go without");
+                break;
+            }
+            annotated.insert(name.to_owned(), params.into());
+        }
+        let mut listed = lock(&self.listed);
+        // Bounded by the configured upstreams; drop what a reload removed.
+        listed.retain(|_, l| l.at.elapsed() < TTL);
+        listed.insert(
+            up.name.as_str().to_owned(),
+            Listed {
+                url: up.url.clone(),
+                at: Instant::now(),
+                tools: annotated,
+            },
+        );
+    }
+
+    /// A tool's mirrored properties (empty: none), or `None` when this
+    /// replica holds no recent list of the upstream.
+    fn lookup(&self, up: &Upstream, tool: &str) -> Option<Arc<[Param]>> {
+        let listed = lock(&self.listed);
+        let l = listed
+            .get(up.name.as_str())
+            .filter(|l| l.url == up.url && l.at.elapsed() < TTL)?;
+        Some(l.tools.get(tool).cloned().unwrap_or_else(|| Arc::new([])))
+    }
+}
+
+/// The `Mcp-Param-*` headers of a `tools/call` (upstream's own tool name) to
+/// this target, listing the upstream's tools first if need be. A listing
+/// that fails sends none: the upstream then refuses the call or not on its
+/// own.
+pub async fn for_call(call: &Call<'_>, t: &Target, msg: &Value) -> HeaderMap {
+    let Some(tool) = msg.pointer("/params/name").and_then(Value::as_str) else {
+        return HeaderMap::new();
+    };
+    let schemas = &call.gw.bridges.schemas;
+    let params = match schemas.lookup(&t.up, tool) {
+        Some(p) => p,
+        None => {
+            fetch(call, t).await;
+            match schemas.lookup(&t.up, tool) {
+                Some(p) => p,
+                None => return HeaderMap::new(),
+            }
+        }
+    };
+    headers(&params, msg.pointer("/params/arguments"))
+}
+
+/// Lists the upstream's tools (`pages` remembers their annotations): one
+/// listing per upstream at a time, which the calls that arrive meanwhile
+/// wait for.
+async fn fetch(call: &Call<'_>, t: &Target) {
+    let schemas = &call.gw.bridges.schemas;
+    let up = t.up.name.as_str();
+    let cell = lock(&schemas.fetches)
+        .entry(up.to_owned())
+        .or_default()
+        .clone();
+    cell.get_or_init(|| async {
+        // Boxed: `pages` sends through `send`, which comes here for calls.
+        match Box::pin(super::pages(call, t, "tools/list", None, "tools")).await {
+            Ok(tools) => {
+                tracing::debug!(upstream = %up, tools = tools.len(), "listed tools for their parameter headers")
+            }
+            Err(e) => tracing::warn!(upstream = %up, "listing tools for their parameter headers failed: {e}"),
+        }
+    })
+    .await;
+    let mut fetches = lock(&schemas.fetches);
+    if fetches.get(up).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+        fetches.remove(up);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn sent(h: &HeaderMap) -> Vec<(String, String)> {
+        let mut v: Vec<_> = h
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_reference_tool() {
+        let schema = json!({"type": "object", "properties": {
+            "region": {"type": "string", "x-mcp-header": "Region"}}, "required": ["region"]});
+        let params = annotations(&schema);
+        let call = |args: Value| sent(&headers(&params, Some(&args)));
+        assert_eq!(
+            call(json!({"region": "eu-west-1"})),
+            pairs(&[("mcp-param-region", "eu-west-1")])
+        );
+        assert_eq!(
+            call(json!({"region": " Zürich"})),
+            pairs(&[("mcp-param-region", "=?base64?IFrDvHJpY2g=?=")])
+        );
+        assert_eq!(call(json!({"region": null})), pairs(&[]), "null: none");
+        assert_eq!(call(json!({})), pairs(&[]), "absent: none");
+        assert_eq!(sent(&headers(&params, None)), pairs(&[]), "no arguments");
+    }
+
+    #[test]
+    fn types_nesting_and_what_is_skipped() {
+        let schema = json!({"type": "object", "properties": {
+            "count": {"type": "integer", "x-mcp-header": "Count"},
+            "dry": {"type": "boolean", "x-mcp-header": "Dry-Run"},
+            "maybe": {"type": ["string", "null"], "x-mcp-header": "Maybe"},
+            "ratio": {"type": "number", "x-mcp-header": "Ratio"},
+            "list": {"type": "array", "x-mcp-header": "List"},
+            "bad": {"type": "string", "x-mcp-header": "has space"},
+            "empty": {"type": "string", "x-mcp-header": ""},
+            "zz_again": {"type": "string", "x-mcp-header": "COUNT"},
+            "plain": {"type": "string"},
+            "target": {"type": "object", "properties": {
+                "zone": {"type": "string", "x-mcp-header": "Zone"},
+                "deep": {"type": "object", "properties": {
+                    "id": {"type": "integer", "x-mcp-header": "Deep-Id"}}}}},
+            "items": {"type": "array", "items": {"type": "object", "properties": {
+                "x": {"type": "string", "x-mcp-header": "Item"}}}}
+        }});
+        let params = annotations(&schema);
+        let mut names: Vec<_> = params.iter().map(|p| p.header.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "mcp-param-count",
+                "mcp-param-deep-id",
+                "mcp-param-dry-run",
+                "mcp-param-maybe",
+                "mcp-param-zone",
+            ],
+            "number, non-primitive, invalid, duplicate and non-`properties` ones are skipped"
+        );
+        let args = json!({"count": 42, "dry": false, "maybe": null, "ratio": 0.5,
+            "list": ["a"], "zz_again": "x", "plain": "p",
+            "target": {"zone": "ünï", "deep": {"id": -7}}, "items": [{"x": "i"}]});
+        assert_eq!(
+            sent(&headers(&params, Some(&args))),
+            pairs(&[
+                ("mcp-param-count", "42"),
+                ("mcp-param-deep-id", "-7"),
+                ("mcp-param-dry-run", "false"),
+                ("mcp-param-zone", "=?base64?w7xuw68=?="),
+            ])
+        );
+        // A parent that is absent or not an object: its children send none.
+        let partial = json!({"count": 1, "dry": true, "maybe": "m", "target": "flat"});
+        assert_eq!(
+            sent(&headers(&params, Some(&partial))),
+            pairs(&[
+                ("mcp-param-count", "1"),
+                ("mcp-param-dry-run", "true"),
+                ("mcp-param-maybe", "m"),
+            ])
+        );
+        // No declared type: the value decides; an object sends nothing.
+        let untyped = annotations(&json!({"properties": {"u": {"x-mcp-header": "U"}}}));
+        assert_eq!(
+            sent(&headers(&untyped, Some(&json!({"u": "v"})))),
+            pairs(&[("mcp-param-u", "v")])
+        );
+        assert!(headers(&untyped, Some(&json!({"u": {"v": 1}}))).is_empty());
+    }
+
+    #[test]
+    fn annotations_are_bounded() {
+        let mut props = serde_json::Map::new();
+        for i in 0..(MAX_PARAMS + 5) {
+            props.insert(
+                format!("p{i:03}"),
+                json!({"type": "string", "x-mcp-header": format!("P{i}")}),
+            );
+        }
+        let wide = annotations(&json!({"properties": props}));
+        assert_eq!(wide.len(), MAX_PARAMS);
+        let mut deep = json!({"type": "string", "x-mcp-header": "Deep"});
+        for _ in 0..MAX_DEPTH + 2 {
+            deep = json!({"type": "object", "properties": {"n": deep}});
+        }
+        assert!(annotations(&deep).is_empty(), "deeper than MAX_DEPTH");
+    }
+
+    #[test]
+    fn learnt_per_upstream_and_forgotten_when_it_moves() {
+        let mut up = Upstream {
+            name: crate::model::UpstreamName::parse("up").unwrap(),
+            url: "http://127.0.0.1:1/mcp".parse().unwrap(),
+            tenant: None,
+            headers: Vec::new(),
+        };
+        let s = Schemas::default();
+        assert!(s.lookup(&up, "test_header_param").is_none(), "not listed");
+        s.learn(
+            &up,
+            &[
+                json!({"name": "echo", "inputSchema": {"type": "object"}}),
+                json!({"name": "test_header_param", "inputSchema": {"properties": {
+                    "region": {"type": "string", "x-mcp-header": "Region"}}}}),
+            ],
+        );
+        assert_eq!(s.lookup(&up, "test_header_param").map(|p| p.len()), Some(1));
+        assert_eq!(s.lookup(&up, "echo").map(|p| p.len()), Some(0));
+        assert_eq!(
+            s.lookup(&up, "unlisted").map(|p| p.len()),
+            Some(0),
+            "listed, so known to mirror nothing"
+        );
+        assert_eq!(lock(&s.listed)["up"].tools.len(), 1, "only annotated kept");
+        up.url = "http://127.0.0.1:2/mcp".parse().unwrap();
+        assert!(s.lookup(&up, "echo").is_none(), "another upstream now");
+    }
+}
