@@ -791,6 +791,83 @@ async fn a_session_client_reaches_stateless_only_upstreams() {
     );
 }
 
+/// A tool that mirrors an argument into a header (`x-mcp-header`) on an
+/// upstream that speaks only 2026-07-28: a session-based client sends no
+/// `Mcp-Param-*`, so the gateway computes it from the tool's input schema
+/// (base64 when not plain ASCII), listing the upstream's tools itself, once,
+/// when the client has not. The upstream refuses a call without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_client_calls_tools_that_mirror_arguments_into_headers() {
+    let modern = Reference::stateless_only();
+    let (spec, key) = GatewaySpec::open(&[("modern", &modern.url)]);
+    let gw = Gateway::start(&spec).await;
+    let url = format!("{}/mcp", gw.url());
+    let auth = key.bearer();
+    let http = Http::h1();
+    let mut s = crate::http::Session::new(&http, &url, &auth);
+    s.initialize().await;
+    let tool = "modern__test_header_param";
+    let check = |region: &str, r: &Value| {
+        assert!(
+            r.get("error").is_none() && r["result"]["isError"] != true,
+            "{region:?}: {r}"
+        );
+        assert_eq!(text_of(&r["result"]), format!("Region: {region}"), "{r}");
+    };
+
+    // No list yet: calls at once, one listing of the upstream's tools.
+    let regions = ["eu-west-1", " Zürich", "=?base64?SGVsbG8=?=", "tab\there"];
+    let calls = regions.iter().enumerate().map(|(i, region)| {
+        let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+            "params": {"name": tool, "arguments": {"region": region}}});
+        let (http, url, headers) = (&http, &url, s.headers());
+        async move {
+            let r = http
+                .send(Method::POST, url, &headers, Some(&body.to_string()))
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{region:?}: {}", r.body);
+            r.json()
+        }
+    });
+    let answers = futures_util::future::join_all(calls).await;
+    for (region, r) in regions.iter().zip(&answers) {
+        check(region, r);
+    }
+    let fetched = || {
+        gw.log()
+            .matches("listed tools for their parameter headers")
+            .count()
+    };
+    assert_eq!(fetched(), 1, "{}", gw.log());
+
+    // Listed by the client: known from that list, not listed again.
+    let listed = s.call("tools/list", json!({})).await;
+    assert!(
+        listed["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == tool)),
+        "{listed}"
+    );
+    let r = s
+        .call(
+            "tools/call",
+            json!({"name": tool, "arguments": {"region": "us-east-2"}}),
+        )
+        .await;
+    check("us-east-2", &r);
+
+    // The official TypeScript SDK client (2025-11-25) too.
+    let r = clients::ts(
+        &url,
+        &auth,
+        "call",
+        Some((tool, json!({"region": "Zürich"}))),
+    )
+    .await;
+    check("Zürich", &r);
+    assert_eq!(fetched(), 1, "{}", gw.log());
+}
+
 /// An upstream that sends what was not asked for on a listen stream: the
 /// gateway drops it, as the spec requires of the server the client sees.
 #[tokio::test(flavor = "multi_thread")]
