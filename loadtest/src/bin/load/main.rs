@@ -6,6 +6,9 @@
 //!   so a stall shows up in the tail instead of hiding (no coordinated
 //!   omission). A thread paces the requests; how late it released them is
 //!   reported on its own (`lag_p99_us`), as it is the generator's share.
+//!   Over cleartext HTTP/1.1 the open loop takes a lean path of its own
+//!   (`lean.rs`: one thread, a timerfd pacer, hand-read answers), so the
+//!   generator's CPU does not crowd the system it measures.
 //! - no `--rate`: closed loop with `--concurrency` workers, for saturation.
 //!
 //! Prints one JSON object: achieved rate, errors and latency percentiles (µs),
@@ -31,6 +34,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use tokio::sync::Mutex;
 
+mod lean;
+
 #[derive(Parser, Clone)]
 struct Args {
     /// MCP endpoint, e.g. http://127.0.0.1:8080/mcp/reference.
@@ -55,6 +60,10 @@ struct Args {
     /// CA certificate to trust for https:// URLs.
     #[arg(long)]
     ca: Option<PathBuf>,
+    /// Open loop over cleartext HTTP/1.1 through hyper's pooled client, the
+    /// general path, instead of the lean one (to compare the two).
+    #[arg(long)]
+    general: bool,
     /// The tool to call with `{"message": "ping"}`.
     #[arg(long, default_value = "echo")]
     tool: String,
@@ -271,12 +280,15 @@ async fn run(a: Args) -> anyhow::Result<()> {
         r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{}","arguments":{{"message":"ping"}}}}}}"#,
         a.tool
     ));
-    let call = move |t: Transport, h: Arc<Vec<(String, String)>>| {
-        let url = url.clone();
-        let body = body.clone();
-        async move {
-            matches!(t.post(&url, &h, body).await,
+    let call = {
+        let (url, body) = (url.clone(), body.clone());
+        move |t: Transport, h: Arc<Vec<(String, String)>>| {
+            let url = url.clone();
+            let body = body.clone();
+            async move {
+                matches!(t.post(&url, &h, body).await,
                 Ok((200, _, b)) if !b.is_empty() && !contains(&b, b"\"error\""))
+            }
         }
     };
     // Warm up connections and caches; not recorded.
@@ -302,10 +314,28 @@ async fn run(a: Args) -> anyhow::Result<()> {
         )
     };
     let mut lag = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    // Open loop over cleartext HTTP/1.1 takes the lean path (`lean.rs`).
+    let fleet = match (a.rate, a.http, url.scheme_str()) {
+        (Some(_), 1, Some("http")) if !a.general => {
+            let request = raw_request(&url, &headers, &body)?;
+            Some(lean::Fleet::connect(socket_addr(&url).await?, request, a.concurrency).await?)
+        }
+        _ => None,
+    };
     let cpu_before = own_cpu_us();
     let start = Instant::now();
-    match a.rate {
-        Some(rate) => {
+    match (a.rate, fleet) {
+        (Some(rate), Some(fleet)) => {
+            let total = (rate * a.duration.as_secs_f64()) as u64;
+            let out = tokio::task::LocalSet::new()
+                .run_until(fleet.run(rate, total, start))
+                .await?;
+            hist.lock().expect("histogram").add(&out.latency)?;
+            lag = out.lag;
+            done.fetch_add(out.ok, Ordering::Relaxed);
+            errors.fetch_add(out.errors, Ordering::Relaxed);
+        }
+        (Some(rate), None) => {
             // Open loop: a pacing thread of its own releases each request
             // when it is due (thread sleeps are precise to tens of
             // microseconds; the runtime's timers tick in milliseconds, which
@@ -353,7 +383,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 t.await?;
             }
         }
-        None => {
+        (None, _) => {
             let until = start + a.duration;
             let mut workers = Vec::new();
             for _ in 0..a.concurrency.max(1) {
@@ -414,6 +444,33 @@ fn own_cpu_us() -> Option<u64> {
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
     Some((ticks(11)? + ticks(12)?) * 10_000)
+}
+
+/// A whole HTTP/1.1 request: head and body, as the lean path sends it.
+fn raw_request(url: &Uri, headers: &[(String, String)], body: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use std::fmt::Write;
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\n",
+        url.path_and_query().map_or("/", |p| p.as_str()),
+        url.authority().context("the URL names no host")?,
+        body.len()
+    );
+    for (k, v) in headers {
+        write!(head, "{k}: {v}\r\n")?;
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    Ok(out)
+}
+
+async fn socket_addr(url: &Uri) -> anyhow::Result<std::net::SocketAddr> {
+    let host = url.host().context("the URL names no host")?;
+    let port = url.port_u16().unwrap_or(80);
+    tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .with_context(|| format!("{host} does not resolve"))
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
