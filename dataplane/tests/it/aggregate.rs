@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::{
     clients::{self, text_of, tool_names},
-    harness::{Gateway, GatewaySpec, Reference, everything},
+    harness::{Gateway, GatewaySpec, Reference, everything, everything_on},
     http::{Http, listen, post_stateless, stateless_meta},
 };
 
@@ -718,6 +718,50 @@ async fn a_stateless_client_reaches_session_based_upstreams() {
     assert_eq!(log.matches("bridged session opened").count(), 2, "{log}");
     let m = gw.metrics().await;
     assert!(m.contains("stoa_bridged_sessions 2"), "{m}");
+}
+
+/// A session-based upstream that restarts forgets the gateway's bridged
+/// session: the next call gets a 404 for it, and the gateway opens another
+/// session and sends the call again, once, so the client sees no error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridged_session_the_upstream_forgot_is_opened_again() {
+    let (ev, ev_url) = everything().await;
+    let port: u16 = ev_url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/mcp")
+        .parse()
+        .expect("port");
+    let (spec, key) = GatewaySpec::open(&[("everything", &ev_url)]);
+    let gw = Gateway::start(&spec).await;
+    let url = format!("{}/mcp", gw.url());
+    let http = Http::h1();
+    let call = |message: &'static str| {
+        let (http, url, auth) = (&http, &url, key.bearer());
+        async move {
+            let r = post_stateless(
+                http,
+                url,
+                Some(&auth),
+                "tools/call",
+                Some("everything__echo"),
+                json!({"name": "everything__echo", "arguments": {"message": message},
+                       "_meta": stateless_meta()}),
+            )
+            .await;
+            assert_eq!(r.status, StatusCode::OK, "{message}: {}", r.body);
+            let v = r.json();
+            assert!(text_of(&v["result"]).contains(message), "{v}");
+        }
+    };
+    call("before the restart").await;
+    drop(ev);
+    let (_ev, again) = everything_on(port).await;
+    assert_eq!(again, ev_url);
+    call("after the restart").await;
+    call("and after that").await;
+    let log = gw.log();
+    assert_eq!(log.matches("bridged session lost").count(), 1, "{log}");
+    assert_eq!(log.matches("bridged session opened").count(), 2, "{log}");
 }
 
 /// The other way: a session-based client on `/mcp` also reaches an upstream

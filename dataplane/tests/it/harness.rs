@@ -99,8 +99,13 @@ pub fn free_port() -> u16 {
 
 /// `@modelcontextprotocol/server-everything` in Streamable HTTP mode.
 pub async fn everything() -> (Proc, String) {
+    everything_on(free_port()).await
+}
+
+/// `everything` on a given port (e.g. again where one was stopped: a
+/// restarted upstream, which has forgotten every session).
+pub async fn everything_on(port: u16) -> (Proc, String) {
     let dir = node_clients();
-    let port = free_port();
     let child = Command::new("node")
         .arg(dir.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js"))
         .arg("streamableHttp")
