@@ -10,9 +10,10 @@
 //! saturation), one rate per group of paths (h1; h2c, h2 and h3): that
 //! share of the group's slowest saturation. Also, from `/proc`: the CPU
 //! time per call of the proxy (or, on a direct path, of the upstream) over
-//! the saturation rounds (`cpu µs`), steadier than req/s on a shared VM;
-//! and the generator's own CPU per call in open loop (`gen µs`), what it
-//! takes from the cores the system under test needs.
+//! the saturation rounds (`cpu µs`, and its user-space part, `user µs`),
+//! steadier than req/s on a shared VM; and the generator's own CPU per call
+//! in open loop (`gen µs`), what it takes from the cores the system under
+//! test needs.
 
 use std::{
     path::{Path, PathBuf},
@@ -282,15 +283,17 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     // spell of the machine touches every path alike; the median is kept.
     let mut rates: Vec<Vec<Run>> = vec![Vec::new(); paths.len()];
     // CPU seconds and calls served, per path, over all its rounds.
-    let mut cpu = vec![(0.0, 0u64); paths.len()];
+    let mut cpu = vec![(0.0, 0.0, 0u64); paths.len()];
     for _ in 0..args.rounds.max(1) {
         for (i, (name, url, http, key)) in paths.iter().enumerate() {
             let pids = pids_of(name);
-            let before = cpu_secs(&pids);
+            let (user, total) = cpu_secs(&pids);
             let run = load(url, *http, *key, args.concurrency, None)?;
-            cpu[i].0 += cpu_secs(&pids) - before;
+            let (user_after, total_after) = cpu_secs(&pids);
+            cpu[i].0 += total_after - total;
+            cpu[i].1 += user_after - user;
             // The proxy served the warm-up too.
-            cpu[i].1 += run.ok + run.warmup_ok;
+            cpu[i].2 += run.ok + run.warmup_ok;
             rates[i].push(run);
         }
     }
@@ -320,8 +323,8 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         );
     }
     print!(
-        "\n{:<20} {:>9} {:>9} {:>11} {:>8}",
-        "path", "c1 p50µs", "c1 p99µs", "sat req/s", "cpu µs"
+        "\n{:<20} {:>9} {:>9} {:>11} {:>8} {:>8}",
+        "path", "c1 p50µs", "c1 p99µs", "sat req/s", "cpu µs", "user µs"
     );
     for l in &loads {
         let l = l * 100.0;
@@ -350,7 +353,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         }
     }
     let mut results = Vec::new();
-    for ((((name, _, _, _), (sat, errors)), (cpu_s, served)), (c1s, opens)) in paths
+    for ((((name, _, _, _), (sat, errors)), (cpu_s, user_s, served)), (c1s, opens)) in paths
         .iter()
         .zip(sats)
         .zip(cpu)
@@ -358,12 +361,13 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     {
         let (c1, c1_errors) = median_by(c1s, |r| r.p50);
         print!(
-            "{:<20} {:>9.0} {:>9.0} {:>11.0} {:>8.1}",
+            "{:<20} {:>9.0} {:>9.0} {:>11.0} {:>8.1} {:>8.1}",
             name,
             c1.p50,
             c1.p99,
             sat.rate,
             cpu_s * 1e6 / served.max(1) as f64,
+            user_s * 1e6 / served.max(1) as f64,
         );
         let mut all_errors = c1_errors + errors;
         let mut open = Vec::new();
@@ -419,16 +423,17 @@ fn median_by(mut runs: Vec<Run>, key: impl Fn(&Run) -> f64) -> (Run, u64) {
     (runs.swap_remove(runs.len() / 2), errors)
 }
 
-/// CPU time (user + system) these processes have used, in seconds, from
-/// `/proc/<pid>/stat` (Linux; a process that cannot be read counts 0).
-fn cpu_secs(pids: &[u32]) -> f64 {
-    let ticks: u64 = pids
-        .iter()
-        .filter_map(|p| stat_fields(*p))
-        .filter_map(|f| Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))
-        .sum();
+/// CPU time these processes have used, user and user + system, in seconds,
+/// from `/proc/<pid>/stat` (Linux; a process that cannot be read counts 0).
+fn cpu_secs(pids: &[u32]) -> (f64, f64) {
+    let (mut user, mut system) = (0u64, 0u64);
+    for f in pids.iter().filter_map(|p| stat_fields(*p)) {
+        let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        user += tick(11);
+        system += tick(12);
+    }
     // /proc counts in USER_HZ, 100 on every Linux.
-    ticks as f64 / 100.0
+    (user as f64 / 100.0, (user + system) as f64 / 100.0)
 }
 
 /// The fields of `/proc/<pid>/stat` after the command name (which may hold
