@@ -23,7 +23,7 @@ use crate::{
     config::{FileConfig, Limits},
     error::GatewayError,
     metrics::Metrics,
-    model::{ApiKey, Rejected, SessionSpec, Snapshot, UpstreamName},
+    model::{ApiKey, KeyIndex, Rejected, SessionSpec, Snapshot, UpstreamName},
     relay,
     session::{SealError, SessionKeys, SessionState},
     upstream::UpstreamClient,
@@ -152,8 +152,10 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Cancelled when the gateway starts draining: GET streams end cleanly.
     pub draining: CancellationToken,
-    /// Told of every new runtime, so open streams can check their key.
-    changes: tokio::sync::watch::Sender<()>,
+    /// One per shard of the key index, told when a new runtime changes a
+    /// key of that shard, so an open stream checks its key when its shard
+    /// changed rather than on every change of configuration.
+    key_changes: Box<[tokio::sync::watch::Sender<()>]>,
     /// Sessions this replica holds for 2026-07-28 clients of `/mcp` with
     /// session-based upstreams (a cache; see `aggregate::bridge`).
     pub bridges: crate::aggregate::Bridges,
@@ -206,7 +208,9 @@ impl Gateway {
             client,
             metrics: Metrics::new(),
             draining: CancellationToken::new(),
-            changes: tokio::sync::watch::Sender::new(()),
+            key_changes: (0..KeyIndex::SHARDS)
+                .map(|_| tokio::sync::watch::Sender::new(()))
+                .collect(),
             bridges: crate::aggregate::Bridges::default(),
             ready: AtomicBool::new(true),
             request_ids: AtomicU64::new(0),
@@ -220,14 +224,14 @@ impl Gateway {
 
     /// Swaps in a new runtime; requests already running finish on the old one.
     pub fn swap(&self, rt: Runtime) {
-        self.runtime.store(Arc::new(rt));
-        self.changes.send_replace(());
+        let before = self.runtime.swap(Arc::new(rt));
+        self.announce(&before);
     }
 
     /// Swaps in a reloaded file's runtime but keeps the control plane's
     /// snapshot and session keys, whatever the stream installed meanwhile.
     pub fn reload_keeping_snapshot(&self, rt: Runtime) {
-        self.runtime.rcu(|cur| {
+        let before = self.runtime.rcu(|cur| {
             Arc::new(Runtime {
                 snapshot: cur.snapshot.clone(),
                 configured: cur.configured,
@@ -236,20 +240,31 @@ impl Gateway {
                 ..rt.clone()
             })
         });
-        self.changes.send_replace(());
+        self.announce(&before);
     }
 
     /// Swaps in a new snapshot (from the control plane), keeping the rest.
     pub fn install(&self, snapshot: Arc<Snapshot>) {
-        self.runtime
+        let before = self
+            .runtime
             .rcu(|rt| Arc::new(rt.with_snapshot(snapshot.clone())));
-        self.changes.send_replace(());
+        self.announce(&before);
+    }
+
+    /// Tells the streams of every key shard that differs between `before`
+    /// and the runtime now. (Two swaps at once each compare their own
+    /// `before` with the latest runtime: a superset of their change.)
+    fn announce(&self, before: &Runtime) {
+        let now = self.runtime();
+        for shard in now.snapshot.keys.changed_shards(&before.snapshot.keys) {
+            self.key_changes[shard].send_replace(());
+        }
     }
 
     /// Watches what becomes of `key` as the configuration changes (streams
     /// outlive the request that authenticated them).
     pub fn watch_key(self: &Arc<Self>, key: &Arc<ApiKey>) -> KeyWatch {
-        let mut changes = self.changes.subscribe();
+        let mut changes = self.key_changes[KeyIndex::shard_of(&key.prefix)].subscribe();
         // The key was checked against the runtime its request started on: a
         // change since then is looked at at once.
         changes.mark_changed();
@@ -548,7 +563,8 @@ pub struct KeyWatch {
 }
 
 impl KeyWatch {
-    /// The key's standing after the next configuration change.
+    /// The key's standing after the next configuration change of its
+    /// shard of keys.
     pub async fn changed(&mut self) -> Standing {
         if self.changes.changed().await.is_err() {
             // The gateway is gone: nothing will change any more.
@@ -691,6 +707,78 @@ mod tests {
         // Debug builds: 1.7 KiB boxed, 4.1 KiB not (release: 2.1 and 8.9).
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 3072, "a request's future is {size} bytes");
+    }
+
+    /// A stream wakes for changes of its own key's shard only, and sees
+    /// its key revoked or regranted there.
+    #[test]
+    fn key_watches_wake_for_their_own_shard() {
+        use futures_util::FutureExt;
+        use stoa_proto::pb;
+
+        use crate::model::KeyPrefix;
+        // Two prefixes in different shards of the key index.
+        let mine = "AAAAbbbb";
+        let theirs = (0u32..)
+            .map(|i| format!("Z{i:07}"))
+            .find(|p| {
+                KeyIndex::shard_of(&KeyPrefix::parse(p).unwrap())
+                    != KeyIndex::shard_of(&KeyPrefix::parse(mine).unwrap())
+            })
+            .unwrap();
+        let hash = format!("sha256:{}", "0".repeat(64));
+        let yaml = format!(
+            "tenants: [{{name: t}}]\n\
+             upstreams: [{{name: up, url: \"http://127.0.0.1:9/mcp\"}}]\n\
+             subscriptions: [{{name: s, tenant: t, upstream: up}}, {{name: s2, tenant: t, upstream: up, tools: [echo]}}]\n\
+             api_keys:\n  - {{name: mine, tenant: t, prefix: {mine}, hash: \"{hash}\", subscriptions: [s]}}\n  \
+             - {{name: theirs, tenant: t, prefix: {theirs}, hash: \"{hash}\", subscriptions: [s]}}\n"
+        );
+        let cfg = FileConfig::parse(&yaml).unwrap();
+        let (rt, _) = Runtime::from_config(&cfg, &|_| None, None).unwrap();
+        let gw = Gateway::new(rt, &[]);
+        let key = gw.runtime().snapshot.keys[&KeyPrefix::parse(mine).unwrap()].clone();
+        let mut watch = gw.watch_key(&key);
+        // Marked changed when made: the first look is at once.
+        assert_eq!(watch.changed().now_or_never(), Some(Standing::Same));
+        assert_eq!(watch.changed().now_or_never(), None, "nothing new");
+
+        let apply = |upserts: Vec<pb::Resource>, removes: Vec<pb::ResourceRef>| {
+            let (next, rejected) = gw
+                .runtime()
+                .snapshot
+                .apply(false, upserts, removes, &|_| None);
+            assert!(rejected.is_empty(), "{rejected:?}");
+            gw.install(Arc::new(next));
+        };
+        apply(
+            vec![],
+            vec![pb::ResourceRef::new(pb::Kind::ApiKey, &theirs)],
+        );
+        assert_eq!(
+            watch.changed().now_or_never(),
+            None,
+            "another shard's revocation does not wake this stream"
+        );
+
+        // The key's subscriptions change: regranted, in its own shard.
+        let mut regranted = gw.runtime().snapshot.keys[&key.prefix].clone();
+        assert!(Arc::ptr_eq(&regranted, &key));
+        let moved: pb::Resource = pb::resource::Resource::ApiKey(pb::ApiKey {
+            prefix: mine.into(),
+            display_name: "mine".into(),
+            tenant: "t".into(),
+            sha256: vec![0; 32],
+            subscriptions: vec!["s2".into()],
+        })
+        .into();
+        apply(vec![moved], vec![]);
+        assert_eq!(watch.changed().now_or_never(), Some(Standing::Regranted));
+        regranted = gw.runtime().snapshot.keys[&key.prefix].clone();
+        assert!(!Arc::ptr_eq(&regranted, &key));
+
+        apply(vec![], vec![pb::ResourceRef::new(pb::Kind::ApiKey, mine)]);
+        assert_eq!(watch.changed().now_or_never(), Some(Standing::Revoked));
     }
 
     #[test]

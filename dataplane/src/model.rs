@@ -268,7 +268,27 @@ pub struct KeyIndex {
 type Shard = HashMap<KeyPrefix, Arc<ApiKey>>;
 
 impl KeyIndex {
-    const SHARDS: usize = 256;
+    pub const SHARDS: usize = 256;
+
+    /// The shard a prefix lives in: what a stream that follows its key
+    /// watches (`Gateway::watch_key`).
+    pub fn shard_of(p: &KeyPrefix) -> usize {
+        Self::shard(p)
+    }
+
+    /// The shards whose keys may differ from `before`'s: a shard a change
+    /// did not touch is the same `Arc` in both (copy-on-write).
+    pub fn changed_shards<'a>(&'a self, before: &'a KeyIndex) -> impl Iterator<Item = usize> + 'a {
+        let all_same = Arc::ptr_eq(&self.shards, &before.shards);
+        (0..Self::SHARDS).filter(move |&i| {
+            !all_same
+                && match (self.shards.get(i), before.shards.get(i)) {
+                    (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                    (None, None) => false,
+                    _ => true,
+                }
+        })
+    }
 
     fn shard(p: &KeyPrefix) -> usize {
         // FNV-1a: prefixes are random already; this only spreads them.
