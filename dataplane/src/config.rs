@@ -140,7 +140,9 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Concurrent connections per listener; further connections wait in the accept queue.
     pub max_connections: usize,
-    /// Time allowed to send the request head (slowloris bound).
+    /// Time allowed to send the request head (slowloris bound). Over
+    /// HTTP/1.1 it is checked on a tick: a slow head is cut off up to half
+    /// of it later (at most 1 s).
     #[serde(deserialize_with = "dur::deserialize")]
     #[schemars(with = "String")]
     pub header_read_timeout: Duration,

@@ -4,6 +4,7 @@ pub mod aggregate;
 pub mod auth;
 pub mod body;
 pub mod client;
+pub mod coarse;
 pub mod config;
 pub mod error;
 pub mod gateway;

@@ -33,6 +33,7 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::{
     body::{Body, ChannelBody},
+    coarse::{CoarseTimer, Wheel},
     config::Limits,
     gateway::{Gateway, Listener},
     metrics::GaugeGuard,
@@ -133,13 +134,13 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// `n` threads. Each keeps a timer due within half of
-    /// `header_read_timeout` (at most 1 s): tokio wakes a runtime's driver,
-    /// with an eventfd write and an extra epoll round, whenever a new timer
-    /// is due before every timer it has, and hyper arms a new header-read
-    /// timer after each response. On a connection alone on its thread, that
-    /// was one wasted wake-up per request; the floor costs an idle worker
-    /// one or two wake-ups per period instead.
+    /// `n` threads. Each ticks every half of `header_read_timeout` (at
+    /// most 1 s), firing the header-read timeouts of its connections
+    /// (`coarse::Wheel`). The tick also keeps a tokio timer due within that
+    /// period: tokio wakes a runtime's driver, with an eventfd write and an
+    /// extra epoll round, whenever a new timer is due before every timer it
+    /// has, which a connection alone on its thread would otherwise pay for
+    /// each upstream call's timeout.
     pub fn start(n: usize, header_read_timeout: Duration) -> std::io::Result<Workers> {
         let mut handles = Vec::with_capacity(n);
         let mut stop = Vec::with_capacity(n);
@@ -155,12 +156,15 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("stoa-worker-{i}"))
                 .spawn(move || {
+                    let wheel = Arc::new(Wheel::default());
+                    CoarseTimer::install(wheel.clone());
                     rt.block_on(async {
                         let mut tick = tokio::time::interval(floor);
                         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         let floor = async {
                             loop {
                                 tick.tick().await;
+                                wheel.fire(std::time::Instant::now());
                             }
                         };
                         tokio::select! {
@@ -199,11 +203,16 @@ impl Workers {
 
 fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
+    // On a worker thread the header-read timeout runs on the worker's coarse
+    // timer (`coarse.rs`): hyper re-arms it for every request.
+    let mut h1 = b.http1();
+    match CoarseTimer::current() {
+        Some(t) => h1.timer(t),
+        None => h1.timer(TokioTimer::new()),
+    }
+    .header_read_timeout(limits.header_read_timeout)
+    .max_buf_size(limits.max_header_bytes.max(8192))
+    .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)

@@ -469,17 +469,46 @@ async fn broken_upstreams_get_named_errors() {
 async fn slow_headers_are_cut_off() {
     let reference = Reference::start(None);
     let (mut spec, _key) = GatewaySpec::open(&[("reference", &reference.url)]);
-    spec.extra = TIGHT.into();
+    // Idle connections are closed much later: only the header-read timeout
+    // can end these.
+    spec.extra = "limits: {header_read_timeout: 300ms, idle_timeout: 60s}\n".into();
     let gw = Gateway::start(&spec).await;
     let addr = gw.bound["plain"].as_str().unwrap().to_owned();
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     s.write_all(b"POST /mcp/reference HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         .await
         .unwrap();
-    // The gateway gives up on the head (header_read_timeout 300ms) and closes.
+    // The gateway gives up on the head (header_read_timeout 300ms) and
+    // closes, though nothing more arrives to wake the connection.
     let mut buf = [0u8; 1024];
     let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
     assert!(r.is_ok(), "the gateway kept a slowloris connection open");
+
+    // A head that keeps trickling in (so the connection is never idle) is
+    // cut off all the same, by the header-read timeout alone.
+    let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(b"POST /mcp/reference HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        let mut sent = 0;
+        while wr.write_all(b"a").await.is_ok() {
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        sent
+    });
+    let r = tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "a trickled head was not cut off: {r:?}"
+    );
+    let sent = tokio::time::timeout(Duration::from_secs(10), trickle)
+        .await
+        .expect("the writer stops once the gateway closes")
+        .unwrap();
+    assert!(sent > 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
