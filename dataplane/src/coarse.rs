@@ -9,8 +9,10 @@
 //! (`header_read_timeout`, 10 s by default) and almost never reached, so
 //! precision does not matter: a sleep is a deadline in its worker thread's
 //! slab, which the worker checks on the tick it runs anyway
-//! (`listen::Workers`). A timeout fires at most one tick late: half of
-//! `header_read_timeout`, at most 1 s.
+//! (`listen::Workers`). A timeout fires about one tick late: the tick is
+//! half of `header_read_timeout`, between 10 ms and 1 s, and later on a
+//! worker too busy to keep it. Ticks run on tokio's clock and deadlines
+//! on the real one: under tokio's paused test clock nothing fires.
 
 use std::{
     cell::RefCell,

@@ -141,8 +141,8 @@ pub struct Limits {
     /// Concurrent connections per listener; further connections wait in the accept queue.
     pub max_connections: usize,
     /// Time allowed to send the request head (slowloris bound). Over
-    /// HTTP/1.1 it is checked on a tick: a slow head is cut off up to half
-    /// of it later (at most 1 s).
+    /// HTTP/1.1 it is checked on a tick: a slow head is cut off about half
+    /// of it later (the tick is between 10 ms and 1 s).
     #[serde(deserialize_with = "dur::deserialize")]
     #[schemars(with = "String")]
     pub header_read_timeout: Duration,

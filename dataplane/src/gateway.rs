@@ -777,6 +777,19 @@ mod tests {
         regranted = gw.runtime().snapshot.keys[&key.prefix].clone();
         assert!(!Arc::ptr_eq(&regranted, &key));
 
+        // A subscription's change (not a key's) reaches its keys too: it
+        // rebuilds the key index, so every shard is told.
+        let widened: pb::Resource = pb::resource::Resource::Subscription(pb::Subscription {
+            name: "s2".into(),
+            tenant: "t".into(),
+            upstream: "up".into(),
+            tools: vec!["echo".into(), "add".into()],
+            plan: String::new(),
+        })
+        .into();
+        apply(vec![widened], vec![]);
+        assert_eq!(watch.changed().now_or_never(), Some(Standing::Regranted));
+
         apply(vec![], vec![pb::ResourceRef::new(pb::Kind::ApiKey, mine)]);
         assert_eq!(watch.changed().now_or_never(), Some(Standing::Revoked));
     }

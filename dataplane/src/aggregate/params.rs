@@ -9,8 +9,11 @@
 //! per upstream and per tool, learnt from the upstream's `tools/list`
 //! whenever the gateway lists it (a client's list, or a shortened name to
 //! resolve), and listed once for a call when it holds no recent list of that
-//! upstream (one listing at a time per upstream). A cache of this replica:
-//! bounded, and forgotten after `TTL`.
+//! upstream (one listing at a time per upstream). A tool the last listing
+//! did not name (new since, or past a bound) is listed for again, at most
+//! once per `MISS_TTL`; a listing that failed counts as an empty one for as
+//! long, so calls do not each wait for a failing upstream. A cache of this
+//! replica: bounded, and forgotten after `TTL`.
 //!
 //! The rules (as 2026-07-28 clients follow them): strings as they are,
 //! integers in decimal, booleans `true`/`false`, each through
@@ -34,8 +37,14 @@ use crate::{gateway::Call, mcp, model::Upstream};
 
 /// How long an upstream's listed annotations are used.
 const TTL: Duration = Duration::from_secs(300);
+/// How long a listing answers for tools it did not name (and a failed
+/// listing for every tool) before a call lists again.
+const MISS_TTL: Duration = Duration::from_secs(10);
 /// Tools with annotations kept per upstream.
 const MAX_TOOLS: usize = 1024;
+/// Names of tools without annotations kept per upstream (beyond, a call to
+/// one lists again, at most once per `MISS_TTL`).
+const MAX_PLAIN: usize = 16 * 1024;
 /// Mirrored properties kept per tool.
 const MAX_PARAMS: usize = 32;
 /// How deep nested `properties` are followed.
@@ -137,6 +146,10 @@ struct Listed {
     url: http::Uri,
     at: Instant,
     tools: HashMap<String, Arc<[Param]>>,
+    /// Listed tools that mirror nothing.
+    plain: std::collections::HashSet<String>,
+    /// The last listing tried, done or failed.
+    tried: Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -148,12 +161,16 @@ impl Schemas {
     /// what was known).
     pub fn learn(&self, up: &Upstream, tools: &[Value]) {
         let mut annotated = HashMap::new();
+        let mut plain = std::collections::HashSet::new();
         for tool in tools {
             let Some(name) = tool.get("name").and_then(Value::as_str) else {
                 continue;
             };
             let params = annotations(tool.get("inputSchema").unwrap_or(&Value::Null));
             if params.is_empty() {
+                if plain.len() < MAX_PLAIN {
+                    plain.insert(name.to_owned());
+                }
                 continue;
             }
             if annotated.len() >= MAX_TOOLS {
@@ -171,18 +188,38 @@ impl Schemas {
                 url: up.url.clone(),
                 at: Instant::now(),
                 tools: annotated,
+                plain,
+                tried: Instant::now(),
             },
         );
     }
 
+    /// A listing failed: what is known stays, and calls do not list again
+    /// for `MISS_TTL` (with nothing known, they go without headers).
+    fn failed(&self, up: &Upstream) {
+        let mut listed = lock(&self.listed);
+        match listed.get_mut(up.name.as_str()) {
+            Some(l) if l.url == up.url => l.tried = Instant::now(),
+            _ => {
+                drop(listed);
+                self.learn(up, &[]);
+            }
+        }
+    }
+
     /// A tool's mirrored properties (empty: none), or `None` when this
-    /// replica holds no recent list of the upstream.
+    /// replica should list the upstream's tools first: it holds no recent
+    /// list, or the list does not name the tool and is older than
+    /// `MISS_TTL`.
     fn lookup(&self, up: &Upstream, tool: &str) -> Option<Arc<[Param]>> {
         let listed = lock(&self.listed);
         let l = listed
             .get(up.name.as_str())
             .filter(|l| l.url == up.url && l.at.elapsed() < TTL)?;
-        Some(l.tools.get(tool).cloned().unwrap_or_else(|| Arc::new([])))
+        if let Some(p) = l.tools.get(tool) {
+            return Some(p.clone());
+        }
+        (l.plain.contains(tool) || l.tried.elapsed() < MISS_TTL).then(|| Arc::from([]))
     }
 }
 
@@ -198,7 +235,7 @@ pub async fn for_call(call: &Call<'_>, t: &Target, msg: &Value) -> HeaderMap {
     let params = match schemas.lookup(&t.up, tool) {
         Some(p) => p,
         None => {
-            fetch(call, t).await;
+            fetch(call, t, tool).await;
             match schemas.lookup(&t.up, tool) {
                 Some(p) => p,
                 None => return HeaderMap::new(),
@@ -211,7 +248,7 @@ pub async fn for_call(call: &Call<'_>, t: &Target, msg: &Value) -> HeaderMap {
 /// Lists the upstream's tools (`pages` remembers their annotations): one
 /// listing per upstream at a time, which the calls that arrive meanwhile
 /// wait for.
-async fn fetch(call: &Call<'_>, t: &Target) {
+async fn fetch(call: &Call<'_>, t: &Target, tool: &str) {
     let schemas = &call.gw.bridges.schemas;
     let up = t.up.name.as_str();
     let cell = lock(&schemas.fetches)
@@ -219,12 +256,19 @@ async fn fetch(call: &Call<'_>, t: &Target) {
         .or_default()
         .clone();
     cell.get_or_init(|| async {
+        // A call that looked before a listing ended may find it here.
+        if schemas.lookup(&t.up, tool).is_some() {
+            return;
+        }
         // Boxed: `pages` sends through `send`, which comes here for calls.
         match Box::pin(super::pages(call, t, "tools/list", None, "tools")).await {
             Ok(tools) => {
                 tracing::debug!(upstream = %up, tools = tools.len(), "listed tools for their parameter headers")
             }
-            Err(e) => tracing::warn!(upstream = %up, "listing tools for their parameter headers failed: {e}"),
+            Err(e) => {
+                tracing::warn!(upstream = %up, "listing tools for their parameter headers failed: {e}");
+                schemas.failed(&t.up);
+            }
         }
     })
     .await;
@@ -382,6 +426,25 @@ mod tests {
             "listed, so known to mirror nothing"
         );
         assert_eq!(lock(&s.listed)["up"].tools.len(), 1, "only annotated kept");
+        // Not named by the listing: answered from it for `MISS_TTL` after
+        // the last listing tried, then listed for again.
+        lock(&s.listed).get_mut("up").unwrap().tried -= MISS_TTL;
+        assert!(
+            s.lookup(&up, "unlisted").is_none(),
+            "a new tool lists again"
+        );
+        assert_eq!(s.lookup(&up, "echo").map(|p| p.len()), Some(0), "named");
+        s.failed(&up);
+        assert_eq!(
+            s.lookup(&up, "unlisted").map(|p| p.len()),
+            Some(0),
+            "a failed listing holds off the next one"
+        );
+        assert_eq!(
+            s.lookup(&up, "test_header_param").map(|p| p.len()),
+            Some(1),
+            "and keeps what was known"
+        );
         up.url = "http://127.0.0.1:2/mcp".parse().unwrap();
         assert!(s.lookup(&up, "echo").is_none(), "another upstream now");
     }

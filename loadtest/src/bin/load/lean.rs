@@ -35,6 +35,9 @@ use tokio::{
 
 /// The largest answer head read before giving up on an answer.
 const MAX_HEAD: usize = 64 * 1024;
+/// An answer that takes longer is counted as an error (and its connection
+/// replaced), so a server that never answers cannot hang the run.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connections opened and warmed, ready to be paced.
 pub struct Fleet {
@@ -152,9 +155,9 @@ async fn work(mut conn: Conn, addr: SocketAddr, request: Rc<[u8]>, shared: Rc<Sh
             shared.ready.notified().await;
             continue;
         };
-        let ok = match conn.call(&request).await {
-            Ok(ok) => ok,
-            Err(_) => {
+        let ok = match tokio::time::timeout(CALL_TIMEOUT, conn.call(&request)).await {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(_)) | Err(_) => {
                 // A broken connection costs this call; the next gets a new one.
                 conn.closing = true;
                 false
@@ -278,7 +281,12 @@ impl Timer {
             let mut guard = self.0.readable().await?;
             let mut expirations = [0u8; 8];
             match rustix::io::read(self.0.get_ref(), &mut expirations[..]) {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    // Expired and read: not readable until armed again (left
+                    // set, the next sleep would wake at once for an EAGAIN).
+                    guard.clear_ready();
+                    return Ok(());
+                }
                 Err(rustix::io::Errno::AGAIN) => guard.clear_ready(),
                 Err(e) => return Err(e.into()),
             }
