@@ -14,13 +14,17 @@ mod params;
 
 pub use bridge::Bridges;
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{OnceCell, mpsc};
 
 use crate::{
     body::{self, Body, ChannelBody},
@@ -35,6 +39,34 @@ use crate::{
     sse,
     upstream::{self, EventMap, Payload},
 };
+
+/// Locks what `bridge` and `params` keep per replica (caches: a panic
+/// elsewhere leaves nothing half-done that matters).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One run per name at a time: callers that arrive while it runs wait for
+/// it and share its result; the first caller after it ends runs anew.
+struct SingleFlight<T>(Mutex<HashMap<String, Arc<OnceCell<T>>>>);
+
+impl<T> Default for SingleFlight<T> {
+    fn default() -> Self {
+        SingleFlight(Mutex::default())
+    }
+}
+
+impl<T: Clone> SingleFlight<T> {
+    async fn run<F: Future<Output = T>>(&self, name: &str, f: impl FnOnce() -> F) -> T {
+        let cell = lock(&self.0).entry(name.to_owned()).or_default().clone();
+        let out = cell.get_or_init(f).await.clone();
+        let mut running = lock(&self.0);
+        if running.get(name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            running.remove(name);
+        }
+        out
+    }
+}
 
 /// One upstream as seen from this session.
 #[derive(Clone)]
@@ -299,15 +331,10 @@ async fn send_with(
     last_event: Option<&str>,
     extra: HeaderMap,
 ) -> Result<Response<crate::client::UpstreamBody>, GatewayError> {
-    let method = if msg.is_null() {
-        Method::GET
+    let (method, body) = if msg.is_null() {
+        (Method::GET, Bytes::new())
     } else {
-        Method::POST
-    };
-    let body = if msg.is_null() {
-        Bytes::new()
-    } else {
-        Bytes::from(msg.to_string())
+        (Method::POST, Bytes::from(msg.to_string()))
     };
     let mut headers = headers_for(call, t, msg, last_event);
     headers.extend(extra);

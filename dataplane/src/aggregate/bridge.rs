@@ -45,7 +45,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use super::{Target, read_answer, request_direct, send_direct};
+use super::{SingleFlight, Target, lock, read_answer, request_direct, send_direct};
 use crate::{
     client::UpstreamBody, error::GatewayError, gateway::Call, mcp, model::Upstream,
     session::SessionState, upstream,
@@ -63,8 +63,8 @@ const ID_PREFIX: &str = "stoa-bridge:";
 pub struct Bridges {
     /// Upstream name → what it speaks, as learnt.
     eras: Mutex<HashMap<String, Era>>,
-    /// Upstream name → the probe in flight, if any.
-    probes: Mutex<HashMap<String, Arc<OnceCell<Option<bool>>>>>,
+    /// The probe in flight per upstream, if any.
+    probes: SingleFlight<Option<bool>>,
     /// (key prefix, upstream name) → its session, opened once however many
     /// requests need it at the same time.
     sessions: Mutex<HashMap<(String, String), Slot>>,
@@ -103,10 +103,6 @@ pub struct Open {
     /// reload that changes either, it is closed and another opened.
     up: Arc<Upstream>,
     key_hash: [u8; 32],
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn dropped(s: Slot) -> Option<Dropped> {
@@ -243,7 +239,7 @@ fn cache_key(call: &Call<'_>, t: &Target) -> (String, String) {
 }
 
 /// Whether a target reached by a 2026-07-28 client may need a bridge.
-pub fn candidate(t: &Target) -> bool {
+fn candidate(t: &Target) -> bool {
     t.version == mcp::STATELESS && t.session.is_none() && t.meta.is_none()
 }
 
@@ -418,20 +414,10 @@ async fn speaks_stateless(call: &Call<'_>, t: &Target) -> bool {
     }
     // One probe per upstream at a time; the requests that arrive meanwhile
     // wait for its answer.
-    let cell = lock(&bridges.probes)
-        .entry(t.up.name.as_str().to_owned())
-        .or_default()
-        .clone();
-    let learnt = *cell.get_or_init(|| probe(call, t)).await;
-    {
-        let mut probes = lock(&bridges.probes);
-        if probes
-            .get(t.up.name.as_str())
-            .is_some_and(|c| Arc::ptr_eq(c, &cell))
-        {
-            probes.remove(t.up.name.as_str());
-        }
-    }
+    let learnt = bridges
+        .probes
+        .run(t.up.name.as_str(), || probe(call, t))
+        .await;
     learnt.unwrap_or(true)
 }
 

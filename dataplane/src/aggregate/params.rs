@@ -30,9 +30,8 @@ use std::{
 
 use http::{HeaderMap, HeaderName};
 use serde_json::Value;
-use tokio::sync::OnceCell;
 
-use super::Target;
+use super::{SingleFlight, Target, lock};
 use crate::{gateway::Call, mcp, model::Upstream};
 
 /// How long an upstream's listed annotations are used.
@@ -138,8 +137,8 @@ pub fn headers(params: &[Param], args: Option<&Value>) -> HeaderMap {
 pub struct Schemas {
     /// Upstream name → its tools with annotations, as last listed.
     listed: Mutex<HashMap<String, Listed>>,
-    /// Upstream name → the listing in flight for a call, if any.
-    fetches: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+    /// The listing in flight for a call per upstream, if any.
+    fetches: SingleFlight<()>,
 }
 
 struct Listed {
@@ -150,10 +149,6 @@ struct Listed {
     plain: std::collections::HashSet<String>,
     /// The last listing tried, done or failed.
     tried: Instant,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Schemas {
@@ -251,11 +246,7 @@ pub async fn for_call(call: &Call<'_>, t: &Target, msg: &Value) -> HeaderMap {
 async fn fetch(call: &Call<'_>, t: &Target, tool: &str) {
     let schemas = &call.gw.bridges.schemas;
     let up = t.up.name.as_str();
-    let cell = lock(&schemas.fetches)
-        .entry(up.to_owned())
-        .or_default()
-        .clone();
-    cell.get_or_init(|| async {
+    let list = || async {
         // A call that looked before a listing ended may find it here.
         if schemas.lookup(&t.up, tool).is_some() {
             return;
@@ -270,12 +261,8 @@ async fn fetch(call: &Call<'_>, t: &Target, tool: &str) {
                 schemas.failed(&t.up);
             }
         }
-    })
-    .await;
-    let mut fetches = lock(&schemas.fetches);
-    if fetches.get(up).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-        fetches.remove(up);
-    }
+    };
+    schemas.fetches.run(up, list).await;
 }
 
 #[cfg(test)]
