@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::{
     clients::{self, text_of, tool_names},
     harness::{Gateway, GatewaySpec, Reference, everything, everything_on},
-    http::{Http, listen, post_stateless, stateless_meta},
+    http::{Http, call_stateless, listen, post_stateless, stateless_meta},
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -346,9 +346,7 @@ async fn change_notifications_are_merged_from_every_upstream() {
     let call = |name: &'static str, arguments: Value| {
         let (http, url, auth) = (&http, &url, &auth);
         async move {
-            let params = json!({"name": name, "arguments": arguments, "_meta": stateless_meta()});
-            let r = post_stateless(http, url, Some(auth), "tools/call", Some(name), params).await;
-            assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.body);
+            call_stateless(http, url, auth, name, arguments).await;
         }
     };
 
@@ -738,19 +736,9 @@ async fn a_bridged_session_the_upstream_forgot_is_opened_again() {
     let call = |message: &'static str| {
         let (http, url, auth) = (&http, &url, key.bearer());
         async move {
-            let r = post_stateless(
-                http,
-                url,
-                Some(&auth),
-                "tools/call",
-                Some("everything__echo"),
-                json!({"name": "everything__echo", "arguments": {"message": message},
-                       "_meta": stateless_meta()}),
-            )
-            .await;
-            assert_eq!(r.status, StatusCode::OK, "{message}: {}", r.body);
-            let v = r.json();
-            assert!(text_of(&v["result"]).contains(message), "{v}");
+            let args = json!({"message": message});
+            let v = call_stateless(http, url, &auth, "everything__echo", args).await;
+            assert!(text_of(&v["result"]).contains(message), "{message}: {v}");
         }
     };
     call("before the restart").await;
@@ -924,9 +912,7 @@ async fn unasked_notifications_are_dropped() {
     let trigger = |name: &'static str| {
         let (http, auth, url) = (&http, &auth, format!("{}/mcp", gw.url()));
         async move {
-            let params = json!({"name": name, "arguments": {}, "_meta": stateless_meta()});
-            let r = post_stateless(http, &url, Some(auth), "tools/call", Some(name), params).await;
-            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            call_stateless(http, &url, auth, name, json!({})).await;
         }
     };
     // Straight to the upstream, the misbehaviour shows.

@@ -290,6 +290,21 @@ pub async fn post_stateless(
         .await
 }
 
+/// A 2026-07-28 `tools/call` of `name` (with `_meta` and the mirrored
+/// headers) that must answer 200: its JSON.
+pub async fn call_stateless(
+    http: &Http,
+    url: &str,
+    auth: &str,
+    name: &str,
+    arguments: Value,
+) -> Value {
+    let params = json!({"name": name, "arguments": arguments, "_meta": stateless_meta()});
+    let r = post_stateless(http, url, Some(auth), "tools/call", Some(name), params).await;
+    assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.body);
+    r.json()
+}
+
 /// Opens a 2026-07-28 `subscriptions/listen` stream with request id `id`.
 pub async fn listen(http: &Http, url: &str, auth: &str, id: Value, filter: Value) -> SseReader {
     let body = json!({"jsonrpc": "2.0", "id": id, "method": "subscriptions/listen",
