@@ -35,7 +35,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use rustc_hash::FxHashMap;
@@ -44,12 +44,13 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::body::BoxError;
+use crate::{
+    body::BoxError,
+    h1::{BodyError, Chunk, Framing, has_token, hop_by_hop, take},
+};
 
 /// Most headers a response head may carry.
 const MAX_HEADERS: usize = 128;
-/// Longest chunk-size or trailer line.
-const MAX_LINE: usize = 8 * 1024;
 /// Bodies up to this size are copied after the head: one write.
 const COALESCE_BODY: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
@@ -445,19 +446,6 @@ fn host_port(key: Key<'_>) -> Result<(&str, u16), ClientError> {
     Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
-/// Framing and connection headers are the client's to write.
-fn hop_by_hop(name: &HeaderName) -> bool {
-    use http::header::*;
-    name == HOST
-        || name == CONTENT_LENGTH
-        || name == TRANSFER_ENCODING
-        || name == CONNECTION
-        || name == TE
-        || name == UPGRADE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-}
-
 fn encode_head(req: &Outgoing, key: Key<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
@@ -556,11 +544,6 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, ClientErro
     }))
 }
 
-fn has_token(list: &[u8], token: &[u8]) -> bool {
-    list.split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 impl Head {
     /// RFC 9112 §6.3: how the body ends.
     fn framing(&self, head_request: bool) -> Result<Framing, ClientError> {
@@ -589,18 +572,8 @@ impl Head {
                 Ok(Framing::Close)
             };
         }
-        let mut length = None;
-        for v in self.headers.get_all(http::header::CONTENT_LENGTH) {
-            let digits = v.as_bytes().trim_ascii();
-            let n: u64 = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(digits).ok()?.parse().ok())
-                .flatten()
-                .ok_or_else(|| ClientError::Protocol("invalid content-length".into()))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ClientError::Protocol("conflicting content-length".into()));
-            }
-            length = Some(n);
-        }
+        let length = crate::h1::content_length(&self.headers)
+            .map_err(|e| ClientError::Protocol(e.into()))?;
         Ok(match length {
             Some(n) => Framing::Length(n),
             None => Framing::Close,
@@ -641,25 +614,6 @@ fn looks_open(io: &mut Io) -> bool {
     Pin::new(io).poll_read(&mut cx, &mut buf).is_pending()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// Bytes still to come.
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the upstream closes (no reuse).
-    Close,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    Size,
-    /// Bytes left in the current chunk.
-    Data(u64),
-    /// The CRLF after a chunk's data.
-    DataEnd,
-    Trailers,
-}
-
 /// An upstream response body: whole, or read from the connection as the
 /// caller polls (which also returns the connection to the pool at its end).
 pub struct UpstreamBody {
@@ -678,10 +632,6 @@ struct Stream {
     keep: bool,
     cfg: Arc<ClientConfig>,
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct BodyError(String);
 
 impl UpstreamBody {
     fn empty() -> Self {
@@ -703,82 +653,6 @@ impl UpstreamBody {
             Inner::Full(b) => Ok(b.unwrap_or_default()),
             Inner::Done => Ok(Bytes::new()),
             inner => Err(UpstreamBody { inner }),
-        }
-    }
-}
-
-/// The next data from what is buffered: `Ok(Some)` data, `Ok(None)` need
-/// more bytes, or the end (`framing` becomes `Length(0)`).
-fn take(framing: &mut Framing, buf: &mut BytesMut) -> Result<Option<Bytes>, BoxError> {
-    loop {
-        match *framing {
-            Framing::Length(0) => return Ok(None),
-            Framing::Length(rem) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = (buf.len() as u64).min(rem) as usize;
-                *framing = Framing::Length(rem - n as u64);
-                return Ok(Some(buf.split_to(n).freeze()));
-            }
-            Framing::Close => {
-                return Ok((!buf.is_empty()).then(|| buf.split().freeze()));
-            }
-            Framing::Chunked(Chunk::Size) if buf.is_empty() => return Ok(None),
-            Framing::Chunked(Chunk::Size) if !buf[0].is_ascii_hexdigit() => {
-                return Err(Box::new(BodyError("invalid chunk size".into())));
-            }
-            Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete((used, 0))) => {
-                    buf.advance(used);
-                    *framing = Framing::Chunked(Chunk::Trailers);
-                }
-                Ok(httparse::Status::Complete((used, size))) => {
-                    buf.advance(used);
-                    *framing = Framing::Chunked(Chunk::Data(size));
-                }
-                Ok(httparse::Status::Partial) if buf.len() > MAX_LINE => {
-                    return Err(Box::new(BodyError("chunk-size line too long".into())));
-                }
-                Ok(httparse::Status::Partial) => return Ok(None),
-                Err(_) => return Err(Box::new(BodyError("invalid chunk size".into()))),
-            },
-            Framing::Chunked(Chunk::Data(rem)) => {
-                if buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = (buf.len() as u64).min(rem) as usize;
-                *framing = Framing::Chunked(if rem == n as u64 {
-                    Chunk::DataEnd
-                } else {
-                    Chunk::Data(rem - n as u64)
-                });
-                return Ok(Some(buf.split_to(n).freeze()));
-            }
-            Framing::Chunked(Chunk::DataEnd) => {
-                if buf.len() < 2 {
-                    return Ok(None);
-                }
-                if &buf[..2] != b"\r\n" {
-                    return Err(Box::new(BodyError(
-                        "chunk data not followed by CRLF".into(),
-                    )));
-                }
-                buf.advance(2);
-                *framing = Framing::Chunked(Chunk::Size);
-            }
-            Framing::Chunked(Chunk::Trailers) => {
-                let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
-                    if buf.len() > MAX_LINE {
-                        return Err(Box::new(BodyError("trailer line too long".into())));
-                    }
-                    return Ok(None);
-                };
-                buf.advance(end + 2);
-                if end == 0 {
-                    *framing = Framing::Length(0);
-                }
-            }
         }
     }
 }
@@ -868,51 +742,6 @@ fn finish(inner: &mut Inner) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn drain(framing: &mut Framing, bytes: &[u8]) -> Result<Vec<u8>, BoxError> {
-        let mut buf = BytesMut::from(bytes);
-        let mut out = Vec::new();
-        while let Some(b) = take(framing, &mut buf)? {
-            out.extend_from_slice(&b);
-        }
-        Ok(out)
-    }
-
-    #[test]
-    fn chunked_bodies_decode() {
-        let mut f = Framing::Chunked(Chunk::Size);
-        let body = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: 1\r\n\r\n";
-        assert_eq!(drain(&mut f, body).unwrap(), b"hello, world");
-        assert_eq!(f, Framing::Length(0));
-    }
-
-    #[test]
-    fn partial_chunks_wait_for_more() {
-        let mut f = Framing::Chunked(Chunk::Size);
-        assert_eq!(drain(&mut f, b"a\r\n0123").unwrap(), b"0123");
-        assert_eq!(f, Framing::Chunked(Chunk::Data(6)));
-    }
-
-    #[test]
-    fn bad_chunks_are_errors() {
-        for bad in [
-            &b"zz\r\n"[..],
-            b"2\r\nabXY",
-            &[b'1'; MAX_LINE + 10],
-            // No digits: must not read as the last chunk.
-            b"5\r\nhello\r\n\r\n",
-            b";x\r\n",
-        ] {
-            assert!(drain(&mut Framing::Chunked(Chunk::Size), bad).is_err());
-        }
-    }
-
-    #[test]
-    fn lengths_stop_at_the_end() {
-        let mut f = Framing::Length(3);
-        assert_eq!(drain(&mut f, b"abcdef").unwrap(), b"abc");
-        assert_eq!(f, Framing::Length(0));
-    }
 
     #[test]
     fn heads_parse_with_framing() {

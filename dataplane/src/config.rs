@@ -140,9 +140,9 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Concurrent connections per listener; further connections wait in the accept queue.
     pub max_connections: usize,
-    /// Time allowed to send the request head (slowloris bound). Over
-    /// HTTP/1.1 it is checked on a tick: a slow head is cut off about half
-    /// of it later (the tick is between 10 ms and 1 s).
+    /// Time allowed for a request head to arrive whole once its first
+    /// byte has (slowloris bound; HTTP/1.1 connections are then closed),
+    /// and for a TLS handshake.
     #[serde(deserialize_with = "dur::deserialize")]
     #[schemars(with = "String")]
     pub header_read_timeout: Duration,

@@ -53,6 +53,12 @@ pub enum GatewayError {
     BodyTooLarge { limit: usize },
     #[error("timed out reading the request body")]
     BodyTimeout,
+    #[error("request head exceeds the gateway's limits (max_header_bytes, or 100 header fields)")]
+    HeadTooLarge,
+    #[error("malformed HTTP/1.1 request: {0}")]
+    BadHttp(String),
+    #[error("{0}")]
+    UnsupportedCoding(String),
     #[error("unsupported content type {0:?}: send application/json")]
     ContentType(String),
     #[error("the Accept header must list both application/json and text/event-stream")]
@@ -219,6 +225,9 @@ impl GatewayError {
                 StatusCode::OK
             }
             BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            BadHttp(_) => StatusCode::BAD_REQUEST,
+            UnsupportedCoding(_) => StatusCode::NOT_IMPLEMENTED,
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             NotAcceptable => StatusCode::NOT_ACCEPTABLE,
@@ -243,7 +252,8 @@ impl GatewayError {
         match self {
             MissingKey | BadKey | KeyRevoked => code::UNAUTHORIZED,
             ForbiddenOrigin(_) | NotGranted(_) => code::FORBIDDEN,
-            BodyTooLarge { .. } => code::TOO_LARGE,
+            BodyTooLarge { .. } | HeadTooLarge => code::TOO_LARGE,
+            BadHttp(_) | UnsupportedCoding(_) => code::INVALID_REQUEST,
             BodyTimeout => code::TIMEOUT,
             Parse(_) => code::PARSE_ERROR,
             ContentType(_) | NotAcceptable | InvalidRequest(_) | Batch(_) | MissingSession
@@ -294,6 +304,9 @@ impl GatewayError {
             ForbiddenOrigin(_) => "forbidden_origin",
             NotGranted(_) => "not_granted",
             BodyTooLarge { .. } => "body_too_large",
+            HeadTooLarge => "head_too_large",
+            BadHttp(_) => "bad_http",
+            UnsupportedCoding(_) => "unsupported_transfer_coding",
             BodyTimeout => "body_timeout",
             ContentType(_) => "content_type",
             NotAcceptable => "not_acceptable",

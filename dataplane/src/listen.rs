@@ -20,10 +20,8 @@ use futures_util::task::AtomicWaker;
 use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
-};
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpListener,
@@ -33,9 +31,9 @@ use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::{
     body::{Body, ChannelBody},
-    coarse::{CoarseTimer, Wheel},
     config::Limits,
     gateway::{Gateway, Listener},
+    h1,
     metrics::GaugeGuard,
 };
 
@@ -134,18 +132,14 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// `n` threads. Each ticks every half of `header_read_timeout` (at
-    /// most 1 s), firing the header-read timeouts of its connections
-    /// (`coarse::Wheel`). The tick also keeps a tokio timer due within that
-    /// period: tokio wakes a runtime's driver, with an eventfd write and an
-    /// extra epoll round, whenever a new timer is due before every timer it
-    /// has, which a connection alone on its thread would otherwise pay for
-    /// each upstream call's timeout.
-    pub fn start(n: usize, header_read_timeout: Duration) -> std::io::Result<Workers> {
+    /// `n` threads. Each keeps a tokio timer due within a second: tokio
+    /// wakes a runtime's driver, with an eventfd write and an extra epoll
+    /// round, whenever a new timer is due before every timer it has, which
+    /// a connection alone on its thread would otherwise pay for each
+    /// upstream call's timeout.
+    pub fn start(n: usize) -> std::io::Result<Workers> {
         let mut handles = Vec::with_capacity(n);
         let mut stop = Vec::with_capacity(n);
-        let floor =
-            (header_read_timeout / 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
         for i in 0..n.max(1) {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -156,15 +150,12 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("stoa-worker-{i}"))
                 .spawn(move || {
-                    let wheel = Arc::new(Wheel::default());
-                    CoarseTimer::install(wheel.clone());
                     rt.block_on(async {
-                        let mut tick = tokio::time::interval(floor);
+                        let mut tick = tokio::time::interval(Duration::from_secs(1));
                         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         let floor = async {
                             loop {
                                 tick.tick().await;
-                                wheel.fire(std::time::Instant::now());
                             }
                         };
                         tokio::select! {
@@ -201,20 +192,9 @@ impl Workers {
     }
 }
 
-fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    // On a worker thread the header-read timeout runs on the worker's coarse
-    // timer (`coarse.rs`): hyper re-arms it for every request.
-    let mut h1 = b.http1();
-    match CoarseTimer::current() {
-        Some(t) => h1.timer(t),
-        None => h1.timer(TokioTimer::new()),
-    }
-    .header_read_timeout(limits.header_read_timeout)
-    .max_buf_size(limits.max_header_bytes.max(8192))
-    .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+fn h2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)))
@@ -272,7 +252,7 @@ pub async fn serve_tcp(
             };
             let _conn = GaugeGuard::new(s2.gw.metrics.connections.with_label_values(&[transport]));
             match tls {
-                None => serve_conn(s2, stream, None, kind).await,
+                None => serve_conn(s2, stream, None, kind, Protocol::Sniff).await,
                 Some((acceptor, alt_svc)) => {
                     match tokio::time::timeout(
                         s2.limits.header_read_timeout,
@@ -280,7 +260,14 @@ pub async fn serve_tcp(
                     )
                     .await
                     {
-                        Ok(Ok(tls_stream)) => serve_conn(s2, tls_stream, alt_svc, kind).await,
+                        Ok(Ok(tls_stream)) => {
+                            let protocol = match tls_stream.get_ref().1.alpn_protocol() {
+                                Some(b"h2") => Protocol::H2,
+                                Some(_) => Protocol::H1,
+                                None => Protocol::Sniff,
+                            };
+                            serve_conn(s2, tls_stream, alt_svc, kind, protocol).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -290,18 +277,70 @@ pub async fn serve_tcp(
     }
 }
 
-async fn serve_conn<IO>(s: Serve, io: IO, alt_svc: Option<HeaderValue>, kind: Listener)
-where
+/// What a connection speaks: told by ALPN, or by its first bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    H1,
+    H2,
+    /// HTTP/1.1, or h2 if it opens with the HTTP/2 preface.
+    Sniff,
+}
+
+async fn serve_conn<IO>(
+    s: Serve,
+    io: IO,
+    alt_svc: Option<HeaderValue>,
+    kind: Listener,
+    protocol: Protocol,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Arc::new(Activity::new());
-    let io = Tracked {
+    let mut io = Tracked {
         inner: io,
         activity: activity.clone(),
     };
+    let memo = Arc::new(crate::gateway::ConnMemo::default());
+    // The idle check runs in a task of its own, which ends when the
+    // connection is idle: the loop does not poll a timer on every wake-up.
+    let mut idle = AbortOnDropHandle::new(tokio::spawn(watch_idle(
+        activity.clone(),
+        s.limits.idle_timeout,
+    )));
+    let drained = s.drain.watch();
+    let read = if protocol == Protocol::H2 {
+        Bytes::new()
+    } else {
+        let settings = h1::server::Settings {
+            max_head: s.limits.max_header_bytes,
+            header_read_timeout: s.limits.header_read_timeout,
+            sniff_h2: protocol == Protocol::Sniff,
+        };
+        let stop = pin!(async {
+            tokio::select! {
+                () = drained.started() => {}
+                _ = &mut idle => {}
+            }
+        });
+        let (gw, memo, act, alt_svc) = (&s.gw, &*memo, &*activity, &alt_svc);
+        let ended = h1::server::serve(&mut io, &settings, stop, |req| async move {
+            act.in_flight.fetch_add(1, Ordering::Relaxed);
+            let mut resp = gw.clone().handle(req, kind, Some(memo)).await;
+            act.in_flight.fetch_sub(1, Ordering::Relaxed);
+            act.touch();
+            if let Some(v) = alt_svc {
+                resp.headers_mut().insert(http::header::ALT_SVC, v.clone());
+            }
+            resp
+        })
+        .await;
+        match ended {
+            h1::server::Ended::Closed => return,
+            h1::server::Ended::H2(read) => read,
+        }
+    };
     let gw = s.gw.clone();
     let act = activity.clone();
-    let memo = Arc::new(crate::gateway::ConnMemo::default());
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let gw = gw.clone();
         let alt_svc = alt_svc.clone();
@@ -309,7 +348,6 @@ where
         let memo = memo.clone();
         async move {
             act.in_flight.fetch_add(1, Ordering::Relaxed);
-            // Not boxed: `Gateway::mcp` boxes the kilobytes of each endpoint.
             let mut resp = gw.handle(req, kind, Some(&memo)).await;
             act.in_flight.fetch_sub(1, Ordering::Relaxed);
             act.touch();
@@ -319,16 +357,9 @@ where
             Ok::<_, Infallible>(resp)
         }
     });
-    let b = builder(&s.limits);
-    let mut conn = pin!(b.serve_connection(TokioIo::new(io), svc));
-    // The idle check runs in a task of its own, which ends when the
-    // connection is idle: the loop does not poll a timer on every wake-up.
-    let mut idle = AbortOnDropHandle::new(tokio::spawn(watch_idle(
-        activity.clone(),
-        s.limits.idle_timeout,
-    )));
+    let io = Rewind { read, inner: io };
+    let mut conn = pin!(h2_builder(&s.limits).serve_connection(TokioIo::new(io), svc));
     let mut closing = false;
-    let drained = s.drain.watch();
     loop {
         tokio::select! {
             biased;
@@ -347,6 +378,55 @@ where
                 conn.as_mut().graceful_shutdown();
             }
         }
+    }
+}
+
+/// An IO whose first reads return bytes already read from it (the
+/// HTTP/2 preface that told h2c from HTTP/1.1).
+struct Rewind<IO> {
+    read: Bytes,
+    inner: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -90,10 +90,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         limits: cfg.limits.clone(),
         tracker: TaskTracker::new(),
         drain: Arc::default(),
-        workers: Arc::new(
-            listen::Workers::start(workers, cfg.limits.header_read_timeout)
-                .context("starting worker threads")?,
-        ),
+        workers: Arc::new(listen::Workers::start(workers).context("starting worker threads")?),
     };
     let mut bound = Bound::default();
     let mut cert_watch: Option<(Arc<Resolver>, CertFiles)> = None;
