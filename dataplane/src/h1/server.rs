@@ -9,9 +9,9 @@
 //! Why not hyper's server: on the relay's path it cost about 15k of the
 //! gateway's 41k instructions per call (callgrind), 6.7k of them building
 //! the request's `HeaderMap`, the rest its dispatcher, buffers and timer.
-//! With this loop the gateway's user time per h1 call went from 2.0x
-//! nginx's to 1.8x, its throughput from 0.82-0.87 of nginx's to 0.94
-//! (docs/benchmarks.md; not yet measured under callgrind).
+//! With this loop the gateway adds 44-47 µs at concurrency 1 where it
+//! added 52-53 with hyper's (same run, docs/benchmarks.md); saturation
+//! throughput did not move (+1 %).
 //! HTTP/2 (h2c by prior knowledge, h2 by ALPN) stays with hyper: a
 //! connection that opens with the HTTP/2 preface is handed back
 //! (`Ended::H2`) with what was read of it.
