@@ -299,6 +299,7 @@ async fn serve_conn<IO>(
     let mut io = Tracked {
         inner: io,
         activity: activity.clone(),
+        unread: Bytes::new(),
     };
     let memo = Arc::new(crate::gateway::ConnMemo::default());
     // The idle check runs in a task of its own, which ends when the
@@ -357,7 +358,7 @@ async fn serve_conn<IO>(
             Ok::<_, Infallible>(resp)
         }
     });
-    let io = Rewind { read, inner: io };
+    io.unread = read;
     let mut conn = pin!(h2_builder(&s.limits).serve_connection(TokioIo::new(io), svc));
     let mut closing = false;
     loop {
@@ -378,55 +379,6 @@ async fn serve_conn<IO>(
                 conn.as_mut().graceful_shutdown();
             }
         }
-    }
-}
-
-/// An IO whose first reads return bytes already read from it (the
-/// HTTP/2 preface that told h2c from HTTP/1.1).
-struct Rewind<IO> {
-    read: Bytes,
-    inner: IO,
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if !self.read.is_empty() {
-            let n = self.read.len().min(buf.remaining());
-            buf.put_slice(&self.read[..n]);
-            self.read.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -471,10 +423,13 @@ impl Activity {
     }
 }
 
-/// An IO that records activity, so idle keep-alive connections can be closed.
+/// An IO that records activity, so idle keep-alive connections can be
+/// closed; its first reads return `unread` (what `h1::server` read of an
+/// h2c connection before it knew, for hyper to read again).
 struct Tracked<IO> {
     inner: IO,
     activity: Arc<Activity>,
+    unread: Bytes,
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
@@ -483,6 +438,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tracked<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {

@@ -74,14 +74,18 @@ pub enum Ended {
 /// an answer closes the connection, or `stop` (drain, idle) resolves: at
 /// once if no request is under way, else after the answer under way
 /// (which then says `Connection: close`).
-pub async fn serve<IO, S, F, Fut>(io: &mut IO, s: &Settings, stop: Pin<&mut S>, mut svc: F) -> Ended
+pub async fn serve<IO, S, F, Fut>(
+    io: &mut IO,
+    s: &Settings,
+    mut stop: Pin<&mut S>,
+    mut svc: F,
+) -> Ended
 where
     IO: AsyncRead + AsyncWrite + Unpin,
     S: Future<Output = ()>,
     F: FnMut(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
-    let mut stop = stop;
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(1024);
     let mut sniff = s.sniff_h2;
