@@ -46,7 +46,7 @@ use tokio::{
 
 use crate::{
     body::BoxError,
-    h1::{BodyError, Chunk, Framing, has_token, hop_by_hop, take},
+    h1::{BodyError, Chunk, Framing, hop_by_hop, take},
 };
 
 /// Most headers a response head may carry.
@@ -478,11 +478,15 @@ struct Head {
     version: Version,
     headers: HeaderMap,
     keep_alive: bool,
+    /// `Content-Length`, read while the head was parsed.
+    length: Result<Option<u64>, &'static str>,
 }
 
 /// Parses the response head at the front of `buf` and takes it out of it.
 /// Header values are slices of the head's bytes, not copies.
 fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, ClientError> {
+    // `Span`s are u32.
+    let max = max.min(u32::MAX as usize);
     let mut raw = [const { MaybeUninit::uninit() }; MAX_HEADERS];
     let mut r = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default()
@@ -505,42 +509,15 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, ClientErro
     } else {
         Version::HTTP_11
     };
-    // Where each name and value sits in the head (which is at most `max`
-    // bytes), so that the values can be sliced out once it is taken.
-    let at = |s: &[u8]| (s.as_ptr() as usize - buf.as_ptr() as usize, s.len());
-    let spans: Vec<_> = r
-        .headers
-        .iter()
-        .map(|h| (at(h.name.as_bytes()), at(h.value)))
-        .collect();
+    let spans = crate::h1::spans(buf, r.headers);
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    let mut keep_alive = version == Version::HTTP_11;
-    for ((n_at, n_len), (v_at, v_len)) in spans {
-        let raw_name = &head[n_at..n_at + n_len];
-        let name = HeaderName::from_bytes(raw_name).map_err(|_| {
-            ClientError::Protocol(format!(
-                "header name {:?}",
-                String::from_utf8_lossy(raw_name)
-            ))
-        })?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v_at..v_at + v_len))
-            .map_err(|_| ClientError::Protocol(format!("header {name} has an invalid value")))?;
-        if name == http::header::CONNECTION {
-            let v = value.as_bytes();
-            if has_token(v, b"close") {
-                keep_alive = false;
-            } else if has_token(v, b"keep-alive") {
-                keep_alive = true;
-            }
-        }
-        headers.append(name, value);
-    }
+    let fields = crate::h1::fields(&head, &spans).map_err(ClientError::Protocol)?;
     Ok(Some(Head {
         status,
         version,
-        headers,
-        keep_alive,
+        keep_alive: fields.connection.unwrap_or(version == Version::HTTP_11),
+        length: fields.length,
+        headers: fields.map,
     }))
 }
 
@@ -572,8 +549,7 @@ impl Head {
                 Ok(Framing::Close)
             };
         }
-        let length = crate::h1::content_length(&self.headers)
-            .map_err(|e| ClientError::Protocol(e.into()))?;
+        let length = self.length.map_err(|e| ClientError::Protocol(e.into()))?;
         Ok(match length {
             Some(n) => Framing::Length(n),
             None => Framing::Close,

@@ -145,20 +145,151 @@ pub struct BodyError(pub String);
 /// `Content-Length`: `None` when absent; every value must be the same
 /// digits (RFC 9110 §8.6; a list, a sign or spaces inside are refused).
 pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
-    let mut length = None;
+    let mut length = Ok(None);
     for v in headers.get_all(header::CONTENT_LENGTH) {
-        let digits = v.as_bytes().trim_ascii();
-        let n: u64 =
-            (!digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(digits).ok()?.parse().ok())
-                .flatten()
-                .ok_or("invalid content-length")?;
-        if length.is_some_and(|l| l != n) {
-            return Err("conflicting content-length");
-        }
-        length = Some(n);
+        add_length(&mut length, v.as_bytes());
     }
-    Ok(length)
+    length
+}
+
+fn add_length(length: &mut Result<Option<u64>, &'static str>, value: &[u8]) {
+    let Ok(seen) = *length else { return };
+    let digits = value.trim_ascii();
+    let n = (!digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit))
+        .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+        .flatten();
+    *length = match (n, seen) {
+        (None, _) => Err("invalid content-length"),
+        (Some(n), Some(l)) if l != n => Err("conflicting content-length"),
+        (Some(n), _) => Ok(Some(n)),
+    };
+}
+
+/// Where a field's name and value sit in a head: (start, length) of each.
+/// Offsets fit in `u32`: heads are read under a limit far below 4 GiB.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// Most heads carry fewer fields than this; more spill to the heap.
+pub(crate) type Spans = smallvec::SmallVec<[Span; 24]>;
+
+/// Where the fields parsed out of `head` sit in it.
+pub(crate) fn spans(head: &[u8], fields: &[httparse::Header<'_>]) -> Spans {
+    let at = |s: &[u8]| {
+        (
+            (s.as_ptr() as usize - head.as_ptr() as usize) as u32,
+            s.len() as u32,
+        )
+    };
+    fields
+        .iter()
+        .map(|h| Span {
+            name: at(h.name.as_bytes()),
+            value: at(h.value),
+        })
+        .collect()
+}
+
+/// A head's fields as a `HeaderMap`, with what both sides read of them
+/// gathered while the map is built, so that no one looks them up again.
+#[derive(Debug)]
+pub(crate) struct Fields {
+    pub map: HeaderMap,
+    /// The last `Connection` that says `close` (false) or `keep-alive`.
+    pub connection: Option<bool>,
+    pub expect_continue: bool,
+    /// A `Transfer-Encoding` field is present.
+    pub transfer_encoding: bool,
+    /// `Content-Length`, as `content_length` reads it.
+    pub length: Result<Option<u64>, &'static str>,
+}
+
+/// Builds the fields of `head` at `spans`. Values are slices of `head`,
+/// not copies; the names every MCP request and answer carries come from a
+/// table (no lowercasing pass, no allocation for `mcp-session-id` and the
+/// like). The error says which field is bad.
+pub(crate) fn fields(head: &Bytes, spans: &[Span]) -> Result<Fields, String> {
+    let mut f = Fields {
+        map: HeaderMap::with_capacity(spans.len()),
+        connection: None,
+        expect_continue: false,
+        transfer_encoding: false,
+        length: Ok(None),
+    };
+    let slice = |(at, len): (u32, u32)| at as usize..(at + len) as usize;
+    for span in spans {
+        let raw = &head[slice(span.name)];
+        let name = match known(raw) {
+            Some(n) => n.clone(),
+            None => HeaderName::from_bytes(raw)
+                .map_err(|_| format!("header name {:?}", String::from_utf8_lossy(raw)))?,
+        };
+        let value = HeaderValue::from_maybe_shared(head.slice(slice(span.value)))
+            .map_err(|_| format!("header {name} has an invalid value"))?;
+        let v = value.as_bytes();
+        if name == header::CONTENT_LENGTH {
+            add_length(&mut f.length, v);
+        } else if name == header::TRANSFER_ENCODING {
+            f.transfer_encoding = true;
+        } else if name == header::CONNECTION {
+            if has_token(v, b"close") {
+                f.connection = Some(false);
+            } else if has_token(v, b"keep-alive") {
+                f.connection = Some(true);
+            }
+        } else if name == header::EXPECT && v.eq_ignore_ascii_case(b"100-continue") {
+            f.expect_continue = true;
+        }
+        f.map.append(name, value);
+    }
+    Ok(f)
+}
+
+/// The field names MCP traffic carries, by length.
+fn known(raw: &[u8]) -> Option<&'static HeaderName> {
+    use crate::mcp::{HDR_LAST_EVENT, HDR_METHOD, HDR_NAME, HDR_SESSION, HDR_VERSION};
+    use header::*;
+    static L4: [HeaderName; 2] = [HOST, DATE];
+    static L6: [HeaderName; 4] = [ACCEPT, ORIGIN, SERVER, EXPECT];
+    static L8: [HeaderName; 1] = [HDR_NAME];
+    static L9: [HeaderName; 1] = [HeaderName::from_static("x-api-key")];
+    static L10: [HeaderName; 3] = [CONNECTION, USER_AGENT, HDR_METHOD];
+    static L11: [HeaderName; 1] = [HeaderName::from_static("traceparent")];
+    static L12: [HeaderName; 2] = [CONTENT_TYPE, HeaderName::from_static("x-request-id")];
+    static L13: [HeaderName; 3] = [AUTHORIZATION, HDR_LAST_EVENT, CACHE_CONTROL];
+    static L14: [HeaderName; 2] = [CONTENT_LENGTH, HDR_SESSION];
+    static L15: [HeaderName; 1] = [ACCEPT_ENCODING];
+    static L16: [HeaderName; 1] = [WWW_AUTHENTICATE];
+    static L17: [HeaderName; 1] = [TRANSFER_ENCODING];
+    static L20: [HeaderName; 1] = [HDR_VERSION];
+    let names: &'static [HeaderName] = match raw.len() {
+        4 => &L4,
+        6 => &L6,
+        8 => &L8,
+        9 => &L9,
+        10 => &L10,
+        11 => &L11,
+        12 => &L12,
+        13 => &L13,
+        14 => &L14,
+        15 => &L15,
+        16 => &L16,
+        17 => &L17,
+        20 => &L20,
+        _ => return None,
+    };
+    // Most clients write names in lower case, as HTTP/2 must.
+    names
+        .iter()
+        .find(|n| raw == n.as_str().as_bytes())
+        .or_else(|| {
+            names
+                .iter()
+                .find(|n| raw.eq_ignore_ascii_case(n.as_str().as_bytes()))
+        })
 }
 
 /// A request head, taken out of the connection's buffer.
@@ -187,6 +318,8 @@ pub enum HeadError {
 /// it is here yet) and takes it out. Header values are slices of the
 /// head's bytes, not copies.
 pub fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHead>, HeadError> {
+    // `Span`s are u32.
+    let max = max.min(u32::MAX as usize);
     let mut raw = [const { MaybeUninit::uninit() }; MAX_REQUEST_HEADERS];
     let mut r = httparse::Request::new(&mut []);
     let parsed =
@@ -203,53 +336,22 @@ pub fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHea
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let at = |s: &[u8]| s.as_ptr() as usize - buf.as_ptr() as usize;
     let path = r.path.unwrap_or("");
-    let path_at = (at(path.as_bytes()), path.len());
-    let spans: Vec<_> = r
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                (at(h.name.as_bytes()), h.name.len()),
-                (at(h.value), h.value.len()),
-            )
-        })
-        .collect();
+    let path_at = path.as_ptr() as usize - buf.as_ptr() as usize;
+    let path_at = path_at..path_at + path.len();
+    let spans = spans(buf, r.headers);
     let head = buf.split_to(len).freeze();
-    let uri = Uri::from_maybe_shared(head.slice(path_at.0..path_at.0 + path_at.1))
+    let uri = Uri::from_maybe_shared(head.slice(path_at))
         .map_err(|_| HeadError::Malformed("request target".into()))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    let mut keep_alive = version == Version::HTTP_11;
-    let mut expect_continue = false;
-    for ((n_at, n_len), (v_at, v_len)) in spans {
-        let raw_name = &head[n_at..n_at + n_len];
-        let name = HeaderName::from_bytes(raw_name).map_err(|_| {
-            HeadError::Malformed(format!(
-                "header name {:?}",
-                String::from_utf8_lossy(raw_name)
-            ))
-        })?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v_at..v_at + v_len))
-            .map_err(|_| HeadError::Malformed(format!("header {name} has an invalid value")))?;
-        if name == header::CONNECTION {
-            let v = value.as_bytes();
-            if has_token(v, b"close") {
-                keep_alive = false;
-            } else if has_token(v, b"keep-alive") {
-                keep_alive = true;
-            }
-        } else if name == header::EXPECT && value.as_bytes().eq_ignore_ascii_case(b"100-continue") {
-            expect_continue = version == Version::HTTP_11;
-        }
-        headers.append(name, value);
-    }
-    let framing = request_framing(&headers, version)?;
+    let fields = fields(&head, &spans).map_err(HeadError::Malformed)?;
+    let framing = request_framing(&fields, version)?;
+    let keep_alive = fields.connection.unwrap_or(version == Version::HTTP_11);
+    let expect_continue = fields.expect_continue && version == Version::HTTP_11;
     let mut parts = http::Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;
     parts.version = version;
-    parts.headers = headers;
+    parts.headers = fields.map;
     Ok(Some(RequestHead {
         parts,
         framing,
@@ -259,20 +361,22 @@ pub fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHea
 }
 
 /// RFC 9112 §6.3 for requests: chunked, a length, or no body.
-fn request_framing(headers: &HeaderMap, version: Version) -> Result<Framing, HeadError> {
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_some() {
+fn request_framing(fields: &Fields, version: Version) -> Result<Framing, HeadError> {
+    if fields.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(HeadError::Malformed(
                 "transfer-encoding in an HTTP/1.0 request".into(),
             ));
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if fields.map.contains_key(header::CONTENT_LENGTH) {
             return Err(HeadError::Malformed(
                 "both transfer-encoding and content-length".into(),
             ));
         }
-        let mut tokens = codings
+        let mut tokens = fields
+            .map
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
             .flat_map(|v| v.as_bytes().split(|b| *b == b','))
             .map(<[u8]>::trim_ascii);
         return match (tokens.next(), tokens.next()) {
@@ -284,7 +388,7 @@ fn request_framing(headers: &HeaderMap, version: Version) -> Result<Framing, Hea
             )),
         };
     }
-    match content_length(headers) {
+    match fields.length {
         Ok(n) => Ok(Framing::Length(n.unwrap_or(0))),
         Err(e) => Err(HeadError::Malformed(e.into())),
     }
@@ -471,6 +575,52 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn field_names_are_found_in_any_case() {
+        let h = request(
+            b"POST /mcp HTTP/1.1\r\nhost: h\r\nMCP-Session-Id: s\r\nContent-TYPE: application/json\r\n\
+              X-Api-Key: k\r\nmcp-protocol-version: v\r\nX-Custom-Thing: c\r\nConnection: Close\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        let m = &h.parts.headers;
+        assert_eq!(m.len(), 7);
+        for (name, value) in [
+            ("host", "h"),
+            ("mcp-session-id", "s"),
+            ("content-type", "application/json"),
+            ("x-api-key", "k"),
+            ("mcp-protocol-version", "v"),
+            ("x-custom-thing", "c"),
+        ] {
+            assert_eq!(m.get(name).unwrap(), value, "{name}");
+        }
+        // The table hands out the same names `http` would have made.
+        let names: Vec<&str> = m.keys().map(HeaderName::as_str).collect();
+        assert!(names.contains(&"mcp-session-id") && names.contains(&"x-custom-thing"));
+        assert!(!h.keep_alive, "Connection: Close is read whatever its case");
+        assert_eq!(h.framing, Framing::Length(0));
+    }
+
+    #[test]
+    fn bad_fields_name_the_field() {
+        for (head, says) in [
+            (
+                &b"GET / HTTP/1.1\r\nhost: h\r\nContent-Length: 1\r\ncontent-length: 2\r\n\r\n"[..],
+                "conflicting",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n",
+                "invalid content-length",
+            ),
+        ] {
+            match request(head) {
+                Err(HeadError::Malformed(m)) => assert!(m.contains(says), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
