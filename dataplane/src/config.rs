@@ -150,6 +150,13 @@ pub struct Limits {
     #[serde(deserialize_with = "dur::deserialize")]
     #[schemars(with = "String")]
     pub body_read_timeout: Duration,
+    /// Longest a write to an HTTP/1.1 client may wait because the client
+    /// reads nothing (its socket buffer is full): the connection is then
+    /// closed. Streams that are merely quiet are not affected. HTTP/2
+    /// connections are bounded by their keep-alive pings instead.
+    #[serde(deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub send_timeout: Duration,
     /// An idle keep-alive connection is closed after this long.
     #[serde(deserialize_with = "dur::deserialize")]
     #[schemars(with = "String")]
@@ -202,6 +209,7 @@ impl Default for Limits {
             max_connections: 10_000,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(120),
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_response_timeout: Duration::from_secs(30),

@@ -315,6 +315,7 @@ async fn serve_conn<IO>(
         let settings = h1::server::Settings {
             max_head: s.limits.max_header_bytes,
             header_read_timeout: s.limits.header_read_timeout,
+            send_timeout: s.limits.send_timeout,
             sniff_h2: protocol == Protocol::Sniff,
         };
         let stop = pin!(async {

@@ -58,6 +58,9 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct Settings {
     pub max_head: usize,
     pub header_read_timeout: Duration,
+    /// Longest a write to the client may wait (the client reads nothing):
+    /// the connection is then closed.
+    pub send_timeout: Duration,
     /// A connection that opens with the HTTP/2 preface is handed back.
     pub sniff_h2: bool,
 }
@@ -101,7 +104,7 @@ where
                     keep: false,
                     head_only: false,
                 };
-                let _ = write_response(io, &mut out, &mut buf, resp, answer, 0).await;
+                let _ = write_response(io, &mut out, &mut buf, resp, answer, s).await;
                 let _ = io.shutdown().await;
                 return Ended::Closed;
             }
@@ -130,11 +133,7 @@ where
         };
         if expect_continue
             && feed.is_some()
-            && (io
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .is_err()
-                || io.flush().await.is_err())
+            && !send(io, b"HTTP/1.1 100 Continue\r\n\r\n", s.send_timeout).await
         {
             return Ended::Closed;
         }
@@ -162,7 +161,7 @@ where
             keep,
             head_only,
         };
-        if !write_response(io, &mut out, &mut buf, resp, answer, s.max_head).await {
+        if !write_response(io, &mut out, &mut buf, resp, answer, s).await {
             let _ = io.shutdown().await;
             return Ended::Closed;
         }
@@ -291,9 +290,9 @@ struct Answer {
 }
 
 /// Writes `resp`; true if the connection may serve another request.
-/// While the body streams, the socket is read too (at most `max_ahead`
+/// While the body streams, the socket is read too (at most `max_head`
 /// bytes, kept in `buf` for the next request), so that a client that
-/// leaves ends the stream.
+/// leaves ends the stream. A write that waits `send_timeout` fails.
 async fn write_response<IO>(
     io: &mut IO,
     out: &mut Vec<u8>,
@@ -304,11 +303,12 @@ async fn write_response<IO>(
         keep,
         head_only,
     }: Answer,
-    max_ahead: usize,
+    s: &Settings,
 ) -> bool
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    let stall = s.send_timeout;
     let (parts, mut body) = resp.into_parts();
     let status = parts.status;
     let no_content = status.is_informational()
@@ -325,7 +325,7 @@ where
     out.clear();
     super::encode_response_head(out, status, &parts.headers, framing, keep, version);
     if no_content || head_only {
-        return write_out(io, out).await && keep;
+        return write_out(io, out, stall).await && keep;
     }
     let mut left = match framing {
         BodyFraming::Length(n) => n,
@@ -336,10 +336,10 @@ where
         let frame = match body.frame().now_or_never() {
             Some(f) => f,
             None => {
-                if !out.is_empty() && !write_out(io, out).await {
+                if !out.is_empty() && !write_out(io, out, stall).await {
                     return false;
                 }
-                match next_frame(&mut body, io, buf, max_ahead).await {
+                match next_frame(&mut body, io, buf, s.max_head).await {
                     Some(f) => f,
                     None => return false,
                 }
@@ -364,19 +364,19 @@ where
                     return false;
                 }
                 left -= data.len() as u64;
-                if !put(io, out, &data).await {
+                if !put(io, out, &data, stall).await {
                     return false;
                 }
             }
             BodyFraming::Chunked => {
                 super::chunk_head(out, data.len());
-                if !put(io, out, &data).await {
+                if !put(io, out, &data, stall).await {
                     return false;
                 }
                 out.extend_from_slice(b"\r\n");
             }
             BodyFraming::Close | BodyFraming::None => {
-                if !put(io, out, &data).await {
+                if !put(io, out, &data, stall).await {
                     return false;
                 }
             }
@@ -385,13 +385,13 @@ where
     match framing {
         BodyFraming::Length(_) if left != 0 => {
             tracing::warn!("response body shorter than its length: closing");
-            let _ = write_out(io, out).await;
+            let _ = write_out(io, out, stall).await;
             return false;
         }
         BodyFraming::Chunked => out.extend_from_slice(super::LAST_CHUNK),
         _ => {}
     }
-    write_out(io, out).await && keep
+    write_out(io, out, stall).await && keep
 }
 
 /// The next frame of a body that has none ready, reading the socket
@@ -419,18 +419,59 @@ async fn next_frame<IO: AsyncRead + Unpin>(
 }
 
 /// Appends `data` to `out`, or writes both when it is large.
-async fn put<IO: AsyncWrite + Unpin>(io: &mut IO, out: &mut Vec<u8>, data: &[u8]) -> bool {
+async fn put<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    out: &mut Vec<u8>,
+    data: &[u8],
+    stall: Duration,
+) -> bool {
     if data.len() <= COALESCE_BODY {
         out.extend_from_slice(data);
         return true;
     }
-    write_out(io, out).await && io.write_all(data).await.is_ok()
+    write_out(io, out, stall).await && send(io, data, stall).await
 }
 
-async fn write_out<IO: AsyncWrite + Unpin>(io: &mut IO, out: &mut Vec<u8>) -> bool {
-    let ok = io.write_all(out).await.is_ok() && io.flush().await.is_ok();
+async fn write_out<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    out: &mut Vec<u8>,
+    stall: Duration,
+) -> bool {
+    let ok = send(io, out, stall).await;
     out.clear();
     ok
+}
+
+/// Writes and flushes `data`; false if the client is gone or a write
+/// waits `stall` (a client that reads nothing, or too slowly to take a
+/// write's worth in that time). A write that does not wait, as nearly
+/// all do, arms no timer.
+async fn send<IO: AsyncWrite + Unpin>(io: &mut IO, mut data: &[u8], stall: Duration) -> bool {
+    let stalled = || {
+        tracing::debug!("a write to the client waited send_timeout: closing");
+        false
+    };
+    while !data.is_empty() {
+        let written = match io.write(data).now_or_never() {
+            Some(r) => r,
+            None => match tokio::time::timeout(stall, io.write(data)).await {
+                Ok(r) => r,
+                Err(_) => return stalled(),
+            },
+        };
+        match written {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => data = &data[n..],
+        }
+    }
+    let flushed = match io.flush().now_or_never() {
+        Some(r) => r,
+        None => match tokio::time::timeout(stall, io.flush()).await {
+            Ok(r) => r,
+            Err(_) => return stalled(),
+        },
+    };
+    flushed.is_ok()
 }
 
 /// A request's body: whole, or fed by the connection's loop.
@@ -521,6 +562,7 @@ mod tests {
         Settings {
             max_head: 1024,
             header_read_timeout: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(5),
             sniff_h2: true,
         }
     }
@@ -766,6 +808,32 @@ mod tests {
         // Nothing more comes: closed at the deadline, with no answer.
         assert_eq!(read_all(&mut c).await, "");
         assert!(matches!(task.await.unwrap(), Ended::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_is_closed() {
+        let mut s = settings();
+        s.send_timeout = Duration::from_millis(50);
+        // A pipe that holds 4 KiB and an answer of 1 MiB that no one reads.
+        let (mut c, mut server) = duplex(4096);
+        let task = tokio::spawn(async move {
+            let stop = pin!(std::future::pending::<()>());
+            serve(&mut server, &s, stop, |_req| async {
+                Response::new(crate::body::full(vec![b'x'; 1 << 20]))
+            })
+            .await
+        });
+        c.write_all(b"GET /big HTTP/1.1\r\n\r\n").await.unwrap();
+        // Without the bound, this waits for as long as the client does.
+        let ended = tokio::time::timeout(Duration::from_secs(10), task).await;
+        assert!(matches!(ended, Ok(Ok(Ended::Closed))), "{ended:?}");
+        // What was written is a prefix of the answer, and then the end.
+        let got = read_all(&mut c).await;
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK") && got.len() < 1 << 20,
+            "{}",
+            got.len()
+        );
     }
 
     #[tokio::test]
