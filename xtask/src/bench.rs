@@ -13,7 +13,10 @@
 //! the saturation rounds (`cpu µs`, and its user-space part, `user µs`),
 //! steadier than req/s on a shared VM; and the generator's own CPU per call
 //! in open loop (`gen µs`), what it takes from the cores the system under
-//! test needs.
+//! test needs; and in open loop, how long the proxy's (or the upstream's)
+//! threads were runnable but waited for a CPU, per call (`wait µs`, from
+//! `schedstat`): on a machine that shares two cores between generator,
+//! proxy and upstream, that wait, not the proxy's work, makes the tail.
 
 use std::{
     path::{Path, PathBuf},
@@ -63,6 +66,9 @@ struct Run {
     warmup_ok: u64,
     /// The generator's CPU time while measuring, µs (NaN where unknown).
     gen_cpu_us: f64,
+    /// Open loop: time the path's process (the proxy, or for a direct path
+    /// the upstream) spent runnable but waiting for a CPU, µs per call.
+    wait_us: f64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -258,6 +264,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             ok: num("ok") as u64,
             warmup_ok: num("warmup_ok") as u64,
             gen_cpu_us: num("cpu_us"),
+            wait_us: f64::NAN,
         })
     };
     // Whose CPU a path's saturation costs: the proxy's, or for a direct
@@ -329,11 +336,12 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     for l in &loads {
         let l = l * 100.0;
         print!(
-            " {:>9} {:>9} {:>8} {:>7}",
+            " {:>9} {:>9} {:>8} {:>7} {:>7}",
             format!("{l:.0}% p50"),
             format!("{l:.0}% p99"),
             "lag p99",
-            "gen µs"
+            "gen µs",
+            "wait µs"
         );
     }
     println!(" {:>7}", "errors");
@@ -344,11 +352,16 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     let mut c1_runs: Vec<Vec<Run>> = vec![Vec::new(); paths.len()];
     let mut open_runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); loads.len()]; paths.len()];
     for _ in 0..args.rounds.max(1) {
-        for (i, (_, url, http, key)) in paths.iter().enumerate() {
+        for (i, (name, url, http, key)) in paths.iter().enumerate() {
             c1_runs[i].push(load(url, *http, *key, 1, None)?);
             let sat = if *http == 1 { sat_h1 } else { sat_h2 };
+            let pids = pids_of(name);
             for (j, l) in loads.iter().enumerate() {
-                open_runs[i][j].push(load(url, *http, *key, args.concurrency, Some(sat * l))?);
+                let waited = runq_wait_secs(&pids);
+                let mut run = load(url, *http, *key, args.concurrency, Some(sat * l))?;
+                run.wait_us =
+                    (runq_wait_secs(&pids) - waited) * 1e6 / (run.ok + run.warmup_ok).max(1) as f64;
+                open_runs[i][j].push(run);
             }
         }
     }
@@ -374,11 +387,12 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         for runs in opens {
             let (r, e) = median_by(runs, |r| r.p99);
             print!(
-                " {:>9.0} {:>9.0} {:>8.0} {:>7.1}",
+                " {:>9.0} {:>9.0} {:>8.0} {:>7.1} {:>7.1}",
                 r.p50,
                 r.p99,
                 r.lag_p99,
-                r.gen_cpu_us / r.ok.max(1) as f64
+                r.gen_cpu_us / r.ok.max(1) as f64,
+                r.wait_us
             );
             all_errors += e;
             open.push(r);
@@ -434,6 +448,28 @@ fn cpu_secs(pids: &[u32]) -> (f64, f64) {
     }
     // /proc counts in USER_HZ, 100 on every Linux.
     (user as f64 / 100.0, (user + system) as f64 / 100.0)
+}
+
+/// Time the threads of these processes spent runnable but waiting for a
+/// CPU, in seconds: the second field of `/proc/<pid>/task/*/schedstat`
+/// (Linux; what cannot be read counts 0). Threads that ended are not
+/// counted, and the proxies keep theirs.
+fn runq_wait_secs(pids: &[u32]) -> f64 {
+    let mut ns = 0u64;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    ns as f64 / 1e9
 }
 
 /// The fields of `/proc/<pid>/stat` after the command name (which may hold
