@@ -21,7 +21,8 @@
 //! connection is closed without an answer, as a slowloris deserves); the
 //! body, which the gateway reads under `max_body_bytes` and
 //! `body_read_timeout`; bytes read ahead while an answer streams (at most
-//! `max_header_bytes`). A connection whose request body was not read to its
+//! `max_header_bytes`); a write the client does not take (`send_timeout`:
+//! the connection is closed). A connection whose request body was not read to its
 //! end is closed after the answer: the rest would read as the next request.
 //! So is one whose client closes: an EOF while an answer streams ends it.
 
