@@ -152,8 +152,8 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// Longest a write to an HTTP/1.1 client may wait because the client
     /// reads nothing (its socket buffer is full): the connection is then
-    /// closed. Streams that are merely quiet are not affected. HTTP/2
-    /// connections are bounded by their keep-alive pings instead.
+    /// closed. Streams that are merely quiet are not affected. On HTTP/2,
+    /// how long a PING may go unanswered (see `ping_interval`).
     #[serde(deserialize_with = "dur::deserialize")]
     #[schemars(with = "String")]
     pub send_timeout: Duration,
@@ -189,6 +189,12 @@ pub struct Limits {
     #[serde(deserialize_with = "dur::deserialize")]
     #[schemars(with = "String")]
     pub sse_keepalive_interval: Duration,
+    /// Interval of HTTP/2 PING frames to clients. A client that does not
+    /// answer one within `send_timeout` is closed: HTTP/2's bound on a
+    /// client that reads nothing.
+    #[serde(deserialize_with = "dur::deserialize")]
+    #[schemars(with = "String")]
+    pub ping_interval: Duration,
     /// On shutdown, how long in-flight requests and streams may take to finish.
     #[serde(deserialize_with = "dur::deserialize")]
     #[schemars(with = "String")]
@@ -217,6 +223,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(60),
             stream_idle_timeout: Duration::from_secs(600),
             sse_keepalive_interval: Duration::from_secs(15),
+            ping_interval: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -427,7 +434,43 @@ pub enum ConfigError {
 
 impl FileConfig {
     pub fn parse(text: &str) -> Result<FileConfig, serde_norway::Error> {
-        serde_norway::from_str(text)
+        let cfg: FileConfig = serde_norway::from_str(text)?;
+        // A zero interval would make a timer spin or panic, a zero timeout
+        // fail every connection. (Where zero means something, e.g. a drain
+        // that does not wait, it is not listed.)
+        let l = &cfg.limits;
+        let cp_connect = cfg.control_plane.as_ref().map(|c| c.connect_timeout);
+        for (name, d) in [
+            (
+                "control_plane.connect_timeout",
+                cp_connect.unwrap_or(Duration::MAX),
+            ),
+            ("watch_interval", cfg.watch_interval),
+            ("sessions.ttl", cfg.sessions.ttl),
+            ("limits.header_read_timeout", l.header_read_timeout),
+            ("limits.body_read_timeout", l.body_read_timeout),
+            ("limits.send_timeout", l.send_timeout),
+            ("limits.idle_timeout", l.idle_timeout),
+            (
+                "limits.upstream_connect_timeout",
+                l.upstream_connect_timeout,
+            ),
+            (
+                "limits.upstream_response_timeout",
+                l.upstream_response_timeout,
+            ),
+            ("limits.request_timeout", l.request_timeout),
+            ("limits.stream_idle_timeout", l.stream_idle_timeout),
+            ("limits.sse_keepalive_interval", l.sse_keepalive_interval),
+            ("limits.ping_interval", l.ping_interval),
+        ] {
+            if d.is_zero() {
+                return Err(serde::de::Error::custom(format!(
+                    "{name} must be more than zero"
+                )));
+            }
+        }
+        Ok(cfg)
     }
 
     pub fn load(path: &std::path::Path) -> Result<FileConfig, ConfigError> {
@@ -479,6 +522,34 @@ mod tests {
         );
         let err = FileConfig::parse("listners: {}").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn zero_timeouts_and_intervals_are_refused_by_name() {
+        // A zero interval would make a timer spin or panic; a zero timeout
+        // fails every connection.
+        for field in [
+            "limits: {sse_keepalive_interval: 0s}",
+            "limits: {ping_interval: 0ms}",
+            "limits: {send_timeout: 0s}",
+            "limits: {header_read_timeout: 0s}",
+            "watch_interval: 0s",
+        ] {
+            let e = FileConfig::parse(field)
+                .err()
+                .unwrap_or_else(|| panic!("{field} accepted"));
+            let name = field.replace("limits: {", "limits.");
+            let name = name.split(':').next().unwrap();
+            assert!(
+                e.to_string()
+                    .contains(&format!("{name} must be more than zero")),
+                "{e}"
+            );
+        }
+        // Where zero means something (never reuse, do not wait), it stays allowed.
+        let c =
+            FileConfig::parse("limits: {upstream_idle_timeout: 0s, drain_timeout: 0s}").unwrap();
+        assert!(c.limits.drain_timeout.is_zero());
     }
 
     #[test]

@@ -197,8 +197,8 @@ fn h2_builder(limits: &Limits) -> http2::Builder<TokioExecutor> {
     b.timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_interval(Some(limits.ping_interval))
+        .keep_alive_timeout(limits.send_timeout);
     b
 }
 

@@ -466,6 +466,38 @@ async fn broken_upstreams_get_named_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn http2_clients_that_answer_no_ping_are_closed() {
+    let reference = Reference::start(None);
+    let (mut spec, _key) = GatewaySpec::open(&[("reference", &reference.url)]);
+    // Idle connections are closed much later: only the ping bound can end this one.
+    spec.extra = "limits: {ping_interval: 200ms, send_timeout: 300ms, idle_timeout: 60s}\n".into();
+    let gw = Gateway::start(&spec).await;
+    let addr = gw.bound["plain"].as_str().unwrap().to_owned();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // h2c by prior knowledge: the preface and an empty SETTINGS frame, and
+    // then nothing, as from a client that has stopped reading.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    assert!(
+        r.is_ok(),
+        "the gateway kept an HTTP/2 client that answers no ping"
+    );
+    // The frames it sent: SETTINGS, a PING that went unanswered, GOAWAY.
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+        types.push(got[at + 3]);
+        at += 9 + len;
+    }
+    assert!(types.contains(&0x6), "no PING among frames {types:?}");
+    assert_eq!(types.last(), Some(&0x7), "no GOAWAY at the end: {types:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn slow_headers_are_cut_off() {
     let reference = Reference::start(None);
     let (mut spec, _key) = GatewaySpec::open(&[("reference", &reference.url)]);
