@@ -439,12 +439,13 @@ impl FileConfig {
         // fail every connection. (Where zero means something, e.g. a drain
         // that does not wait, it is not listed.)
         let l = &cfg.limits;
-        let cp_connect = cfg.control_plane.as_ref().map(|c| c.connect_timeout);
+        let cp =
+            |f: fn(&ControlPlane) -> Duration| cfg.control_plane.as_ref().map_or(Duration::MAX, f);
         for (name, d) in [
-            (
-                "control_plane.connect_timeout",
-                cp_connect.unwrap_or(Duration::MAX),
-            ),
+            ("control_plane.connect_timeout", cp(|c| c.connect_timeout)),
+            // A zero backoff reconnects in a tight loop.
+            ("control_plane.backoff_min", cp(|c| c.backoff_min)),
+            ("control_plane.backoff_max", cp(|c| c.backoff_max)),
             ("watch_interval", cfg.watch_interval),
             ("sessions.ttl", cfg.sessions.ttl),
             ("limits.header_read_timeout", l.header_read_timeout),
@@ -534,12 +535,18 @@ mod tests {
             "limits: {send_timeout: 0s}",
             "limits: {header_read_timeout: 0s}",
             "watch_interval: 0s",
+            "control_plane: {url: \"http://cp:8081\", backoff_min: 0s}",
         ] {
             let e = FileConfig::parse(field)
                 .err()
                 .unwrap_or_else(|| panic!("{field} accepted"));
-            let name = field.replace("limits: {", "limits.");
-            let name = name.split(':').next().unwrap();
+            let name = match field.split_once(": {") {
+                Some((section, rest)) => {
+                    let field = rest.rsplit(", ").next().unwrap_or(rest);
+                    format!("{section}.{}", field.split(':').next().unwrap())
+                }
+                None => field.split(':').next().unwrap().to_owned(),
+            };
             assert!(
                 e.to_string()
                     .contains(&format!("{name} must be more than zero")),

@@ -106,7 +106,7 @@ where
                     head_only: false,
                 };
                 let _ = write_response(io, &mut out, &mut buf, resp, answer, s).await;
-                let _ = io.shutdown().await;
+                close(io, s.send_timeout).await;
                 return Ended::Closed;
             }
         };
@@ -163,7 +163,7 @@ where
             head_only,
         };
         if !write_response(io, &mut out, &mut buf, resp, answer, s).await {
-            let _ = io.shutdown().await;
+            close(io, s.send_timeout).await;
             return Ended::Closed;
         }
     }
@@ -441,6 +441,13 @@ async fn write_out<IO: AsyncWrite + Unpin>(
     let ok = send(io, out, stall).await;
     out.clear();
     ok
+}
+
+/// Shuts the connection down, within `stall`: over TLS that writes
+/// close_notify and whatever records are still buffered, which a client
+/// that reads nothing would never take.
+async fn close<IO: AsyncWrite + Unpin>(io: &mut IO, stall: Duration) {
+    let _ = tokio::time::timeout(stall, io.shutdown()).await;
 }
 
 /// Writes and flushes `data`; false if the client is gone or a write
@@ -835,6 +842,53 @@ mod tests {
             "{}",
             got.len()
         );
+    }
+
+    #[tokio::test]
+    async fn a_tls_client_that_reads_nothing_is_closed() {
+        // Over TLS the close itself writes (close_notify and what rustls
+        // still holds): it is bounded by send_timeout too.
+        use crate::tls::{CertFiles, Resolver, read_certs, server_configs};
+        let dir = std::env::temp_dir().join(format!("stoa-h1-tls-{}", std::process::id()));
+        let mut files = CertFiles::development(&dir).unwrap();
+        let ca = read_certs(&dir.join("ca.pem")).unwrap();
+        let (tcp, _) = server_configs(Resolver::load(&mut files).unwrap());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(ca);
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+        let (c, server) = duplex(4096);
+        let mut s = settings();
+        s.send_timeout = Duration::from_millis(50);
+        let task = tokio::spawn(async move {
+            let mut tls = tokio_rustls::TlsAcceptor::from(tcp)
+                .accept(server)
+                .await
+                .unwrap();
+            let stop = pin!(std::future::pending::<()>());
+            serve(&mut tls, &s, stop, |_req| async {
+                Response::new(crate::body::full(vec![b'x'; 1 << 20]))
+            })
+            .await
+        });
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut c = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, c)
+            .await
+            .unwrap();
+        c.write_all(b"GET /big HTTP/1.1\r\n\r\n").await.unwrap();
+        c.flush().await.unwrap();
+        // The client reads nothing more, and keeps its end open.
+        let ended = tokio::time::timeout(Duration::from_secs(10), task).await;
+        assert!(matches!(ended, Ok(Ok(Ended::Closed))), "{ended:?}");
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
