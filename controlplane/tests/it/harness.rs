@@ -109,6 +109,21 @@ pub const GATEWAY_TOKEN: &str = "it-gateway-token";
 
 pub use stoa_loadtest::testkit::{Proc, eventually, temp_dir};
 
+/// A free port below Linux's ephemeral range (32768 and up), so that a
+/// control plane restarted on it does not find it taken by some outgoing
+/// connection in the meantime (a port 0 bind picks from that range).
+fn fixed_port() -> SocketAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % 6_000;
+    loop {
+        let n = start + NEXT.fetch_add(1, Ordering::Relaxed) * 7;
+        let addr = SocketAddr::from(([127, 0, 0, 1], 20_000 + (n % 12_000) as u16));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+}
+
 async fn ready_file(path: &Path, proc: &mut Proc) -> Value {
     eventually(
         &format!("{} to start", proc.name),
@@ -173,10 +188,7 @@ impl ControlPlane {
     ) -> ControlPlane {
         let dir = temp_dir("cp");
         let ready = dir.join("ready.json");
-        let (admin, xds) = ports.unwrap_or((
-            "127.0.0.1:0".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-        ));
+        let (admin, xds) = ports.unwrap_or_else(|| (fixed_port(), fixed_port()));
         let child = Command::new(env!("CARGO_BIN_EXE_stoa-control"))
             .args(["--database-url", database_url])
             .args(["--admin-listen", &admin.to_string()])
