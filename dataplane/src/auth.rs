@@ -40,7 +40,7 @@ fn verify(snap: &Snapshot, presented: &str) -> Result<Arc<ApiKey>, GatewayError>
     }
 }
 
-const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+pub(crate) const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
 
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get(http::header::AUTHORIZATION) {

@@ -529,24 +529,26 @@ mod tests {
     fn zero_timeouts_and_intervals_are_refused_by_name() {
         // A zero interval would make a timer spin or panic; a zero timeout
         // fails every connection.
-        for field in [
-            "limits: {sse_keepalive_interval: 0s}",
-            "limits: {ping_interval: 0ms}",
-            "limits: {send_timeout: 0s}",
-            "limits: {header_read_timeout: 0s}",
-            "watch_interval: 0s",
-            "control_plane: {url: \"http://cp:8081\", backoff_min: 0s}",
+        for (field, name) in [
+            (
+                "limits: {sse_keepalive_interval: 0s}",
+                "limits.sse_keepalive_interval",
+            ),
+            ("limits: {ping_interval: 0ms}", "limits.ping_interval"),
+            ("limits: {send_timeout: 0s}", "limits.send_timeout"),
+            (
+                "limits: {header_read_timeout: 0s}",
+                "limits.header_read_timeout",
+            ),
+            ("watch_interval: 0s", "watch_interval"),
+            (
+                "control_plane: {url: \"http://cp:8081\", backoff_min: 0s}",
+                "control_plane.backoff_min",
+            ),
         ] {
             let e = FileConfig::parse(field)
                 .err()
                 .unwrap_or_else(|| panic!("{field} accepted"));
-            let name = match field.split_once(": {") {
-                Some((section, rest)) => {
-                    let field = rest.rsplit(", ").next().unwrap_or(rest);
-                    format!("{section}.{}", field.split(':').next().unwrap())
-                }
-                None => field.split(':').next().unwrap().to_owned(),
-            };
             assert!(
                 e.to_string()
                     .contains(&format!("{name} must be more than zero")),

@@ -142,16 +142,9 @@ pub fn hop_by_hop(name: &HeaderName) -> bool {
 #[error("{0}")]
 pub struct BodyError(pub String);
 
-/// `Content-Length`: `None` when absent; every value must be the same
-/// digits (RFC 9110 §8.6; a list, a sign or spaces inside are refused).
-pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
-    let mut length = Ok(None);
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        add_length(&mut length, v.as_bytes());
-    }
-    length
-}
-
+/// Adds a `Content-Length` value to what earlier ones said: every value
+/// must be the same digits (RFC 9110 §8.6; a list, a sign or spaces inside
+/// are refused).
 fn add_length(length: &mut Result<Option<u64>, &'static str>, value: &[u8]) {
     let Ok(seen) = *length else { return };
     let digits = value.trim_ascii();
@@ -203,7 +196,7 @@ pub(crate) struct Fields {
     pub expect_continue: bool,
     /// A `Transfer-Encoding` field is present.
     pub transfer_encoding: bool,
-    /// `Content-Length`, as `content_length` reads it.
+    /// `Content-Length`: `None` when absent, or why its values are refused.
     pub length: Result<Option<u64>, &'static str>,
 }
 
@@ -250,15 +243,20 @@ pub(crate) fn fields(head: &Bytes, spans: &[Span]) -> Result<Fields, String> {
 
 /// The field names MCP traffic carries, by length.
 fn known(raw: &[u8]) -> Option<&'static HeaderName> {
-    use crate::mcp::{HDR_LAST_EVENT, HDR_METHOD, HDR_NAME, HDR_SESSION, HDR_VERSION};
+    use crate::{
+        auth::X_API_KEY,
+        gateway::X_REQUEST_ID,
+        mcp::{HDR_LAST_EVENT, HDR_METHOD, HDR_NAME, HDR_SESSION, HDR_VERSION},
+        upstream::TRACEPARENT,
+    };
     use header::*;
     static L4: [HeaderName; 2] = [HOST, DATE];
     static L6: [HeaderName; 4] = [ACCEPT, ORIGIN, SERVER, EXPECT];
     static L8: [HeaderName; 1] = [HDR_NAME];
-    static L9: [HeaderName; 1] = [HeaderName::from_static("x-api-key")];
+    static L9: [HeaderName; 1] = [X_API_KEY];
     static L10: [HeaderName; 3] = [CONNECTION, USER_AGENT, HDR_METHOD];
-    static L11: [HeaderName; 1] = [HeaderName::from_static("traceparent")];
-    static L12: [HeaderName; 2] = [CONTENT_TYPE, HeaderName::from_static("x-request-id")];
+    static L11: [HeaderName; 1] = [TRACEPARENT];
+    static L12: [HeaderName; 2] = [CONTENT_TYPE, X_REQUEST_ID];
     static L13: [HeaderName; 3] = [AUTHORIZATION, HDR_LAST_EVENT, CACHE_CONTROL];
     static L14: [HeaderName; 2] = [CONTENT_LENGTH, HDR_SESSION];
     static L15: [HeaderName; 1] = [ACCEPT_ENCODING];

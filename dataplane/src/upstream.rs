@@ -85,6 +85,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// W3C trace context, relayed so that traces span the gateway.
+pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// Headers of the client's request that reach the upstream. Everything else,
 /// above all `Authorization` and `X-API-Key`, stays at the gateway.
 static FORWARDED: [HeaderName; 9] = [
@@ -94,7 +97,7 @@ static FORWARDED: [HeaderName; 9] = [
     mcp::HDR_METHOD,
     mcp::HDR_NAME,
     mcp::HDR_LAST_EVENT,
-    HeaderName::from_static("traceparent"),
+    TRACEPARENT,
     HeaderName::from_static("tracestate"),
     header::USER_AGENT,
 ];

@@ -447,39 +447,41 @@ async fn write_out<IO: AsyncWrite + Unpin>(
 /// close_notify and whatever records are still buffered, which a client
 /// that reads nothing would never take.
 async fn close<IO: AsyncWrite + Unpin>(io: &mut IO, stall: Duration) {
-    let _ = tokio::time::timeout(stall, io.shutdown()).await;
+    let _ = unless_stalled(io.shutdown(), stall).await;
 }
 
 /// Writes and flushes `data`; false if the client is gone or a write
 /// waits `stall` (a client that reads nothing, or too slowly to take a
-/// write's worth in that time). A write that does not wait, as nearly
-/// all do, arms no timer.
+/// write's worth in that time).
 async fn send<IO: AsyncWrite + Unpin>(io: &mut IO, mut data: &[u8], stall: Duration) -> bool {
-    let stalled = || {
-        tracing::debug!("a write to the client waited send_timeout: closing");
-        false
-    };
     while !data.is_empty() {
-        let written = match io.write(data).now_or_never() {
-            Some(r) => r,
-            None => match tokio::time::timeout(stall, io.write(data)).await {
-                Ok(r) => r,
-                Err(_) => return stalled(),
-            },
-        };
-        match written {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => data = &data[n..],
+        match unless_stalled(io.write(data), stall).await {
+            Some(Ok(n)) if n > 0 => data = &data[n..],
+            Some(_) => return false,
+            None => return stalled(),
         }
     }
-    let flushed = match io.flush().now_or_never() {
-        Some(r) => r,
-        None => match tokio::time::timeout(stall, io.flush()).await {
-            Ok(r) => r,
-            Err(_) => return stalled(),
-        },
-    };
-    flushed.is_ok()
+    match unless_stalled(io.flush(), stall).await {
+        Some(r) => r.is_ok(),
+        None => stalled(),
+    }
+}
+
+fn stalled() -> bool {
+    tracing::debug!("a write to the client waited send_timeout: closing");
+    false
+}
+
+/// `op`'s output, or `None` if it waits `stall`. An operation that is
+/// ready at once, as nearly every write is, arms no timer. (A write or
+/// flush that is not ready has taken nothing, for TCP as for TLS: polling
+/// it once more with the timer is the same operation.)
+async fn unless_stalled<F: Future>(op: F, stall: Duration) -> Option<F::Output> {
+    let mut op = pin!(op);
+    if let Some(out) = op.as_mut().now_or_never() {
+        return Some(out);
+    }
+    tokio::time::timeout(stall, op).await.ok()
 }
 
 /// A request's body: whole, or fed by the connection's loop.
@@ -818,19 +820,23 @@ mod tests {
         assert!(matches!(task.await.unwrap(), Ended::Closed));
     }
 
-    #[tokio::test]
-    async fn a_client_that_reads_nothing_is_closed() {
+    /// Serves `io` until it ends, answering 1 MiB to any request, with a
+    /// short `send_timeout`.
+    async fn serve_big_answer<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) -> Ended {
         let mut s = settings();
         s.send_timeout = Duration::from_millis(50);
+        let stop = pin!(std::future::pending::<()>());
+        serve(io, &s, stop, |_req| async {
+            Response::new(crate::body::full(vec![b'x'; 1 << 20]))
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_is_closed() {
         // A pipe that holds 4 KiB and an answer of 1 MiB that no one reads.
         let (mut c, mut server) = duplex(4096);
-        let task = tokio::spawn(async move {
-            let stop = pin!(std::future::pending::<()>());
-            serve(&mut server, &s, stop, |_req| async {
-                Response::new(crate::body::full(vec![b'x'; 1 << 20]))
-            })
-            .await
-        });
+        let task = tokio::spawn(async move { serve_big_answer(&mut server).await });
         c.write_all(b"GET /big HTTP/1.1\r\n\r\n").await.unwrap();
         // Without the bound, this waits for as long as the client does.
         let ended = tokio::time::timeout(Duration::from_secs(10), task).await;
@@ -864,18 +870,12 @@ mod tests {
         .with_no_client_auth();
 
         let (c, server) = duplex(4096);
-        let mut s = settings();
-        s.send_timeout = Duration::from_millis(50);
         let task = tokio::spawn(async move {
             let mut tls = tokio_rustls::TlsAcceptor::from(tcp)
                 .accept(server)
                 .await
                 .unwrap();
-            let stop = pin!(std::future::pending::<()>());
-            serve(&mut tls, &s, stop, |_req| async {
-                Response::new(crate::body::full(vec![b'x'; 1 << 20]))
-            })
-            .await
+            serve_big_answer(&mut tls).await
         });
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let mut c = tokio_rustls::TlsConnector::from(Arc::new(client))
