@@ -12,10 +12,7 @@ mod procs;
 mod propagation;
 mod tools;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -48,8 +45,16 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The workspace this xtask was run from. `cargo run` (the `cargo xtask`
+/// alias) sets `CARGO_MANIFEST_DIR` when it runs the binary; the value
+/// compiled in is only a fallback, since cargo does not rebuild a binary
+/// whose workspace moved, and a build directory shared by several clones
+/// (as `.ci/run`'s is) would otherwise send every clone to the one that
+/// built it.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest
         .parent()
         .expect("xtask lives in the workspace")
         .to_owned()
