@@ -22,7 +22,7 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, header};
 use serde_json::{Map, Value, json};
 use tokio::sync::{OnceCell, mpsc};
 
@@ -30,6 +30,7 @@ use crate::{
     body::{self, Body, ChannelBody},
     error::{GatewayError, code},
     gateway::{Call, ReqCtx, unix_now},
+    headers::{Name, map_fields},
     mcp::{self, Kind},
     metrics::GaugeGuard,
     model::{ToolFilter, Upstream},
@@ -272,9 +273,14 @@ fn headers_for(call: &Call<'_>, t: &Target, msg: &Value, last_event: Option<&str
         // Arguments a tool's schema mirrors into headers: a 2026-07-28
         // client sent them for the same schema (only the name is virtual).
         if m == "tools/call" && t.meta.is_none() {
-            for (name, v) in call.headers {
-                if name.as_str().starts_with("mcp-param-") {
-                    h.append(name, v.clone());
+            for (id, name, v) in call.headers.iter() {
+                if id == Name::OTHER
+                    && name.len() >= 10
+                    && name[..10].eq_ignore_ascii_case(b"mcp-param-")
+                    && let (Ok(name), Ok(v)) =
+                        (HeaderName::from_bytes(name), HeaderValue::from_bytes(v))
+                {
+                    h.append(name, v);
                 }
             }
         }
@@ -282,9 +288,13 @@ fn headers_for(call: &Call<'_>, t: &Target, msg: &Value, last_event: Option<&str
     if let Some(le) = last_event.and_then(|s| HeaderValue::from_str(s).ok()) {
         h.insert(mcp::HDR_LAST_EVENT, le);
     }
-    for name in ["traceparent", "tracestate", "user-agent"] {
-        if let Some(v) = call.headers.get(name) {
-            h.insert(name, v.clone());
+    for (id, name) in [
+        (Name::TRACEPARENT, crate::upstream::TRACEPARENT),
+        (Name::TRACESTATE, HeaderName::from_static("tracestate")),
+        (Name::USER_AGENT, header::USER_AGENT),
+    ] {
+        if let Some(v) = call.headers.value(id) {
+            h.insert(name, v);
         }
     }
     h
@@ -338,7 +348,13 @@ async fn send_with(
     };
     let mut headers = headers_for(call, t, msg, last_event);
     headers.extend(extra);
-    let mut req = upstream::upstream_request(&t.up, method, &headers, t.session.as_deref(), body)?;
+    let mut req = upstream::upstream_request(
+        &t.up,
+        method,
+        map_fields(&headers),
+        t.session.as_deref(),
+        body,
+    )?;
     if msg.get("id").is_some() && msg["method"].as_str().is_some_and(mcp::replay_safe) {
         req.replay_safe();
     }
@@ -1052,8 +1068,7 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
     let targets = session_targets(&call)?;
     let last = call
         .headers
-        .get(mcp::HDR_LAST_EVENT)
-        .and_then(|v| v.to_str().ok())
+        .get_str(Name::LAST_EVENT_ID)
         .and_then(names::split_event_id);
     let listen = listen_for_get_stream();
     let opened = join_all(targets.iter().map(|t| {
@@ -1222,10 +1237,11 @@ async fn delete(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gate
             .iter()
             .filter(|t| t.session.is_some())
             .map(|t| async {
+                let headers = headers_for(&call, t, &Value::Null, None);
                 let req = upstream::upstream_request(
                     &t.up,
                     Method::DELETE,
-                    &headers_for(&call, t, &Value::Null, None),
+                    map_fields(&headers),
                     t.session.as_deref(),
                     Bytes::new(),
                 )?;

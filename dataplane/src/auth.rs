@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use http::HeaderMap;
 use stoa_proto::keys;
 
 use crate::{
     error::GatewayError,
+    headers::{Headers, Name, text},
     model::{ApiKey, KeyPrefix, Snapshot},
 };
 
@@ -17,12 +17,12 @@ use crate::{
 /// new SHA-256.
 pub fn authenticate(
     snap: &Arc<Snapshot>,
-    headers: &HeaderMap,
+    headers: &Headers,
     memo: Option<&Memo>,
 ) -> Result<Arc<ApiKey>, GatewayError> {
     let presented = presented_key(headers).ok_or(GatewayError::MissingKey)?;
     match memo {
-        Some(m) => m.recall_or(snap, presented.as_bytes(), || verify(snap, presented)),
+        Some(m) => m.recall_or(snap, presented, || verify(snap, presented)),
         None => verify(snap, presented),
     }
 }
@@ -30,7 +30,8 @@ pub fn authenticate(
 /// The last key a connection proved, for the snapshot it proved it against.
 pub type Memo = crate::memo::Memo<Snapshot, ApiKey>;
 
-fn verify(snap: &Snapshot, presented: &str) -> Result<Arc<ApiKey>, GatewayError> {
+fn verify(snap: &Snapshot, presented: &[u8]) -> Result<Arc<ApiKey>, GatewayError> {
+    let presented = text(presented).ok_or(GatewayError::BadKey)?;
     let (prefix, _) = split_key(presented).ok_or(GatewayError::BadKey)?;
     let key = snap.keys.get(&prefix).ok_or(GatewayError::BadKey)?;
     if constant_time_eq::constant_time_eq(&keys::sha256(presented), &key.hash) {
@@ -40,15 +41,17 @@ fn verify(snap: &Snapshot, presented: &str) -> Result<Arc<ApiKey>, GatewayError>
     }
 }
 
-pub(crate) const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
-
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
-        let v = v.to_str().ok()?;
-        let (scheme, token) = v.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim());
+/// The key as sent: its bytes are compared with the connection's last
+/// proved key before anything else is done with them.
+fn presented_key(headers: &Headers) -> Option<&[u8]> {
+    if let Some(v) = headers.get(Name::AUTHORIZATION) {
+        let space = v.iter().position(|&b| b == b' ')?;
+        let (scheme, token) = (&v[..space], &v[space + 1..]);
+        return scheme
+            .eq_ignore_ascii_case(b"bearer")
+            .then(|| token.trim_ascii());
     }
-    headers.get(X_API_KEY)?.to_str().ok().map(str::trim)
+    headers.get(Name::X_API_KEY).map(<[u8]>::trim_ascii)
 }
 
 fn split_key(key: &str) -> Option<(KeyPrefix, &str)> {
@@ -81,15 +84,8 @@ mod tests {
         Arc::new(snap)
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
+    fn headers(pairs: &[(&str, &str)]) -> Headers {
+        pairs.iter().copied().collect()
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //!   returned whole, and its connection is back in the pool before the
 //!   caller sees it. Others stream: `Content-Length`, `chunked` (SSE) or
 //!   read-until-close.
+//! - The answer's `HeaderMap` holds only the fields the gateway reads of
+//!   an upstream's answer (`KEPT`): nothing else of it is relayed, and
+//!   building a map of the rest cost more than the rest of the head.
 //! - Bounds: the response head (`max_head_bytes`), chunk-size and trailer
 //!   lines, connect time; the caller bounds the wait for the head and the
 //!   body's size and time.
@@ -36,7 +39,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use rustc_hash::FxHashMap;
 use tokio::{
@@ -47,6 +50,7 @@ use tokio::{
 use crate::{
     body::BoxError,
     h1::{BodyError, Chunk, Framing, hop_by_hop, take},
+    headers::{Headers, Name},
 };
 
 /// Most headers a response head may carry.
@@ -183,13 +187,24 @@ impl Outgoing {
     /// Adds a header; framing and connection headers are the client's own
     /// and are not taken.
     pub fn header(&mut self, name: &HeaderName, value: &HeaderValue) {
-        if hop_by_hop(name) {
-            return;
+        if !hop_by_hop(name) {
+            self.field(name.as_str(), value.as_bytes());
         }
-        self.lines.extend_from_slice(name.as_str().as_bytes());
+    }
+
+    /// A field the caller vouches for: a lower-case name that is not
+    /// hop-by-hop, a value valid in a head (a `Headers` value is).
+    pub(crate) fn field(&mut self, name: &str, value: &[u8]) {
+        self.lines.extend_from_slice(name.as_bytes());
         self.lines.extend_from_slice(b": ");
-        self.lines.extend_from_slice(value.as_bytes());
+        self.lines.extend_from_slice(value);
         self.lines.extend_from_slice(b"\r\n");
+    }
+
+    /// The header lines so far, as they will be written.
+    #[cfg(test)]
+    pub(crate) fn lines(&self) -> &[u8] {
+        &self.lines
     }
 
     pub fn body(&mut self, body: Bytes) {
@@ -315,7 +330,7 @@ impl Client {
             }
         };
         let framing = head.framing(head_only).map_err(Exchange::Failed)?;
-        let has_te = head.headers.contains_key(http::header::TRANSFER_ENCODING);
+        let has_te = head.headers.contains(Name::TRANSFER_ENCODING);
         // A switched protocol is not HTTP/1.1 any more (we never ask for
         // it); HTTP/1.0 with Transfer-Encoding is faulty framing (RFC 9112
         // §6.1): neither connection is reused.
@@ -325,12 +340,7 @@ impl Client {
         let mut resp = Response::new(UpstreamBody::empty());
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
-        *resp.headers_mut() = head.headers;
-        if has_te {
-            // Transfer-Encoding overrode it (RFC 9112 §6.3): passing it on
-            // would make the next hop frame the body by a wrong length.
-            resp.headers_mut().remove(http::header::CONTENT_LENGTH);
-        }
+        *resp.headers_mut() = head.headers.to_map(&KEPT);
         let body = match framing {
             // Complete already (an empty body included).
             Framing::Length(n) if conn.buf.len() as u64 >= n => {
@@ -473,10 +483,20 @@ fn encode_head(req: &Outgoing, key: Key<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The fields of an answer the gateway reads (`Content-Type` to classify
+/// it, `Mcp-Session-Id` of an `initialize`, `Allow` of a 405): the
+/// answer's `HeaderMap` holds these only. Framing and connection fields
+/// are the client's, read while the head is parsed.
+pub const KEPT: [(Name, HeaderName); 3] = [
+    (Name::CONTENT_TYPE, http::header::CONTENT_TYPE),
+    (Name::MCP_SESSION_ID, crate::mcp::HDR_SESSION),
+    (Name::ALLOW, http::header::ALLOW),
+];
+
 struct Head {
     status: StatusCode,
     version: Version,
-    headers: HeaderMap,
+    headers: Headers,
     keep_alive: bool,
     /// `Content-Length`, read while the head was parsed.
     length: Result<Option<u64>, &'static str>,
@@ -511,13 +531,13 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Head>, ClientErro
     };
     let spans = crate::h1::spans(buf, r.headers);
     let head = buf.split_to(len).freeze();
-    let fields = crate::h1::fields(&head, &spans).map_err(ClientError::Protocol)?;
+    let fields = crate::h1::fields(&head, &spans);
     Ok(Some(Head {
         status,
         version,
         keep_alive: fields.connection.unwrap_or(version == Version::HTTP_11),
         length: fields.length,
-        headers: fields.map,
+        headers: Headers::from_head(head, spans),
     }))
 }
 
@@ -531,18 +551,8 @@ impl Head {
         {
             return Ok(Framing::Length(0));
         }
-        if let Some(te) = self
-            .headers
-            .get_all(http::header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-        {
-            let last = te
-                .as_bytes()
-                .rsplit(|b| *b == b',')
-                .next()
-                .unwrap_or(b"")
-                .trim_ascii();
+        if let Some(te) = self.headers.get_all(Name::TRANSFER_ENCODING).next_back() {
+            let last = te.rsplit(|b| *b == b',').next().unwrap_or(b"").trim_ascii();
             return if last.eq_ignore_ascii_case(b"chunked") {
                 Ok(Framing::Chunked(Chunk::Size))
             } else {
@@ -728,7 +738,10 @@ mod tests {
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-a: 1\r\n\r\nhello"[..]);
         let h = parse_head(&mut buf, 1024).unwrap().unwrap();
         assert_eq!(&buf[..], b"hello");
-        assert_eq!(h.headers["x-a"], "1");
+        assert_eq!(
+            h.headers.get_named("x-a").and_then(crate::headers::text),
+            Some("1")
+        );
         let h = head(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello")
             .unwrap()
             .unwrap();

@@ -15,9 +15,12 @@ pub mod server;
 use std::{cell::RefCell, mem::MaybeUninit, time::SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderName, Method, StatusCode, Uri, Version, header};
 
-use crate::body::BoxError;
+use crate::{
+    body::BoxError,
+    headers::{Head, Headers, Name, Span, Spans},
+};
 
 /// Longest chunk-size or trailer line.
 pub const MAX_LINE: usize = 8 * 1024;
@@ -158,17 +161,6 @@ fn add_length(length: &mut Result<Option<u64>, &'static str>, value: &[u8]) {
     };
 }
 
-/// Where a field's name and value sit in a head: (start, length) of each.
-/// Offsets fit in `u32`: heads are read under a limit far below 4 GiB.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Span {
-    name: (u32, u32),
-    value: (u32, u32),
-}
-
-/// Most heads carry fewer fields than this; more spill to the heap.
-pub(crate) type Spans = smallvec::SmallVec<[Span; 24]>;
-
 /// Where the fields parsed out of `head` sit in it.
 pub(crate) fn spans(head: &[u8], fields: &[httparse::Header<'_>]) -> Spans {
     let at = |s: &[u8]| {
@@ -182,15 +174,15 @@ pub(crate) fn spans(head: &[u8], fields: &[httparse::Header<'_>]) -> Spans {
         .map(|h| Span {
             name: at(h.name.as_bytes()),
             value: at(h.value),
+            id: Name::of(h.name.as_bytes()),
         })
         .collect()
 }
 
-/// A head's fields as a `HeaderMap`, with what both sides read of them
-/// gathered while the map is built, so that no one looks them up again.
+/// What both sides read of a head's fields for framing and the
+/// connection, gathered in one pass so that no one looks them up again.
 #[derive(Debug)]
 pub(crate) struct Fields {
-    pub map: HeaderMap,
     /// The last `Connection` that says `close` (false) or `keep-alive`.
     pub connection: Option<bool>,
     pub expect_continue: bool,
@@ -200,100 +192,40 @@ pub(crate) struct Fields {
     pub length: Result<Option<u64>, &'static str>,
 }
 
-/// Builds the fields of `head` at `spans`. Values are slices of `head`,
-/// not copies; the names every MCP request and answer carries come from a
-/// table (no lowercasing pass, no allocation for `mcp-session-id` and the
-/// like). The error says which field is bad.
-pub(crate) fn fields(head: &Bytes, spans: &[Span]) -> Result<Fields, String> {
+/// Reads the framing and connection fields of `head` at `spans`.
+pub(crate) fn fields(head: &[u8], spans: &[Span]) -> Fields {
     let mut f = Fields {
-        map: HeaderMap::with_capacity(spans.len()),
         connection: None,
         expect_continue: false,
         transfer_encoding: false,
         length: Ok(None),
     };
-    let slice = |(at, len): (u32, u32)| at as usize..(at + len) as usize;
+    let at = |(at, len): (u32, u32)| &head[at as usize..(at + len) as usize];
     for span in spans {
-        let raw = &head[slice(span.name)];
-        let name = match known(raw) {
-            Some(n) => n.clone(),
-            None => HeaderName::from_bytes(raw)
-                .map_err(|_| format!("header name {:?}", String::from_utf8_lossy(raw)))?,
-        };
-        let value = HeaderValue::from_maybe_shared(head.slice(slice(span.value)))
-            .map_err(|_| format!("header {name} has an invalid value"))?;
-        let v = value.as_bytes();
-        if name == header::CONTENT_LENGTH {
-            add_length(&mut f.length, v);
-        } else if name == header::TRANSFER_ENCODING {
-            f.transfer_encoding = true;
-        } else if name == header::CONNECTION {
-            if has_token(v, b"close") {
-                f.connection = Some(false);
-            } else if has_token(v, b"keep-alive") {
-                f.connection = Some(true);
+        match span.id {
+            Name::CONTENT_LENGTH => add_length(&mut f.length, at(span.value)),
+            Name::TRANSFER_ENCODING => f.transfer_encoding = true,
+            Name::CONNECTION => {
+                let v = at(span.value);
+                if has_token(v, b"close") {
+                    f.connection = Some(false);
+                } else if has_token(v, b"keep-alive") {
+                    f.connection = Some(true);
+                }
             }
-        } else if name == header::EXPECT && v.eq_ignore_ascii_case(b"100-continue") {
-            f.expect_continue = true;
+            Name::EXPECT => {
+                f.expect_continue |= at(span.value).eq_ignore_ascii_case(b"100-continue");
+            }
+            _ => {}
         }
-        f.map.append(name, value);
     }
-    Ok(f)
-}
-
-/// The field names MCP traffic carries, by length.
-fn known(raw: &[u8]) -> Option<&'static HeaderName> {
-    use crate::{
-        auth::X_API_KEY,
-        gateway::X_REQUEST_ID,
-        mcp::{HDR_LAST_EVENT, HDR_METHOD, HDR_NAME, HDR_SESSION, HDR_VERSION},
-        upstream::TRACEPARENT,
-    };
-    use header::*;
-    static L4: [HeaderName; 2] = [HOST, DATE];
-    static L6: [HeaderName; 4] = [ACCEPT, ORIGIN, SERVER, EXPECT];
-    static L8: [HeaderName; 1] = [HDR_NAME];
-    static L9: [HeaderName; 1] = [X_API_KEY];
-    static L10: [HeaderName; 3] = [CONNECTION, USER_AGENT, HDR_METHOD];
-    static L11: [HeaderName; 1] = [TRACEPARENT];
-    static L12: [HeaderName; 2] = [CONTENT_TYPE, X_REQUEST_ID];
-    static L13: [HeaderName; 3] = [AUTHORIZATION, HDR_LAST_EVENT, CACHE_CONTROL];
-    static L14: [HeaderName; 2] = [CONTENT_LENGTH, HDR_SESSION];
-    static L15: [HeaderName; 1] = [ACCEPT_ENCODING];
-    static L16: [HeaderName; 1] = [WWW_AUTHENTICATE];
-    static L17: [HeaderName; 1] = [TRANSFER_ENCODING];
-    static L20: [HeaderName; 1] = [HDR_VERSION];
-    let names: &'static [HeaderName] = match raw.len() {
-        4 => &L4,
-        6 => &L6,
-        8 => &L8,
-        9 => &L9,
-        10 => &L10,
-        11 => &L11,
-        12 => &L12,
-        13 => &L13,
-        14 => &L14,
-        15 => &L15,
-        16 => &L16,
-        17 => &L17,
-        20 => &L20,
-        _ => return None,
-    };
-    // Most clients write names in lower case, as HTTP/2 must.
-    names
-        .iter()
-        .find(|n| raw == n.as_str().as_bytes())
-        .or_else(|| {
-            names
-                .iter()
-                .find(|n| raw.eq_ignore_ascii_case(n.as_str().as_bytes()))
-        })
+    f
 }
 
 /// A request head, taken out of the connection's buffer.
 #[derive(Debug)]
 pub struct RequestHead {
-    pub parts: http::request::Parts,
+    pub head: Head,
     pub framing: Framing,
     /// The client allows the connection to serve another request.
     pub keep_alive: bool,
@@ -341,17 +273,18 @@ pub fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHea
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_at))
         .map_err(|_| HeadError::Malformed("request target".into()))?;
-    let fields = fields(&head, &spans).map_err(HeadError::Malformed)?;
-    let framing = request_framing(&fields, version)?;
+    let fields = fields(&head, &spans);
+    let headers = Headers::from_head(head, spans);
+    let framing = request_framing(&fields, &headers, version)?;
     let keep_alive = fields.connection.unwrap_or(version == Version::HTTP_11);
     let expect_continue = fields.expect_continue && version == Version::HTTP_11;
-    let mut parts = http::Request::new(()).into_parts().0;
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = version;
-    parts.headers = fields.map;
     Ok(Some(RequestHead {
-        parts,
+        head: Head {
+            method,
+            uri,
+            version,
+            headers,
+        },
         framing,
         keep_alive,
         expect_continue,
@@ -359,23 +292,25 @@ pub fn parse_request(buf: &mut BytesMut, max: usize) -> Result<Option<RequestHea
 }
 
 /// RFC 9112 §6.3 for requests: chunked, a length, or no body.
-fn request_framing(fields: &Fields, version: Version) -> Result<Framing, HeadError> {
+fn request_framing(
+    fields: &Fields,
+    headers: &Headers,
+    version: Version,
+) -> Result<Framing, HeadError> {
     if fields.transfer_encoding {
         if version == Version::HTTP_10 {
             return Err(HeadError::Malformed(
                 "transfer-encoding in an HTTP/1.0 request".into(),
             ));
         }
-        if fields.map.contains_key(header::CONTENT_LENGTH) {
+        if headers.contains(Name::CONTENT_LENGTH) {
             return Err(HeadError::Malformed(
                 "both transfer-encoding and content-length".into(),
             ));
         }
-        let mut tokens = fields
-            .map
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        let mut tokens = headers
+            .get_all(Name::TRANSFER_ENCODING)
+            .flat_map(|v| v.split(|b| *b == b','))
             .map(<[u8]>::trim_ascii);
         return match (tokens.next(), tokens.next()) {
             (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => {
@@ -543,10 +478,10 @@ mod tests {
         );
         let h = parse_request(&mut buf, 1024).unwrap().unwrap();
         assert_eq!(&buf[..], b"helloGET", "the body and what follows stay");
-        assert_eq!(h.parts.method, Method::POST);
-        assert_eq!(h.parts.uri.path(), "/mcp/a");
-        assert_eq!(h.parts.uri.query(), Some("x=1"));
-        assert_eq!(h.parts.headers["x-a"], "1");
+        assert_eq!(h.head.method, Method::POST);
+        assert_eq!(h.head.uri.path(), "/mcp/a");
+        assert_eq!(h.head.uri.query(), Some("x=1"));
+        assert_eq!(h.head.headers.get_named("x-a"), Some(&b"1"[..]));
         assert_eq!(h.framing, Framing::Length(5));
         assert!(h.keep_alive && !h.expect_continue);
 
@@ -583,7 +518,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let m = &h.parts.headers;
+        let m = &h.head.headers;
         assert_eq!(m.len(), 7);
         for (name, value) in [
             ("host", "h"),
@@ -593,11 +528,8 @@ mod tests {
             ("mcp-protocol-version", "v"),
             ("x-custom-thing", "c"),
         ] {
-            assert_eq!(m.get(name).unwrap(), value, "{name}");
+            assert_eq!(m.get_named(name), Some(value.as_bytes()), "{name}");
         }
-        // The table hands out the same names `http` would have made.
-        let names: Vec<&str> = m.keys().map(HeaderName::as_str).collect();
-        assert!(names.contains(&"mcp-session-id") && names.contains(&"x-custom-thing"));
         assert!(!h.keep_alive, "Connection: Close is read whatever its case");
         assert_eq!(h.framing, Framing::Length(0));
     }
@@ -685,10 +617,16 @@ mod tests {
     #[test]
     fn response_heads_carry_our_framing_only() {
         let mut headers = HeaderMap::new();
-        headers.insert("content-type", HeaderValue::from_static("application/json"));
-        headers.insert("content-length", HeaderValue::from_static("999"));
-        headers.insert("connection", HeaderValue::from_static("keep-alive"));
-        headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        headers.insert(
+            "content-type",
+            http::HeaderValue::from_static("application/json"),
+        );
+        headers.insert("content-length", http::HeaderValue::from_static("999"));
+        headers.insert("connection", http::HeaderValue::from_static("keep-alive"));
+        headers.insert(
+            "transfer-encoding",
+            http::HeaderValue::from_static("chunked"),
+        );
         let mut out = Vec::new();
         encode_response_head(
             &mut out,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod h1;
+pub mod headers;
 pub mod listen;
 pub mod mcp;
 pub mod memo;

@@ -325,9 +325,9 @@ async fn serve_conn<IO>(
             }
         });
         let (gw, memo, act, alt_svc) = (&s.gw, &*memo, &*activity, &alt_svc);
-        let ended = h1::server::serve(&mut io, &settings, stop, |req| async move {
+        let ended = h1::server::serve(&mut io, &settings, stop, |head, body| async move {
             act.in_flight.fetch_add(1, Ordering::Relaxed);
-            let mut resp = gw.clone().handle(req, kind, Some(memo)).await;
+            let mut resp = gw.clone().handle(head, body, kind, Some(memo)).await;
             act.in_flight.fetch_sub(1, Ordering::Relaxed);
             act.touch();
             if let Some(v) = alt_svc {
@@ -350,7 +350,8 @@ async fn serve_conn<IO>(
         let memo = memo.clone();
         async move {
             act.in_flight.fetch_add(1, Ordering::Relaxed);
-            let mut resp = gw.handle(req, kind, Some(&memo)).await;
+            let (head, body) = req.into_parts();
+            let mut resp = gw.handle(head.into(), body, kind, Some(&memo)).await;
             act.in_flight.fetch_sub(1, Ordering::Relaxed);
             act.touch();
             if let Some(v) = alt_svc {
@@ -747,8 +748,10 @@ async fn serve_h3_request(
         }
     };
     tokio::spawn(reader);
-    let req = req.map(|()| ChannelBody::new(rx));
-    let resp: Response<Body> = gw.handle(req, Listener::Public, Some(memo)).await;
+    let head = req.into_parts().0.into();
+    let resp: Response<Body> = gw
+        .handle(head, ChannelBody::new(rx), Listener::Public, Some(memo))
+        .await;
     let (parts, body) = resp.into_parts();
     send.send_response(Response::from_parts(parts, ())).await?;
     let mut body = pin!(body);

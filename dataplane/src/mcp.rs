@@ -3,11 +3,14 @@
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::error::GatewayError;
+use crate::{
+    error::GatewayError,
+    headers::{Headers, Name, text},
+};
 
 // Header names as `HeaderName`s: a lookup by one skips parsing the name.
 pub const HDR_SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
@@ -214,13 +217,11 @@ fn check_id(id: &RawValue) -> Result<(), GatewayError> {
 }
 
 /// The protocol version a request speaks: the header, or the spec default.
-pub fn request_version(headers: &HeaderMap) -> Result<Cow<'static, str>, GatewayError> {
-    match headers.get(HDR_VERSION) {
+pub fn request_version(headers: &Headers) -> Result<Cow<'static, str>, GatewayError> {
+    match headers.get(Name::MCP_PROTOCOL_VERSION) {
         None => Ok(Cow::Borrowed(DEFAULT_VERSION)),
         Some(v) => {
-            let s = v
-                .to_str()
-                .map_err(|_| GatewayError::ProtocolVersion("<non-ASCII>".into()))?;
+            let s = text(v).ok_or_else(|| GatewayError::ProtocolVersion("<non-ASCII>".into()))?;
             VERSIONS
                 .iter()
                 .find(|known| **known == s)
@@ -233,13 +234,13 @@ pub fn request_version(headers: &HeaderMap) -> Result<Cow<'static, str>, Gateway
 /// `Mcp-Method` / `Mcp-Name` mirror the body; a client that sends them must
 /// send them right (the stateless revision requires them on requests).
 pub fn check_mirrored_headers(
-    headers: &HeaderMap,
+    headers: &Headers,
     peek: &Peek<'_>,
     kind: Kind,
     version: &str,
 ) -> Result<(), GatewayError> {
     let stateless = version == STATELESS;
-    let method_hdr = header_str(headers, HDR_METHOD, "Mcp-Method")?;
+    let method_hdr = header_str(headers, Name::MCP_METHOD, "Mcp-Method")?;
     let method_hdr = method_hdr.as_deref();
     if kind != Kind::Response {
         match method_hdr {
@@ -260,7 +261,7 @@ pub fn check_mirrored_headers(
             _ => {}
         }
     }
-    let name_hdr = header_str(headers, HDR_NAME, "Mcp-Name")?;
+    let name_hdr = header_str(headers, Name::MCP_NAME, "Mcp-Name")?;
     match (name_hdr.as_deref(), peek.target()) {
         (Some(found), Some(expected)) if found != expected => Err(GatewayError::HeaderMismatch {
             header: "Mcp-Name",
@@ -307,8 +308,8 @@ pub fn mirror_value(s: &str) -> HeaderValue {
 /// A mirrored header's value: surrounding whitespace trimmed, and the
 /// `=?base64?…?=` form (used for values that are not plain ASCII) decoded.
 fn header_str<'h>(
-    headers: &'h HeaderMap,
-    name: HeaderName,
+    headers: &'h Headers,
+    name: Name,
     label: &'static str,
 ) -> Result<Option<Cow<'h, str>>, GatewayError> {
     let bad = |found: &str| GatewayError::HeaderMismatch {
@@ -319,9 +320,8 @@ fn header_str<'h>(
     let Some(v) = headers.get(name) else {
         return Ok(None);
     };
-    let s = v
-        .to_str()
-        .map_err(|_| bad("<non-ASCII>"))?
+    let s = text(v)
+        .ok_or_else(|| bad("<non-ASCII>"))?
         .trim_matches([' ', '\t']);
     match s
         .strip_prefix(B64_PREFIX)
@@ -341,7 +341,7 @@ fn header_str<'h>(
 }
 
 /// POST bodies must be JSON, and the client must accept both JSON and SSE.
-pub fn check_post_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
+pub fn check_post_headers(headers: &Headers) -> Result<(), GatewayError> {
     check_content_type(headers)?;
     if !accepts(headers, "application/json") || !accepts(headers, "text/event-stream") {
         return Err(GatewayError::NotAcceptable);
@@ -349,22 +349,25 @@ pub fn check_post_headers(headers: &HeaderMap) -> Result<(), GatewayError> {
     Ok(())
 }
 
-pub fn check_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
-    let ct = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let essence = ct.split(';').next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("application/json") {
+/// A `Content-Type` value without its parameters, trimmed.
+pub fn media_type(ct: &str) -> &str {
+    // A byte loop: a dozen bytes cost less than a `str` pattern search.
+    let end = ct.bytes().position(|b| b == b';').unwrap_or(ct.len());
+    ct[..end].trim()
+}
+
+pub fn check_content_type(headers: &Headers) -> Result<(), GatewayError> {
+    let ct = headers.get_str(Name::CONTENT_TYPE).unwrap_or("");
+    if !media_type(ct).eq_ignore_ascii_case("application/json") {
         return Err(GatewayError::ContentType(ct.to_owned()));
     }
     Ok(())
 }
 
-pub fn accepts(headers: &HeaderMap, mime: &str) -> bool {
+pub fn accepts(headers: &Headers, mime: &str) -> bool {
     let (kind, _) = mime.split_once('/').unwrap_or((mime, ""));
-    headers.get_all(http::header::ACCEPT).iter().any(|v| {
-        v.to_str().unwrap_or("").split(',').any(|item| {
+    headers.get_all(Name::ACCEPT).any(|v| {
+        text(v).unwrap_or("").split(',').any(|item| {
             let m = item.split(';').next().unwrap_or("").trim();
             m.eq_ignore_ascii_case(mime)
                 || m == "*/*"
@@ -377,12 +380,8 @@ pub fn accepts(headers: &HeaderMap, mime: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, v.parse().unwrap());
-        }
-        h
+    fn headers(pairs: &[(&'static str, &str)]) -> Headers {
+        pairs.iter().copied().collect()
     }
 
     #[test]
@@ -517,7 +516,7 @@ mod tests {
             assert_eq!(v.to_str().unwrap(), sent, "mirroring {value:?}");
             // What the receiving end (this gateway's own check) reads back.
             let h = headers(&[("mcp-name", sent)]);
-            let read = header_str(&h, HDR_NAME, "Mcp-Name").unwrap().unwrap();
+            let read = header_str(&h, Name::MCP_NAME, "Mcp-Name").unwrap().unwrap();
             assert_eq!(read, value, "decoding {sent:?}");
         }
     }

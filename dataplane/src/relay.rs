@@ -5,7 +5,7 @@
 use std::{borrow::Cow, sync::Arc};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Response, StatusCode, header};
+use http::{Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::Value;
 
@@ -14,6 +14,7 @@ use crate::{
     client::UpstreamBody,
     error::GatewayError,
     gateway::{Call, Gateway, KeyWatch, ReqCtx, Runtime, unix_now},
+    headers::Headers,
     mcp::{self, Kind, Peek},
     metrics::{GaugeGuard, method_label},
     model::{ApiKey, ToolFilter, Upstream},
@@ -36,7 +37,7 @@ pub struct Parsed<'b> {
 /// Classifies a POST body and checks the version and mirrored headers. It
 /// parses first, so that every error after parsing answers the request's id.
 pub fn parse_post<'b>(
-    headers: &HeaderMap,
+    headers: &Headers,
     body: &'b [u8],
     ctx: &mut ReqCtx,
 ) -> Result<Parsed<'b>, Failure> {
@@ -160,7 +161,7 @@ async fn post(
     let mut req = upstream::upstream_request(
         up,
         Method::POST,
-        headers,
+        headers.iter(),
         up_session.and_then(|u| u.session.as_deref()),
         body,
     )
@@ -349,7 +350,7 @@ async fn send_bodiless(
     let req = upstream::upstream_request(
         up,
         method,
-        call.headers,
+        call.headers.iter(),
         up_session.as_deref(),
         Bytes::new(),
     )?;

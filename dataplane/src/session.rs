@@ -137,13 +137,17 @@ impl SessionKeys {
     /// presents the same session id on every request.
     pub fn open_with(
         self: &Arc<Self>,
-        id: &str,
+        id: &[u8],
         now: u64,
         memo: Option<&Memo>,
     ) -> Result<Arc<SessionState>, SealError> {
+        let open = || {
+            let id = crate::headers::text(id).ok_or(SealError::Invalid)?;
+            self.open_any_age(id)
+        };
         let state = match memo {
-            Some(m) => m.recall_or(self, id.as_bytes(), || self.open_any_age(id))?,
-            None => self.open_any_age(id)?,
+            Some(m) => m.recall_or(self, id, open)?,
+            None => open()?,
         };
         self.unexpired(state, now)
     }
@@ -236,17 +240,20 @@ mod tests {
         let keys = Arc::new(SessionKeys::new([7; 32], &[], 60));
         let memo = Memo::default();
         let id = keys.seal(&state());
-        assert_eq!(*keys.open_with(&id, 1010, Some(&memo)).unwrap(), state());
+        assert_eq!(
+            *keys.open_with(id.as_bytes(), 1010, Some(&memo)).unwrap(),
+            state()
+        );
         assert!(memo.recall(&keys, id.as_bytes()).is_some());
         assert!(memo.recall(&keys, b"stoa1.other").is_none());
         assert!(matches!(
-            keys.open_with(&id, 1061, Some(&memo)),
+            keys.open_with(id.as_bytes(), 1061, Some(&memo)),
             Err(SealError::Expired)
         ));
         // Rotated away: new keys that do not open the old id.
         let rotated = Arc::new(SessionKeys::new([9; 32], &[], 60));
         assert!(memo.recall(&rotated, id.as_bytes()).is_none());
-        assert!(rotated.open_with(&id, 1010, Some(&memo)).is_err());
+        assert!(rotated.open_with(id.as_bytes(), 1010, Some(&memo)).is_err());
     }
 
     #[test]

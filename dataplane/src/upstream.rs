@@ -5,7 +5,7 @@
 use std::{pin::pin, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use serde_json::Value;
@@ -18,6 +18,7 @@ use crate::{
     config::Limits,
     error::GatewayError,
     gateway::{KeyWatch, Standing},
+    headers::Name,
     mcp,
     model::Upstream,
     sse,
@@ -90,36 +91,47 @@ pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent"
 
 /// Headers of the client's request that reach the upstream. Everything else,
 /// above all `Authorization` and `X-API-Key`, stays at the gateway.
-static FORWARDED: [HeaderName; 9] = [
-    header::ACCEPT,
-    header::CONTENT_TYPE,
-    mcp::HDR_VERSION,
-    mcp::HDR_METHOD,
-    mcp::HDR_NAME,
-    mcp::HDR_LAST_EVENT,
-    TRACEPARENT,
-    HeaderName::from_static("tracestate"),
-    header::USER_AGENT,
+static FORWARDED: [Name; 9] = [
+    Name::ACCEPT,
+    Name::CONTENT_TYPE,
+    Name::MCP_PROTOCOL_VERSION,
+    Name::MCP_METHOD,
+    Name::MCP_NAME,
+    Name::LAST_EVENT_ID,
+    Name::TRACEPARENT,
+    Name::TRACESTATE,
+    Name::USER_AGENT,
 ];
 
 /// Builds a request to `up`: the client's MCP headers, the upstream's own
 /// session id, and the upstream's configured credentials (which win over a
 /// client header of the same name).
-pub fn upstream_request(
+pub fn upstream_request<'h>(
     up: &Upstream,
     method: http::Method,
-    client_headers: &HeaderMap,
+    client_headers: impl IntoIterator<Item = (Name, &'h [u8], &'h [u8])>,
     upstream_session: Option<&str>,
     body: Bytes,
 ) -> Result<Outgoing, GatewayError> {
     let mut req = Outgoing::new(method, up.url.clone());
     // One pass over what the client sent. 2026-07-28 also mirrors tool
     // arguments into `Mcp-Param-*`, which the upstream checks.
-    for (name, v) in client_headers {
-        if (FORWARDED.contains(name) || name.as_str().starts_with("mcp-param-"))
-            && !up.headers.iter().any(|(k, _)| k == name)
+    for (id, raw, v) in client_headers {
+        let param;
+        let name = if FORWARDED.contains(&id) {
+            id.as_str()
+        } else if id == Name::OTHER
+            && raw.len() >= 10
+            && raw[..10].eq_ignore_ascii_case(b"mcp-param-")
+            && let Ok(n) = HeaderName::from_bytes(raw)
         {
-            req.header(name, v);
+            param = n;
+            param.as_str()
+        } else {
+            continue;
+        };
+        if !up.headers.iter().any(|(k, _)| k.as_str() == name) {
+            req.field(name, v);
         }
     }
     if let Some(s) = upstream_session {
@@ -159,8 +171,7 @@ pub fn classify(up: &Upstream, resp: &Response<UpstreamBody>) -> Result<Payload,
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let essence = ct.split(';').next().unwrap_or("").trim();
-    match essence {
+    match mcp::media_type(ct) {
         e if e.eq_ignore_ascii_case("application/json") => Ok(Payload::Json),
         e if e.eq_ignore_ascii_case("text/event-stream") => Ok(Payload::Sse),
         _ if !status.is_success() => Ok(Payload::Json),
@@ -414,4 +425,49 @@ pub fn spawn_pump_into(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{headers::Headers, model::UpstreamName};
+
+    #[test]
+    fn only_mcp_fields_reach_the_upstream_and_its_credentials_win() {
+        let up = Upstream {
+            name: UpstreamName::parse("u").unwrap(),
+            url: "http://127.0.0.1:1/mcp".parse().unwrap(),
+            tenant: None,
+            headers: vec![(header::USER_AGENT, HeaderValue::from_static("configured"))],
+        };
+        let client: Headers = [
+            ("Authorization", "Bearer stoa_client_secret"),
+            ("x-api-key", "stoa_client_secret"),
+            ("Content-Type", "application/json"),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Param-Region", "eu"),
+            ("user-agent", "the client's"),
+            ("cookie", "c=1"),
+            ("Host", "gateway"),
+        ]
+        .into_iter()
+        .collect();
+        let req = upstream_request(
+            &up,
+            http::Method::POST,
+            client.iter(),
+            Some("up-1"),
+            Bytes::new(),
+        )
+        .unwrap();
+        let lines = String::from_utf8(req.lines().to_vec()).unwrap();
+        assert_eq!(
+            lines,
+            "content-type: application/json\r\n\
+             mcp-protocol-version: 2026-07-28\r\n\
+             mcp-param-region: eu\r\n\
+             mcp-session-id: up-1\r\n\
+             user-agent: configured\r\n"
+        );
+    }
 }

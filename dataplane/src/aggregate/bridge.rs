@@ -512,9 +512,13 @@ fn close(call: &Call<'_>, (open, users): Dropped) {
         if let Ok(v) = HeaderValue::from_str(&open.version) {
             h.insert(mcp::HDR_VERSION, v);
         }
-        let Ok(req) =
-            upstream::upstream_request(&open.up, Method::DELETE, &h, Some(&session), Bytes::new())
-        else {
+        let Ok(req) = upstream::upstream_request(
+            &open.up,
+            Method::DELETE,
+            crate::headers::map_fields(&h),
+            Some(&session),
+            Bytes::new(),
+        ) else {
             return;
         };
         if let Err(e) = gw.client.send(&open.up, req, timeout).await {

@@ -35,7 +35,7 @@ use std::{
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::{
@@ -47,6 +47,7 @@ use super::{BodyError, BodyFraming, Framing, HeadError, RequestHead};
 use crate::{
     body::{Body, BoxError},
     error::GatewayError,
+    headers::Head,
 };
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -87,7 +88,7 @@ pub async fn serve<IO, S, F, Fut>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
     S: Future<Output = ()>,
-    F: FnMut(Request<RequestBody>) -> Fut,
+    F: FnMut(Head, RequestBody) -> Fut,
     Fut: Future<Output = Response<Body>>,
 {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -111,13 +112,13 @@ where
             }
         };
         let RequestHead {
-            parts,
+            head,
             mut framing,
             keep_alive,
             expect_continue,
         } = head;
-        let version = parts.version;
-        let head_only = parts.method == Method::HEAD;
+        let version = head.version;
+        let head_only = head.method == Method::HEAD;
         let (body, feed) = match framing {
             Framing::Length(n) if buf.len() as u64 >= n => {
                 framing = Framing::Length(0);
@@ -138,7 +139,7 @@ where
         {
             return Ended::Closed;
         }
-        let answer = svc(Request::from_parts(parts, body));
+        let answer = svc(head, body);
         let resp = match feed {
             None => answer.await,
             Some(tx) => {
@@ -580,10 +581,10 @@ mod tests {
     /// Answers with the method, path and body it read; `/stream` answers
     /// with a body of unknown length, fed by the test through `feed`.
     async fn echo(
-        req: Request<RequestBody>,
+        parts: Head,
+        body: RequestBody,
         feed: Option<mpsc::Receiver<Result<Frame<Bytes>, BoxError>>>,
     ) -> Response<Body> {
-        let (parts, body) = req.into_parts();
         if parts.uri.path() == "/stream" {
             let rx = feed.expect("a feed for /stream");
             return Response::new(crate::body::ChannelBody::new(rx).boxed());
@@ -619,7 +620,10 @@ mod tests {
                     None => std::future::pending().await,
                 }
             });
-            serve(&mut server, &s, stop, |req| echo(req, feed.take())).await
+            serve(&mut server, &s, stop, |head, body| {
+                echo(head, body, feed.take())
+            })
+            .await
         });
         (client, task)
     }
@@ -826,7 +830,7 @@ mod tests {
         let mut s = settings();
         s.send_timeout = Duration::from_millis(50);
         let stop = pin!(std::future::pending::<()>());
-        serve(io, &s, stop, |_req| async {
+        serve(io, &s, stop, |_, _| async {
             Response::new(crate::body::full(vec![b'x'; 1 << 20]))
         })
         .await
@@ -912,12 +916,12 @@ mod tests {
                 let _ = rx.await;
             });
             let mut tx = Some(tx);
-            serve(&mut server, &settings(), stop, |req| {
+            serve(&mut server, &settings(), stop, |head, body| {
                 n.fetch_add(1, Ordering::SeqCst);
                 if let Some(tx) = tx.take() {
                     tx.send(()).unwrap();
                 }
-                echo(req, None)
+                echo(head, body, None)
             })
             .await
         });
