@@ -530,6 +530,14 @@ mod tests {
         ] {
             assert_eq!(m.get_named(name), Some(value.as_bytes()), "{name}");
         }
+        // The names the gateway reads are interned whatever their case.
+        assert_eq!(m.get_str(Name::MCP_SESSION_ID), Some("s"));
+        assert_eq!(m.get_str(Name::CONTENT_TYPE), Some("application/json"));
+        assert_eq!(m.get_str(Name::X_API_KEY), Some("k"));
+        assert!(
+            m.iter()
+                .any(|(id, raw, _)| id == Name::OTHER && raw == b"X-Custom-Thing")
+        );
         assert!(!h.keep_alive, "Connection: Close is read whatever its case");
         assert_eq!(h.framing, Framing::Length(0));
     }
