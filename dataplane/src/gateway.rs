@@ -300,8 +300,10 @@ impl Gateway {
     }
 
     /// `memo` is the connection's (see `ConnMemo`), if it keeps one.
+    /// Takes the gateway by reference: a request makes no reference-count
+    /// traffic on it (a cache line every worker thread would share).
     pub async fn handle<B>(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         head: Head,
         body: B,
         listener: Listener,
@@ -355,12 +357,9 @@ impl Gateway {
                 // Each arm builds its own future: one built before the `if`
                 // and moved into either arm is laid out twice in this one.
                 let r = if span.is_disabled() {
-                    self.clone()
-                        .mcp(&rt, &head, body, target, &mut ctx, memo)
-                        .await
+                    self.mcp(&rt, &head, body, target, &mut ctx, memo).await
                 } else {
-                    self.clone()
-                        .mcp(&rt, &head, body, target, &mut ctx, memo)
+                    self.mcp(&rt, &head, body, target, &mut ctx, memo)
                         .instrument(span.clone())
                         .await
                 };
@@ -413,7 +412,7 @@ impl Gateway {
     /// slot (h1) or a task (h2, h3) per request is a pointer, not a copy
     /// of all three.
     async fn mcp<B>(
-        self: Arc<Self>,
+        self: &Arc<Self>,
         rt: &Runtime,
         parts: &Head,
         body: B,
@@ -431,7 +430,8 @@ impl Gateway {
         }
         let key = auth::authenticate(&rt.snapshot, &parts.headers, memo.map(|m| &m.auth))
             .map_err(|e| (e, None))?;
-        ctx.key = Some(key.clone());
+        // Only the request's log line names the key.
+        ctx.key = tracing::enabled!(tracing::Level::INFO).then(|| key.clone());
         if parts.method == Method::GET && self.draining.is_cancelled() {
             return Err((GatewayError::ShuttingDown, None));
         }
@@ -460,7 +460,7 @@ impl Gateway {
             ref m => return Err((GatewayError::MethodNotAllowed(m.clone()), None)),
         };
         let call = Call {
-            gw: &self,
+            gw: self,
             rt,
             key: &key,
             method: parts.method.clone(),
@@ -470,18 +470,14 @@ impl Gateway {
         };
         match target {
             Some(name) => {
-                let up = UpstreamName::parse(name)
-                    .ok()
-                    .and_then(|n| key.may_use(&n).map(|f| (n, f)))
-                    .and_then(|(n, f)| {
-                        rt.snapshot
-                            .upstreams
-                            .get(&n)
-                            .map(|u| (u.clone(), f.clone()))
-                    })
+                // Borrowed, not cloned: both live as long as this request.
+                let n = UpstreamName::parse(name).ok();
+                let (up, filter) = n
+                    .as_ref()
+                    .and_then(|n| Some((rt.snapshot.upstreams.get(n)?, key.may_use(n)?)))
                     .ok_or_else(|| (GatewayError::NoSuchUpstream(name.to_owned()), None))?;
-                ctx.upstream = Some(up.0.name.shared());
-                Box::pin(relay::handle(call, &up.0, &up.1, ctx)).await
+                ctx.upstream = Some(up.name.shared());
+                Box::pin(relay::handle(call, up, filter, ctx)).await
             }
             None => Box::pin(aggregate::handle(call, ctx)).await,
         }

@@ -327,7 +327,7 @@ async fn serve_conn<IO>(
         let (gw, memo, act, alt_svc) = (&s.gw, &*memo, &*activity, &alt_svc);
         let ended = h1::server::serve(&mut io, &settings, stop, |head, body| async move {
             act.in_flight.fetch_add(1, Ordering::Relaxed);
-            let mut resp = gw.clone().handle(head, body, kind, Some(memo)).await;
+            let mut resp = gw.handle(head, body, kind, Some(memo)).await;
             act.in_flight.fetch_sub(1, Ordering::Relaxed);
             act.touch();
             if let Some(v) = alt_svc {
