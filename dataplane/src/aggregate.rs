@@ -275,8 +275,7 @@ fn headers_for(call: &Call<'_>, t: &Target, msg: &Value, last_event: Option<&str
         if m == "tools/call" && t.meta.is_none() {
             for (id, name, v) in call.headers.iter() {
                 if id == Name::OTHER
-                    && name.len() >= 10
-                    && name[..10].eq_ignore_ascii_case(b"mcp-param-")
+                    && mcp::is_param_header(name)
                     && let (Ok(name), Ok(v)) =
                         (HeaderName::from_bytes(name), HeaderValue::from_bytes(v))
                 {

@@ -349,6 +349,12 @@ pub fn check_post_headers(headers: &Headers) -> Result<(), GatewayError> {
     Ok(())
 }
 
+/// `Mcp-Param-*`, in any case: a tool argument mirrored into a header
+/// (2026-07-28).
+pub fn is_param_header(raw: &[u8]) -> bool {
+    raw.len() >= 10 && raw[..10].eq_ignore_ascii_case(b"mcp-param-")
+}
+
 /// A `Content-Type` value without its parameters, trimmed.
 pub fn media_type(ct: &str) -> &str {
     // A byte loop: a dozen bytes cost less than a `str` pattern search.

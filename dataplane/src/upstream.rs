@@ -121,8 +121,7 @@ pub fn upstream_request<'h>(
         let name = if FORWARDED.contains(&id) {
             id.as_str()
         } else if id == Name::OTHER
-            && raw.len() >= 10
-            && raw[..10].eq_ignore_ascii_case(b"mcp-param-")
+            && mcp::is_param_header(raw)
             && let Ok(n) = HeaderName::from_bytes(raw)
         {
             param = n;
