@@ -24,7 +24,7 @@ use crate::{
     error::GatewayError,
     headers::{Head, Headers, Name},
     metrics::Metrics,
-    model::{ApiKey, KeyIndex, Rejected, SessionSpec, Snapshot, UpstreamName},
+    model::{ApiKey, KeyIndex, Rejected, SessionSpec, Snapshot},
     relay,
     session::{SealError, SessionKeys, SessionState},
     upstream::UpstreamClient,
@@ -161,8 +161,31 @@ pub struct Gateway {
     /// session-based upstreams (a cache; see `aggregate::bridge`).
     pub bridges: crate::aggregate::Bridges,
     ready: AtomicBool,
-    request_ids: AtomicU64,
     id_prefix: u32,
+}
+
+/// Request numbers are handed to threads in blocks, so that numbering a
+/// request writes no cache line another thread reads or writes. One count
+/// per process: a number is never given twice, whichever gateway of the
+/// process (tests run several) a thread serves.
+static REQUEST_NUMBERS: AtomicU64 = AtomicU64::new(0);
+const NUMBER_BLOCK: u64 = 1 << 16;
+
+thread_local! {
+    /// This thread's next request number and the end of its block.
+    static NUMBERS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+fn request_number() -> u64 {
+    NUMBERS.with(|c| {
+        let (mut next, mut end) = c.get();
+        if next == end {
+            next = REQUEST_NUMBERS.fetch_add(NUMBER_BLOCK, Ordering::Relaxed);
+            end = next + NUMBER_BLOCK;
+        }
+        c.set((next + 1, end));
+        next
+    })
 }
 
 pub(crate) const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -214,7 +237,6 @@ impl Gateway {
                 .collect(),
             bridges: crate::aggregate::Bridges::default(),
             ready: AtomicBool::new(true),
-            request_ids: AtomicU64::new(0),
             id_prefix: u32::from_ne_bytes(seed),
         })
     }
@@ -281,7 +303,8 @@ impl Gateway {
     }
 
     /// The client's `X-Request-Id` if it is short and printable, or a new
-    /// one: this process's random prefix and a counter, in hex.
+    /// one: this gateway's random prefix and the process's request number,
+    /// in hex.
     fn request_id(&self, headers: &Headers) -> HeaderValue {
         if let Some(v) = headers.value(Name::X_REQUEST_ID)
             && !v.is_empty()
@@ -290,7 +313,7 @@ impl Gateway {
         {
             return v;
         }
-        let n = self.request_ids.fetch_add(1, Ordering::Relaxed);
+        let n = request_number();
         let mut id = [0u8; 16];
         let digits = (u64::from(self.id_prefix) << 32) ^ n;
         for (i, d) in id.iter_mut().enumerate() {
@@ -471,10 +494,12 @@ impl Gateway {
         match target {
             Some(name) => {
                 // Borrowed, not cloned: both live as long as this request.
-                let n = UpstreamName::parse(name).ok();
-                let (up, filter) = n
-                    .as_ref()
-                    .and_then(|n| Some((rt.snapshot.upstreams.get(n)?, key.may_use(n)?)))
+                // Looked up by the path's text: only valid names are keys.
+                let (up, filter) = rt
+                    .snapshot
+                    .upstreams
+                    .get(name)
+                    .zip(key.may_use(name))
                     .ok_or_else(|| (GatewayError::NoSuchUpstream(name.to_owned()), None))?;
                 ctx.upstream = Some(up.name.shared());
                 Box::pin(relay::handle(call, up, filter, ctx)).await

@@ -4,8 +4,10 @@
 use std::borrow::Cow;
 
 use http::{HeaderName, HeaderValue};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+
+mod scan;
+
+use scan::Reader;
 
 use crate::{
     error::GatewayError,
@@ -90,35 +92,25 @@ pub fn is_supported(v: &str) -> bool {
 
 /// The fields of a JSON-RPC message the gateway routes on, borrowed from the
 /// body. The body itself is forwarded byte for byte.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default)]
 pub struct Peek<'a> {
-    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub jsonrpc: Option<Cow<'a, str>>,
-    /// Present-but-null stays `Some("null")` so it can be refused.
-    #[serde(borrow, default, deserialize_with = "present")]
-    pub id: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "borrowed")]
+    /// The id's JSON text. Present-but-null stays `Some("null")` so it can
+    /// be refused.
+    pub id: Option<&'a str>,
     pub method: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub params: Option<PeekParams<'a>>,
-    #[serde(borrow, default)]
-    pub result: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    pub error: Option<&'a RawValue>,
+    /// The JSON text of `result` and `error`, unless absent or null.
+    pub result: Option<&'a str>,
+    pub error: Option<&'a str>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The members of `params` the gateway reads. A `params` array (JSON-RPC's
+/// by-position form, which MCP does not use) has none of them.
+#[derive(Debug, Default)]
 pub struct PeekParams<'a> {
-    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub name: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub uri: Option<Cow<'a, str>>,
-    #[serde(
-        rename = "protocolVersion",
-        borrow,
-        default,
-        deserialize_with = "borrowed"
-    )]
     pub protocol_version: Option<Cow<'a, str>>,
 }
 
@@ -146,12 +138,9 @@ impl<'a> Peek<'a> {
         // JSON is UTF-8 (RFC 8259): checked once here, not string by string.
         let text = std::str::from_utf8(body)
             .map_err(|e| GatewayError::Parse(format!("the body is not UTF-8: {e}")))?;
-        let peek: Peek = serde_json::from_str(text).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
-                GatewayError::Parse(e.to_string())
-            } else {
-                GatewayError::InvalidRequest(e.to_string())
-            }
+        let peek = read_peek(text).map_err(|e| match e {
+            scan::Error::Syntax(m) => GatewayError::Parse(m),
+            scan::Error::Data(m) => GatewayError::InvalidRequest(m),
         })?;
         if peek.jsonrpc.as_deref() != Some("2.0") {
             return Err(GatewayError::InvalidRequest(
@@ -194,26 +183,102 @@ impl<'a> Peek<'a> {
     }
 }
 
-/// serde borrows a `Cow<str>` only when it is the field's type, not inside
-/// an `Option`: this borrows it there too (owned only if it has escapes).
-fn borrowed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Cow<'de, str>>, D::Error> {
-    #[derive(Deserialize)]
-    struct Borrowed<'a>(#[serde(borrow)] Cow<'a, str>);
-    Option::<Borrowed<'de>>::deserialize(d).map(|o| o.map(|b| b.0))
+/// The peek's fields from one JSON object (whose `{` comes first).
+fn read_peek(text: &str) -> Result<Peek<'_>, scan::Error> {
+    let mut r = Reader::new(text);
+    r.expect(b'{', "expected `{`")?;
+    let mut peek = Peek::default();
+    let mut seen = 0u8;
+    r.members(|r, key| {
+        let bit = match &*key {
+            "jsonrpc" => 1,
+            "id" => 2,
+            "method" => 4,
+            "params" => 8,
+            "result" => 16,
+            "error" => 32,
+            _ => 0,
+        };
+        once(&mut seen, bit, &key)?;
+        r.colon()?;
+        match bit {
+            1 => peek.jsonrpc = r.string_or_null("jsonrpc")?.into(),
+            2 => peek.id = Some(r.raw()?),
+            4 => peek.method = r.string_or_null("method")?.into(),
+            8 => peek.params = read_params(r)?,
+            16 => peek.result = r.raw_unless_null()?,
+            32 => peek.error = r.raw_unless_null()?,
+            _ => r.skip()?,
+        }
+        Ok(())
+    })?;
+    r.end()?;
+    Ok(peek)
 }
 
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+fn read_params<'a>(r: &mut Reader<'a>) -> Result<Option<PeekParams<'a>>, scan::Error> {
+    if r.null()? {
+        return Ok(None);
+    }
+    if r.at(b'[') {
+        r.skip()?;
+        return Ok(Some(PeekParams::default()));
+    }
+    if !r.eat(b'{') {
+        return r.wrong_type("params", "an object");
+    }
+    let mut p = PeekParams::default();
+    let mut seen = 0u8;
+    r.members(|r, key| {
+        let bit = match &*key {
+            "name" => 1,
+            "uri" => 2,
+            "protocolVersion" => 4,
+            _ => 0,
+        };
+        once(&mut seen, bit, &key)?;
+        r.colon()?;
+        match bit {
+            1 => p.name = r.string_or_null("name")?.into(),
+            2 => p.uri = r.string_or_null("uri")?.into(),
+            4 => p.protocol_version = r.string_or_null("protocolVersion")?.into(),
+            _ => r.skip()?,
+        }
+        Ok(())
+    })?;
+    Ok(Some(p))
 }
 
-fn check_id(id: &RawValue) -> Result<(), GatewayError> {
+/// Each known member (`bit`, 0 for the others) may come once in an object:
+/// serde's derive refuses a duplicate, and so does the peek.
+fn once(seen: &mut u8, bit: u8, key: &str) -> Result<(), scan::Error> {
+    if *seen & bit != 0 {
+        return Err(scan::Error::Data(format!("duplicate field `{key}`")));
+    }
+    *seen |= bit;
+    Ok(())
+}
+
+fn check_id(id: &str) -> Result<(), GatewayError> {
     // MCP: ids are strings or integers, never null.
-    match id.get().as_bytes().first() {
+    match id.as_bytes().first() {
         Some(b'"') | Some(b'-') | Some(b'0'..=b'9') => Ok(()),
         _ => Err(GatewayError::InvalidRequest(
             "\"id\" must be a string or an integer".into(),
         )),
     }
+}
+
+/// A request's id as a value, for the error responses that answer it. Small
+/// integers, the ids most clients send, are read without a parser.
+pub fn id_value(text: &str) -> Option<serde_json::Value> {
+    if (1..=18).contains(&text.len())
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(n) = text.parse::<u64>()
+    {
+        return Some(n.into());
+    }
+    serde_json::from_str(text).ok()
 }
 
 /// The protocol version a request speaks: the header, or the spec default.
@@ -388,6 +453,235 @@ mod tests {
 
     fn headers(pairs: &[(&'static str, &str)]) -> Headers {
         pairs.iter().copied().collect()
+    }
+
+    /// What the peek was before `scan`: serde's derive, the oracle that
+    /// the scanner must agree with.
+    mod oracle {
+        use std::borrow::Cow;
+
+        use serde::Deserialize;
+        use serde_json::value::RawValue;
+
+        #[derive(Deserialize)]
+        pub struct Peek<'a> {
+            #[serde(borrow, default, deserialize_with = "borrowed")]
+            pub jsonrpc: Option<Cow<'a, str>>,
+            #[serde(borrow, default, deserialize_with = "present")]
+            pub id: Option<&'a RawValue>,
+            #[serde(borrow, default, deserialize_with = "borrowed")]
+            pub method: Option<Cow<'a, str>>,
+            #[serde(borrow, default)]
+            pub params: Option<Params<'a>>,
+            #[serde(borrow, default)]
+            pub result: Option<&'a RawValue>,
+            #[serde(borrow, default)]
+            pub error: Option<&'a RawValue>,
+        }
+
+        #[derive(Deserialize)]
+        pub struct Params<'a> {
+            #[serde(borrow, default, deserialize_with = "borrowed")]
+            pub name: Option<Cow<'a, str>>,
+            #[serde(borrow, default, deserialize_with = "borrowed")]
+            pub uri: Option<Cow<'a, str>>,
+            #[serde(
+                rename = "protocolVersion",
+                borrow,
+                default,
+                deserialize_with = "borrowed"
+            )]
+            pub protocol_version: Option<Cow<'a, str>>,
+        }
+
+        fn borrowed<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Cow<'de, str>>, D::Error> {
+            #[derive(Deserialize)]
+            struct B<'a>(#[serde(borrow)] Cow<'a, str>);
+            Option::<B<'de>>::deserialize(d).map(|o| o.map(|b| b.0))
+        }
+
+        fn present<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<&'de RawValue>, D::Error> {
+            <&RawValue>::deserialize(d).map(Some)
+        }
+
+        /// The oracle's verdict in the scanner's terms: "syntax", "data",
+        /// or the fields read.
+        pub fn verdict(text: &str) -> Result<String, &'static str> {
+            match serde_json::from_str::<Peek>(text) {
+                Ok(p) => Ok(super::show(
+                    p.jsonrpc.as_deref(),
+                    p.id.map(RawValue::get),
+                    p.method.as_deref(),
+                    p.params.as_ref().map(|q| {
+                        [
+                            q.name.as_deref(),
+                            q.uri.as_deref(),
+                            q.protocol_version.as_deref(),
+                        ]
+                    }),
+                    p.result.map(RawValue::get),
+                    p.error.map(RawValue::get),
+                )),
+                Err(e) if e.is_syntax() || e.is_eof() => Err("syntax"),
+                Err(_) => Err("data"),
+            }
+        }
+    }
+
+    fn show(
+        jsonrpc: Option<&str>,
+        id: Option<&str>,
+        method: Option<&str>,
+        params: Option<[Option<&str>; 3]>,
+        result: Option<&str>,
+        error: Option<&str>,
+    ) -> String {
+        format!("{jsonrpc:?} {id:?} {method:?} {params:?} {result:?} {error:?}")
+    }
+
+    fn scanned(text: &str) -> Result<String, &'static str> {
+        match read_peek(text) {
+            Ok(p) => Ok(show(
+                p.jsonrpc.as_deref(),
+                p.id,
+                p.method.as_deref(),
+                p.params.as_ref().map(|q| {
+                    [
+                        q.name.as_deref(),
+                        q.uri.as_deref(),
+                        q.protocol_version.as_deref(),
+                    ]
+                }),
+                p.result,
+                p.error,
+            )),
+            Err(scan::Error::Syntax(_)) => Err("syntax"),
+            Err(scan::Error::Data(_)) => Err("data"),
+        }
+    }
+
+    /// Bodies the scanner and serde must read alike.
+    const CORPUS: &[&str] = &[
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"ping"}}}"#,
+        r#"{"jsonrpc":"2.0","id":"a-1","method":"resources/read","params":{"uri":"file:///x","_meta":{"progressToken":7}}}"#,
+        r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{"sampling":{},"roots":{"listChanged":true}},"clientInfo":{"name":"c","version":"1"}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        r#"{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"x"}],"isError":false}}"#,
+        r#"{"jsonrpc":"2.0","id":4,"error":{"code":-32601,"message":"no","data":[1,2.5e-3,null,true,-0.0E+1]}}"#,
+        r#" { "jsonrpc" : "2.0" , "id" : -12 , "method" : "ping" , "params" : null } "#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ec\u0068o \ud83d\ude00 \n\"\/\\\b\f\r\t"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"name":7}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","params":"s"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","method":"y"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"x"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"name":"a","name":"b"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{},"result":null,"error":null}"#,
+        r#"{"jsonrpc":2,"id":1,"method":"x"}"#,
+        r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#,
+        r#"{"jsonrpc":"2.0","id":{"a":[]},"method":"x"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","extra":[[[{"a":{"b":[1,{"c":"\u00e9"}]}}]]]}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x\ud800"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x\udc00"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x\ud800\u0041"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","extra":"\ud800"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","\ud800":1}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"é ü 漢字"}"#,
+        r#"{"jsonrpc":"2.0","id":01,"method":"x"}"#,
+        r#"{"jsonrpc":"2.0","id":1.,"method":"x"}"#,
+        r#"{"jsonrpc":"2.0","id":1e,"method":"x"}"#,
+        r#"{"jsonrpc":"2.0","id":-,"method":"x"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x",}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x"} x"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","a":[1,]}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","a":{"k"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","a":{1:2}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","a":tru}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","a":"\x"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","a":"\u12"}"#,
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\",\"a\":\"tab\there\"}",
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\tx\"}",
+        r#"{"jsonrpc":"2.0","id":"0123456789abcdefghij","method":"notifications/progress/with/a/long/name","params":{"name":"a tool whose name is longer than sixteen bytes","uri":"éééééééééé漢字漢字漢字 ü"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"long/methods/name\with/escapesAin/the/middle/of/it","params":{"name":"0123456789abcde"f"}}"#,
+        r#"{}"#,
+        r#"{"#,
+        r#"{"jsonrpc""#,
+        r#"{"jsonrpc":"2.0""#,
+        r#"{"jsonrpc":"2.0","#,
+    ];
+
+    /// Every corpus body, and every truncation and one-byte change of it,
+    /// is read by the scanner as serde reads it.
+    #[test]
+    fn the_scanner_reads_bodies_as_serde_does() {
+        let mut checked = 0;
+        let mut check = |text: &str| {
+            // `Peek::parse` hands the scanner objects only.
+            if !text.trim_start().starts_with('{') {
+                return;
+            }
+            assert_eq!(scanned(text), oracle::verdict(text), "{text}");
+            checked += 1;
+        };
+        let nested = |n: usize| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"x","a":{}1{}}}"#,
+                "[".repeat(n),
+                "]".repeat(n)
+            )
+        };
+        let mut corpus: Vec<String> = CORPUS.iter().map(|s| s.to_string()).collect();
+        corpus.extend([nested(126), nested(127), nested(128)]);
+        let replacements = b"{}[]\",:\\ 0-.eE+tfnu\x01aA";
+        for body in &corpus {
+            check(body);
+            for cut in (0..body.len()).filter(|&c| body.is_char_boundary(c)) {
+                check(&body[..cut]);
+            }
+            for i in 0..body.len() {
+                for &b in replacements {
+                    let mut m = body.clone().into_bytes();
+                    m[i] = b;
+                    if let Ok(t) = String::from_utf8(m) {
+                        check(&t);
+                    }
+                }
+            }
+        }
+        assert!(checked > 50_000, "{checked}");
+    }
+
+    /// JSON-RPC's by-position `params` (MCP does not use it) names nothing;
+    /// serde's derive read it as the struct's fields in order.
+    #[test]
+    fn params_by_position_name_nothing() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["echo"]}"#;
+        let (p, _) = Peek::parse(body, LATEST).unwrap();
+        assert!(p.params.is_some_and(|p| p.name.is_none()));
+    }
+
+    #[test]
+    fn ids_read_as_a_parser_reads_them() {
+        for raw in [
+            "0",
+            "7",
+            "123456789012345678",
+            "1234567890123456789",
+            "18446744073709551616",
+            "-3",
+            "1.5",
+            "1e3",
+            r#""abc""#,
+            r#""a\u0062""#,
+            "null",
+        ] {
+            let want: Option<serde_json::Value> = serde_json::from_str(raw).ok();
+            assert_eq!(id_value(raw), want, "{raw}");
+        }
     }
 
     #[test]

@@ -50,6 +50,14 @@ impl UpstreamName {
     }
 }
 
+/// Maps keyed by name are looked up with the `&str` of a request path, with
+/// no copy: the derived order, equality and hash are those of the text.
+impl std::borrow::Borrow<str> for UpstreamName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for UpstreamName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -223,7 +231,10 @@ pub struct ApiKey {
 }
 
 impl ApiKey {
-    pub fn may_use(&self, upstream: &UpstreamName) -> Option<&ToolFilter> {
+    pub fn may_use<Q: Ord + ?Sized>(&self, upstream: &Q) -> Option<&ToolFilter>
+    where
+        UpstreamName: std::borrow::Borrow<Q>,
+    {
         self.grants.get(upstream)
     }
 }

@@ -44,7 +44,7 @@ pub fn parse_post<'b>(
     let version = mcp::request_version(headers);
     let shown = version.as_deref().unwrap_or(mcp::DEFAULT_VERSION);
     let (peek, kind) = Peek::parse(body, shown).map_err(|e| (e, None))?;
-    let id: Option<Value> = peek.id.and_then(|r| serde_json::from_str(r.get()).ok());
+    let id = peek.id.and_then(mcp::id_value);
     let version = version.map_err(|e| (e, id.clone()))?;
     ctx.stateless = version == mcp::STATELESS;
     ctx.method = if kind == Kind::Response {
@@ -188,9 +188,20 @@ async fn post(
     }
 
     if is_init && resp.status().is_success() {
-        return initialize(gw, rt, key, up, resp, payload, init_version, id.clone())
-            .await
-            .map_err(fail);
+        // Boxed: once per session, and its future is larger than the rest
+        // of this one, which every call would otherwise move around.
+        return Box::pin(initialize(
+            gw,
+            rt,
+            key,
+            up,
+            resp,
+            payload,
+            init_version,
+            id.clone(),
+        ))
+        .await
+        .map_err(fail);
     }
     let status = resp.status();
     match payload {
@@ -209,14 +220,20 @@ async fn post(
             // Read whole, bounded in size and in time (an upstream that
             // stalls mid-body must not hold the client's connection); most
             // answers arrived with their head and cost no wait at all.
-            let (parts, incoming) = resp.into_parts();
+            let (mut parts, incoming) = resp.into_parts();
             let bytes = upstream::read_json_body(up, incoming, &rt.limits)
                 .await
                 .map_err(fail)?;
-            let mut out = Response::new(body::full(bytes));
-            *out.status_mut() = parts.status;
-            copy_header(&parts.headers, out.headers_mut(), header::CONTENT_TYPE);
-            Ok(out)
+            // The answer's map (only `client::KEPT`) becomes the
+            // response's, once it holds nothing but Content-Type.
+            let h = &mut parts.headers;
+            if h.len() > usize::from(h.contains_key(header::CONTENT_TYPE)) {
+                let ct = h.remove(header::CONTENT_TYPE);
+                h.clear();
+                h.extend(ct.map(|v| (header::CONTENT_TYPE, v)));
+            }
+            parts.version = http::Version::default();
+            Ok(Response::from_parts(parts, body::full(bytes)))
         }
         Payload::Sse => {
             let guard = GaugeGuard::new(gw.metrics.active_streams.with_label_values(&["post"]));
