@@ -81,12 +81,16 @@ struct Target {
     meta: Option<Arc<Value>>,
 }
 
-pub async fn handle(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failure> {
+/// The request's own method's future, boxed (as `relay::handle`).
+pub fn handle<'r>(call: Call<'r>, ctx: &'r mut ReqCtx) -> relay::Handling<'r> {
     match call.method {
-        Method::POST => post(call, ctx).await,
-        Method::GET => get(call, ctx).await.map_err(|e| (e, None)),
-        Method::DELETE => delete(call, ctx).await.map_err(|e| (e, None)),
-        ref m => Err((GatewayError::MethodNotAllowed(m.clone()), None)),
+        Method::POST => Box::pin(post(call, ctx)),
+        Method::GET => Box::pin(async move { get(call, ctx).await.map_err(|e| (e, None)) }),
+        Method::DELETE => Box::pin(async move { delete(call, ctx).await.map_err(|e| (e, None)) }),
+        ref m => {
+            let refused = Err((GatewayError::MethodNotAllowed(m.clone()), None));
+            Box::pin(std::future::ready(refused))
+        }
     }
 }
 

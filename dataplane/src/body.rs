@@ -125,31 +125,106 @@ pub enum ReadError {
 }
 
 /// Reads a whole body (a request's or an upstream's), at most `max` bytes
-/// within `timeout`.
+/// within `timeout`; trailers are dropped.
+///
+/// A body that is whole at once (a small one that arrived with its head)
+/// arms no timer and is not copied: one frame is handed on as it is. The
+/// timer starts at the first wait, and bytes are gathered only when a
+/// second frame comes.
 pub async fn read_whole<B>(body: B, max: usize, timeout: Duration) -> Result<Bytes, ReadError>
 where
     B: HttpBody<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    let limited = http_body_util::Limited::new(body, max);
-    match within(timeout, limited.collect()).await {
-        Err(_) => Err(ReadError::TimedOut),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge),
-        Ok(Err(e)) => Err(ReadError::Failed(e)),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-    }
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut rest = bytes::BytesMut::new();
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        loop {
+            match body.as_mut().poll_frame(cx) {
+                Poll::Ready(None) => {
+                    let whole = match first.take() {
+                        Some(one) => one,
+                        None => std::mem::take(&mut rest).freeze(),
+                    };
+                    return Poll::Ready(Ok(whole));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(ReadError::Failed(e.into()))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let held = first.as_ref().map_or(0, Bytes::len) + rest.len();
+                    if held + data.len() > max {
+                        return Poll::Ready(Err(ReadError::TooLarge));
+                    }
+                    // One frame is kept as it came; from the second on,
+                    // all of them are gathered in `rest`.
+                    if let Some(one) = first.take() {
+                        rest.extend_from_slice(&one);
+                        rest.extend_from_slice(&data);
+                    } else if rest.is_empty() {
+                        first = Some(data);
+                    } else {
+                        rest.extend_from_slice(&data);
+                    }
+                }
+                Poll::Pending => {
+                    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    if t.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(ReadError::TimedOut));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    })
+    .await
 }
 
-/// `tokio::time::timeout`, but a future that is ready at once (a small body
-/// that arrived with its head) is taken without arming a timer.
-async fn within<F: Future>(
-    timeout: Duration,
-    fut: F,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let mut fut = std::pin::pin!(fut);
-    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-    match first {
-        Poll::Ready(r) => Ok(r),
-        Poll::Pending => tokio::time::timeout(timeout, fut).await,
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fed(frames: Vec<Frame<Bytes>>) -> ChannelBody {
+        let (tx, rx) = mpsc::channel(frames.len().max(1));
+        for f in frames {
+            tx.try_send(Ok(f)).unwrap();
+        }
+        ChannelBody::new(rx)
+    }
+
+    fn data(s: &'static str) -> Frame<Bytes> {
+        Frame::data(Bytes::from_static(s.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_whole_and_bounded() {
+        let t = Duration::from_secs(5);
+        let one = read_whole(Full::new(Bytes::from_static(b"abc")), 3, t).await;
+        assert_eq!(one.ok().as_deref(), Some(&b"abc"[..]));
+        let many = vec![
+            data(""),
+            data("ab"),
+            data("cd"),
+            Frame::trailers(Default::default()),
+            data("e"),
+        ];
+        let got = read_whole(fed(many), 5, t).await;
+        assert_eq!(got.ok().as_deref(), Some(&b"abcde"[..]));
+        let over = read_whole(fed(vec![data("ab"), data("cd")]), 3, t).await;
+        assert!(matches!(over, Err(ReadError::TooLarge)));
+        let none = read_whole(Empty::<Bytes>::new(), 0, t).await;
+        assert_eq!(none.ok().as_deref(), Some(&b""[..]));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_times_out() {
+        let (tx, rx) = mpsc::channel(1);
+        tx.send(Ok(data("ab"))).await.unwrap();
+        let got = read_whole(ChannelBody::new(rx), 10, Duration::from_millis(50)).await;
+        assert!(matches!(got, Err(ReadError::TimedOut)));
+        drop(tx);
     }
 }

@@ -195,6 +195,16 @@ impl Outgoing {
     /// A field the caller vouches for: a lower-case name that is not
     /// hop-by-hop, a value valid in a head (a `Headers` value is).
     pub(crate) fn field(&mut self, name: &str, value: &[u8]) {
+        // What keeps a field from ending the line early (CRLF injection)
+        // is the caller's promise; tests and debug builds check it.
+        debug_assert!(
+            !value.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)),
+            "a field value with CR, LF or NUL"
+        );
+        debug_assert!(
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':'),
+            "a field name that is not a token"
+        );
         self.lines.extend_from_slice(name.as_bytes());
         self.lines.extend_from_slice(b": ");
         self.lines.extend_from_slice(value);

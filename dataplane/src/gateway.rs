@@ -431,9 +431,10 @@ impl Gateway {
 
     /// The two endpoints' futures are kilobytes each, and rustc lays out
     /// both and the body read side by side rather than over each other:
-    /// boxed, the request's future is small, and what hyper moves into its
-    /// slot (h1) or a task (h2, h3) per request is a pointer, not a copy
-    /// of all three.
+    /// each endpoint boxes the future of the request's method
+    /// (`relay::handle`, `aggregate::handle`), so the request's future is
+    /// small, and what is moved per request into its slot (h1) or a task
+    /// (h2, h3) is a pointer, not a copy of all three.
     async fn mcp<B>(
         self: &Arc<Self>,
         rt: &Runtime,
@@ -502,9 +503,9 @@ impl Gateway {
                     .zip(key.may_use(name))
                     .ok_or_else(|| (GatewayError::NoSuchUpstream(name.to_owned()), None))?;
                 ctx.upstream = Some(up.name.shared());
-                Box::pin(relay::handle(call, up, filter, ctx)).await
+                relay::handle(call, up, filter, ctx).await
             }
-            None => Box::pin(aggregate::handle(call, ctx)).await,
+            None => aggregate::handle(call, ctx).await,
         }
     }
 

@@ -131,10 +131,36 @@ pub(crate) struct Span {
 pub(crate) type Spans = Vec<Span>;
 
 /// A head's fields, in the order they came, names in the case they came.
-#[derive(Debug, Clone, Default)]
+/// Its `Debug` form hides credentials (see `redacted`).
+#[derive(Clone, Default)]
 pub struct Headers {
     bytes: Bytes,
     spans: Spans,
+}
+
+/// Fields whose values a `Debug` print of a head hides: the client's
+/// credentials, and the session id (a bearer of the session).
+fn redacted(id: Name, name: &[u8]) -> bool {
+    matches!(
+        id,
+        Name::AUTHORIZATION | Name::X_API_KEY | Name::MCP_SESSION_ID
+    ) || name.eq_ignore_ascii_case(b"proxy-authorization")
+        || name.eq_ignore_ascii_case(b"cookie")
+}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut map = f.debug_map();
+        for (id, name, value) in self.iter() {
+            let name = String::from_utf8_lossy(name);
+            if redacted(id, name.as_bytes()) {
+                map.entry(&name, &"<redacted>");
+            } else {
+                map.entry(&name, &String::from_utf8_lossy(value));
+            }
+        }
+        map.finish()
+    }
 }
 
 impl Headers {
@@ -334,6 +360,26 @@ mod tests {
         for other in ["", "x", "mcp-session-i", "content-lengthx", "x-api-kez"] {
             assert_eq!(Name::of(other.as_bytes()), Name::OTHER, "{other}");
         }
+    }
+
+    #[test]
+    fn debug_prints_hide_credentials() {
+        let h: Headers = [
+            ("Authorization", "Bearer stoa_secret"),
+            ("X-API-Key", "stoa_secret2"),
+            ("mcp-session-id", "sealed-secret3"),
+            ("Cookie", "a=secret4"),
+            ("Proxy-Authorization", "Basic secret5"),
+            ("accept", "application/json"),
+        ]
+        .into_iter()
+        .collect();
+        let mut head = Head::new(Method::POST, Uri::from_static("/mcp"));
+        head.headers = h.clone();
+        let shown = format!("{h:?} {head:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains(r#""accept": "application/json""#), "{shown}");
+        assert_eq!(shown.matches("<redacted>").count(), 10, "{shown}");
     }
 
     #[test]

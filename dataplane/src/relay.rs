@@ -2,7 +2,7 @@
 //! gateway owns: the session id (sealed), credentials (injected), and what
 //! the key may see and call (tools filtered, calls refused).
 
-use std::{borrow::Cow, sync::Arc};
+use std::{borrow::Cow, future::Future, pin::Pin, sync::Arc};
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode, header};
@@ -61,17 +61,29 @@ pub fn parse_post<'b>(
     })
 }
 
-pub async fn handle(
-    call: Call<'_>,
-    up: &Arc<Upstream>,
-    filter: &ToolFilter,
-    ctx: &mut ReqCtx,
-) -> Result<Response<Body>, Failure> {
+/// A request's future, boxed where it is chosen.
+pub type Handling<'r> = Pin<Box<dyn Future<Output = Result<Response<Body>, Failure>> + Send + 'r>>;
+
+/// The request's own method's future, boxed: built in place of an `async`
+/// match over all three, it is moved once (into its box), not twice (into
+/// the match's state, then that into a box), and each method's future is
+/// its own size.
+pub fn handle<'r>(
+    call: Call<'r>,
+    up: &'r Arc<Upstream>,
+    filter: &'r ToolFilter,
+    ctx: &'r mut ReqCtx,
+) -> Handling<'r> {
     match call.method {
-        Method::POST => post(call, up, filter, ctx).await,
-        Method::GET => get(call, up, ctx).await.map_err(|e| (e, None)),
-        Method::DELETE => delete(call, up, ctx).await.map_err(|e| (e, None)),
-        ref m => Err((GatewayError::MethodNotAllowed(m.clone()), None)),
+        Method::POST => Box::pin(post(call, up, filter, ctx)),
+        Method::GET => Box::pin(async move { get(call, up, ctx).await.map_err(|e| (e, None)) }),
+        Method::DELETE => {
+            Box::pin(async move { delete(call, up, ctx).await.map_err(|e| (e, None)) })
+        }
+        ref m => {
+            let refused = Err((GatewayError::MethodNotAllowed(m.clone()), None));
+            Box::pin(std::future::ready(refused))
+        }
     }
 }
 
