@@ -607,6 +607,14 @@ mod tests {
         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\tx\"}",
         r#"{"jsonrpc":"2.0","id":"0123456789abcdefghij","method":"notifications/progress/with/a/long/name","params":{"name":"a tool whose name is longer than sixteen bytes","uri":"éééééééééé漢字漢字漢字 ü"}}"#,
         r#"{"jsonrpc":"2.0","id":1,"method":"long/methods/name\with/escapesAin/the/middle/of/it","params":{"name":"0123456789abcde"f"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","a":{"\ud800":1}}"#,
+        r#"{"jsonrpc":"2.0","id":{"\udc00":1},"method":"x"}"#,
+        r#"{"error":{"\udc00":0},"error":1}"#,
+        r#"{"jsonrpc":1e400,"id":1,"method":"x"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"name":-5e671}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":1.7976931348623158e308}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":0e99999999999999999999}"#,
+        r#"{"jsonrpc":"2.0","id":1e400,"method":"x"}"#,
         r#"{}"#,
         r#"{"#,
         r#"{"jsonrpc""#,
@@ -636,6 +644,13 @@ mod tests {
         };
         let mut corpus: Vec<String> = CORPUS.iter().map(|s| s.to_string()).collect();
         corpus.extend([nested(126), nested(127), nested(128)]);
+        // Deeper than 128 is refused on purpose (see `scan`), where serde
+        // skips it.
+        assert!(matches!(
+            read_peek(&nested(129)),
+            Err(scan::Error::Syntax(_))
+        ));
+        assert!(oracle::verdict(&nested(129)).is_ok());
         let replacements = b"{}[]\",:\\ 0-.eE+tfnu\x01aA";
         for body in &corpus {
             check(body);

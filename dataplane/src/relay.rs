@@ -245,6 +245,7 @@ async fn post(
                 h.extend(ct.map(|v| (header::CONTENT_TYPE, v)));
             }
             parts.version = http::Version::default();
+            parts.extensions.clear();
             Ok(Response::from_parts(parts, body::full(bytes)))
         }
         Payload::Sse => {

@@ -9,14 +9,18 @@
 //! check on the same inputs: a syntax error (`Error::Syntax`) where serde
 //! reports one, a data error (`Error::Data`: a known field of the wrong
 //! type, or given twice) where serde's derive reports one, whichever comes
-//! first in the body. Nesting is bounded as serde_json bounds it (128).
+//! first in the body. Two differences, both on purpose: nesting is bounded
+//! at 128 levels everywhere (serde_json bounds the values it deserializes
+//! so, but not those it skips), and a by-position `params` array is read
+//! as naming nothing (serde's derive read it as the fields in order).
 //!
 //! The input is UTF-8 already (checked once by the caller), so every slice
 //! between ASCII delimiters is text.
 
 use std::borrow::Cow;
 
-/// serde_json's recursion limit.
+/// The deepest nesting read: serde_json's recursion limit, here for every
+/// value (a fixed bound on untrusted input; MCP messages nest a few levels).
 const MAX_DEPTH: u32 = 128;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -177,7 +181,20 @@ impl<'a> Reader<'a> {
             Some(b't') => self.literal("true").map(|()| "a boolean")?,
             Some(b'f') => self.literal("false").map(|()| "a boolean")?,
             Some(b'n') => self.literal("null").map(|()| "null")?,
-            Some(b'-' | b'0'..=b'9') => self.number().map(|()| "a number")?,
+            Some(b'-' | b'0'..=b'9') => {
+                let start = self.pos;
+                self.number()?;
+                // serde reads the number whole to name it: one out of
+                // range is a syntax error there.
+                if self.text[start..self.pos]
+                    .parse::<serde_json::Number>()
+                    .is_err()
+                {
+                    self.pos = start;
+                    return self.syntax("number out of range");
+                }
+                "a number"
+            }
             _ => return self.syntax("expected value"),
         };
         Err(Error::Data(format!(
@@ -273,8 +290,9 @@ impl<'a> Reader<'a> {
             return self.syntax("expected a key");
         }
         self.pos += 1;
-        // Keys are decoded by serde (strictly) even where the value is not.
-        self.string(true)?;
+        // Only checked for form, as serde checks the keys of a value it
+        // skips (`members` decodes the keys of the objects it reads).
+        self.string(false)?;
         self.expect(b':', "expected `:`")
     }
 
