@@ -257,8 +257,10 @@ impl Client {
         let key = key_of(&req.uri)?;
         let body = &req.body;
         let split_body = body.len() > COALESCE_BODY;
-        let mut wire =
-            Vec::with_capacity(64 + req.lines.len() + if split_body { 0 } else { body.len() });
+        // Method, target, host and content-length lines besides `lines`.
+        let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len());
+        let head_len = 96 + target + key.authority.len() + req.lines.len();
+        let mut wire = Vec::with_capacity(head_len + if split_body { 0 } else { body.len() });
         encode_head(&req, key, &mut wire);
         if !split_body {
             wire.extend_from_slice(body);
@@ -487,8 +489,9 @@ fn encode_head(req: &Outgoing, key: Key<'_>, out: &mut Vec<u8>) {
             Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
         );
     if has_body {
-        let _ =
-            std::io::Write::write_fmt(out, format_args!("content-length: {}\r\n", req.body.len()));
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(req.body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
