@@ -85,12 +85,9 @@ struct Target {
 pub fn handle<'r>(call: Call<'r>, ctx: &'r mut ReqCtx) -> relay::Handling<'r> {
     match call.method {
         Method::POST => Box::pin(post(call, ctx)),
-        Method::GET => Box::pin(async move { get(call, ctx).await.map_err(|e| (e, None)) }),
-        Method::DELETE => Box::pin(async move { delete(call, ctx).await.map_err(|e| (e, None)) }),
-        ref m => {
-            let refused = Err((GatewayError::MethodNotAllowed(m.clone()), None));
-            Box::pin(std::future::ready(refused))
-        }
+        Method::GET => relay::without_id(get(call, ctx)),
+        Method::DELETE => relay::without_id(delete(call, ctx)),
+        ref m => relay::refused(m),
     }
 }
 

@@ -152,12 +152,12 @@ impl std::fmt::Debug for Headers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut map = f.debug_map();
         for (id, name, value) in self.iter() {
-            let name = String::from_utf8_lossy(name);
-            if redacted(id, name.as_bytes()) {
-                map.entry(&name, &"<redacted>");
+            let shown = if redacted(id, name) {
+                "<redacted>".into()
             } else {
-                map.entry(&name, &String::from_utf8_lossy(value));
-            }
+                String::from_utf8_lossy(value)
+            };
+            map.entry(&String::from_utf8_lossy(name), &shown);
         }
         map.finish()
     }

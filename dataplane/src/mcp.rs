@@ -188,27 +188,15 @@ fn read_peek(text: &str) -> Result<Peek<'_>, scan::Error> {
     let mut r = Reader::new(text);
     r.expect(b'{', "expected `{`")?;
     let mut peek = Peek::default();
-    let mut seen = 0u8;
-    r.members(|r, key| {
-        let bit = match &*key {
-            "jsonrpc" => 1,
-            "id" => 2,
-            "method" => 4,
-            "params" => 8,
-            "result" => 16,
-            "error" => 32,
-            _ => 0,
-        };
-        once(&mut seen, bit, &key)?;
-        r.colon()?;
-        match bit {
-            1 => peek.jsonrpc = r.string_or_null("jsonrpc")?.into(),
-            2 => peek.id = Some(r.raw()?),
-            4 => peek.method = r.string_or_null("method")?.into(),
-            8 => peek.params = read_params(r)?,
-            16 => peek.result = r.raw_unless_null()?,
-            32 => peek.error = r.raw_unless_null()?,
-            _ => r.skip()?,
+    let known = ["jsonrpc", "id", "method", "params", "result", "error"];
+    r.fields(&known, |r, i| {
+        match i {
+            0 => peek.jsonrpc = r.string_or_null("jsonrpc")?,
+            1 => peek.id = Some(r.raw()?),
+            2 => peek.method = r.string_or_null("method")?,
+            3 => peek.params = read_params(r)?,
+            4 => peek.result = r.raw_unless_null()?,
+            _ => peek.error = r.raw_unless_null()?,
         }
         Ok(())
     })?;
@@ -228,35 +216,15 @@ fn read_params<'a>(r: &mut Reader<'a>) -> Result<Option<PeekParams<'a>>, scan::E
         return r.wrong_type("params", "an object");
     }
     let mut p = PeekParams::default();
-    let mut seen = 0u8;
-    r.members(|r, key| {
-        let bit = match &*key {
-            "name" => 1,
-            "uri" => 2,
-            "protocolVersion" => 4,
-            _ => 0,
-        };
-        once(&mut seen, bit, &key)?;
-        r.colon()?;
-        match bit {
-            1 => p.name = r.string_or_null("name")?.into(),
-            2 => p.uri = r.string_or_null("uri")?.into(),
-            4 => p.protocol_version = r.string_or_null("protocolVersion")?.into(),
-            _ => r.skip()?,
+    r.fields(&["name", "uri", "protocolVersion"], |r, i| {
+        match i {
+            0 => p.name = r.string_or_null("name")?,
+            1 => p.uri = r.string_or_null("uri")?,
+            _ => p.protocol_version = r.string_or_null("protocolVersion")?,
         }
         Ok(())
     })?;
     Ok(Some(p))
-}
-
-/// Each known member (`bit`, 0 for the others) may come once in an object:
-/// serde's derive refuses a duplicate, and so does the peek.
-fn once(seen: &mut u8, bit: u8, key: &str) -> Result<(), scan::Error> {
-    if *seen & bit != 0 {
-        return Err(scan::Error::Data(format!("duplicate field `{key}`")));
-    }
-    *seen |= bit;
-    Ok(())
 }
 
 fn check_id(id: &str) -> Result<(), GatewayError> {

@@ -76,15 +76,23 @@ pub fn handle<'r>(
 ) -> Handling<'r> {
     match call.method {
         Method::POST => Box::pin(post(call, up, filter, ctx)),
-        Method::GET => Box::pin(async move { get(call, up, ctx).await.map_err(|e| (e, None)) }),
-        Method::DELETE => {
-            Box::pin(async move { delete(call, up, ctx).await.map_err(|e| (e, None)) })
-        }
-        ref m => {
-            let refused = Err((GatewayError::MethodNotAllowed(m.clone()), None));
-            Box::pin(std::future::ready(refused))
-        }
+        Method::GET => without_id(get(call, up, ctx)),
+        Method::DELETE => without_id(delete(call, up, ctx)),
+        ref m => refused(m),
     }
+}
+
+/// A GET's or DELETE's future, boxed: its errors answer no request id.
+pub fn without_id<'r>(
+    f: impl Future<Output = Result<Response<Body>, GatewayError>> + Send + 'r,
+) -> Handling<'r> {
+    Box::pin(async move { f.await.map_err(|e| (e, None)) })
+}
+
+/// A method neither endpoint serves.
+pub fn refused(m: &Method) -> Handling<'static> {
+    let refusal = Err((GatewayError::MethodNotAllowed(m.clone()), None));
+    Box::pin(std::future::ready(refusal))
 }
 
 async fn post(

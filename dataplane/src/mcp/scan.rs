@@ -36,21 +36,6 @@ pub struct Reader<'a> {
     pos: usize,
 }
 
-/// A value as the peek keeps it.
-pub enum Str<'a> {
-    Null,
-    Text(Cow<'a, str>),
-}
-
-impl<'a> From<Str<'a>> for Option<Cow<'a, str>> {
-    fn from(s: Str<'a>) -> Self {
-        match s {
-            Str::Null => None,
-            Str::Text(t) => Some(t),
-        }
-    }
-}
-
 impl<'a> Reader<'a> {
     pub fn new(text: &'a str) -> Self {
         Reader { text, pos: 0 }
@@ -112,16 +97,19 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The members of an object whose `{` was read: calls `member` with
-    /// each key, positioned right after it (serde judges a key before the
-    /// colon), so `member` must read the colon (`colon`) and the value.
-    pub fn members(
+    /// The members of an object whose `{` was read. A member named in
+    /// `known` may come once (serde's derive refuses a duplicate, before
+    /// the colon): `field` reads its value, given the name's index; the
+    /// others are skipped.
+    pub fn fields(
         &mut self,
-        mut member: impl FnMut(&mut Self, Cow<'a, str>) -> Result<(), Error>,
+        known: &[&str],
+        mut field: impl FnMut(&mut Self, usize) -> Result<(), Error>,
     ) -> Result<(), Error> {
         if self.eat(b'}') {
             return Ok(());
         }
+        let mut seen = 0u32;
         loop {
             self.ws();
             if self.peek_byte() != Some(b'"') {
@@ -129,7 +117,19 @@ impl<'a> Reader<'a> {
             }
             self.pos += 1;
             let key = self.string(true)?;
-            member(self, key)?;
+            let index = known.iter().position(|k| *k == key);
+            if let Some(i) = index {
+                if seen & (1 << i) != 0 {
+                    return Err(Error::Data(format!("duplicate field `{key}`")));
+                }
+                seen |= 1 << i;
+            }
+            self.expect(b':', "expected `:`")?;
+            self.ws();
+            match index {
+                Some(i) => field(self, i)?,
+                None => self.skip()?,
+            }
             if self.eat(b',') {
                 continue;
             }
@@ -137,21 +137,14 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// The colon after a key, and the whitespace before the value.
-    pub fn colon(&mut self) -> Result<(), Error> {
-        self.expect(b':', "expected `:`")?;
-        self.ws();
-        Ok(())
-    }
-
     /// A string, `null`, or a data error naming `field`.
-    pub fn string_or_null(&mut self, field: &str) -> Result<Str<'a>, Error> {
+    pub fn string_or_null(&mut self, field: &str) -> Result<Option<Cow<'a, str>>, Error> {
         match self.peek_byte() {
             Some(b'"') => {
                 self.pos += 1;
-                Ok(Str::Text(self.string(true)?))
+                self.string(true).map(Some)
             }
-            Some(b'n') => self.literal("null").map(|()| Str::Null),
+            Some(b'n') => self.literal("null").map(|()| None),
             _ => self.wrong_type(field, "a string"),
         }
     }
@@ -291,7 +284,7 @@ impl<'a> Reader<'a> {
         }
         self.pos += 1;
         // Only checked for form, as serde checks the keys of a value it
-        // skips (`members` decodes the keys of the objects it reads).
+        // skips (`fields` decodes the keys of the objects it reads).
         self.string(false)?;
         self.expect(b':', "expected `:`")
     }
