@@ -43,6 +43,11 @@ pub struct Args {
     /// one offered rate per group of paths.
     #[arg(long, value_delimiter = ',', default_value = "25,50")]
     loads: Vec<f64>,
+    /// Also measure the gateway built with profile-guided optimization
+    /// (`cargo xtask pgo`, built first) on h1, h2c and h3, beside the plain
+    /// release build.
+    #[arg(long)]
+    pgo: bool,
     /// Skip nginx (e.g. where it cannot be installed).
     #[arg(long)]
     no_nginx: bool,
@@ -87,6 +92,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
+    // Built before anything runs: the builds take both cores for minutes.
+    let pgo_bin = if args.pgo {
+        Some(crate::pgo::build(bin)?)
+    } else {
+        None
+    };
     let mut procs = Procs(Vec::new());
 
     let (reference, direct) = crate::demo::start_reference(bin, Stdio::null())?;
@@ -122,22 +133,24 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     // with the load generator and the upstream, fewer threads to wake.
     let config_one = dir.join("gateway-1w.yaml");
     std::fs::write(&config_one, config_text("workers: 1, "))?;
-    let start_gateway = |name: &str, config: &Path, procs: &mut Procs| -> anyhow::Result<String> {
-        let ready = dir.join(format!("{name}.ready.json"));
-        let _ = std::fs::remove_file(&ready);
-        let mut cmd = Command::new(bin.join("stoa-gateway"));
-        cmd.args(["run", "--config"])
-            .arg(config)
-            .arg("--ready-file")
-            .arg(&ready)
-            .env("RUST_LOG", "warn");
-        procs.0.push(
-            cmd.stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
-                .spawn()?,
-        );
-        wait_file(&ready)
-    };
-    let bound = start_gateway("gateway", &config, &mut procs)?;
+    let start_gateway =
+        |name: &str, exe: &Path, config: &Path, procs: &mut Procs| -> anyhow::Result<String> {
+            let ready = dir.join(format!("{name}.ready.json"));
+            let _ = std::fs::remove_file(&ready);
+            let mut cmd = Command::new(exe);
+            cmd.args(["run", "--config"])
+                .arg(config)
+                .arg("--ready-file")
+                .arg(&ready)
+                .env("RUST_LOG", "warn");
+            procs.0.push(
+                cmd.stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
+                    .spawn()?,
+            );
+            wait_file(&ready)
+        };
+    let plain_exe = bin.join("stoa-gateway");
+    let bound = start_gateway("gateway", &plain_exe, &config, &mut procs)?;
     let gateway_pid = procs.0.last().map_or(0, Child::id);
     let field_of = |bound: &str, k: &str| -> anyhow::Result<String> {
         let tail = bound
@@ -153,9 +166,22 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         .unwrap_or_default()
         .to_owned();
     let ca = PathBuf::from(field_of(&bound, "ca")?);
-    let one = start_gateway("gateway-1w", &config_one, &mut procs)?;
+    let one = start_gateway("gateway-1w", &plain_exe, &config_one, &mut procs)?;
     let gateway_one_pid = procs.0.last().map_or(0, Child::id);
     let plain_one = field_of(&one, "plain")?;
+    // The PGO build, with the plain build's config (its own ports).
+    let pgo = match &pgo_bin {
+        Some(exe) => {
+            let config_pgo = dir.join("gateway-pgo.yaml");
+            std::fs::write(&config_pgo, config_text(""))?;
+            let b = start_gateway("gateway-pgo", exe, &config_pgo, &mut procs)?;
+            let pid = procs.0.last().map_or(0, Child::id);
+            let tls = field_of(&b, "tls")?;
+            let tls_port = tls.rsplit(':').next().unwrap_or_default().to_owned();
+            Some((pid, field_of(&b, "plain")?, tls_port))
+        }
+        None => None,
+    };
 
     let nginx = if args.no_nginx {
         None
@@ -202,6 +228,20 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             Some(key.as_str()),
         ),
     ];
+    if let Some((_, plain_pgo, tls_pgo)) = &pgo {
+        let url = format!("http://{plain_pgo}/mcp/reference");
+        paths.insert(
+            2,
+            ("gateway h1 PGO".into(), url.clone(), 1, Some(key.as_str())),
+        );
+        paths.insert(6, ("gateway h2c PGO".into(), url, 2, Some(key.as_str())));
+        paths.push((
+            "gateway h3 PGO".into(),
+            format!("https://127.0.0.1:{tls_pgo}/mcp/reference"),
+            3,
+            Some(key.as_str()),
+        ));
+    }
     if let Some(port) = nginx {
         paths.insert(
             2,
@@ -276,6 +316,8 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             nginx_pids.clone()
         } else if name.contains("1 worker") {
             vec![gateway_one_pid]
+        } else if name.contains("PGO") {
+            pgo.as_ref().map(|p| vec![p.0]).unwrap_or_default()
         } else {
             vec![gateway_pid]
         }
@@ -310,12 +352,15 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         .collect();
     // An open-loop load is one rate for every path of a group (h1; h2c, h2
     // and h3), a share of the group's slowest saturation (the 1-worker
-    // variant aside): a path and its baseline see the same offered load.
+    // variant and the PGO build aside): a path and its baseline see the
+    // same offered load.
     let group_sat = |h1: bool| {
         paths
             .iter()
             .zip(&sats)
-            .filter(|((name, _, http, _), _)| (*http == 1) == h1 && !name.contains("1 worker"))
+            .filter(|((name, _, http, _), _)| {
+                (*http == 1) == h1 && !name.contains("1 worker") && !name.contains("PGO")
+            })
             .map(|(_, (r, _))| r.rate)
             .fold(f64::INFINITY, f64::min)
     };
@@ -404,11 +449,14 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     println!("\nAgainst the upstream called directly, same run (added p50 / p99, µs):");
     for (path, base) in [
         ("gateway h1", "direct h1"),
+        ("gateway h1 PGO", "direct h1"),
         ("gateway h1 1 worker", "direct h1"),
         ("nginx h1", "direct h1"),
         ("gateway h2c", "direct h2c"),
+        ("gateway h2c PGO", "direct h2c"),
         ("gateway h2 (TLS)", "direct h2c"),
         ("gateway h3", "direct h2c"),
+        ("gateway h3 PGO", "direct h2c"),
     ] {
         if let (Some(p), Some(b)) = (find(path), find(base)) {
             print!(

@@ -4,10 +4,12 @@
 //! - `demo`: run the platform on embedded defaults and show a real tool call.
 //! - `bench`: open-loop load through the gateway vs direct vs nginx; config
 //!   propagation from the control plane to a fleet of gateways.
+//! - `pgo`: build the gateway with profile-guided optimization.
 //! - `tools`: only install the test tools (npm, PyPI, Node 22, conformance suite).
 
 mod bench;
 mod demo;
+mod pgo;
 mod procs;
 mod propagation;
 mod tools;
@@ -32,6 +34,8 @@ enum Cmd {
     Demo(demo::Args),
     /// Benchmark tools/call through the gateway against direct and nginx.
     Bench(bench::Args),
+    /// Build the gateway with profile-guided optimization (trained on the bench's calls) into target/pgo/stoa-gateway.
+    Pgo,
     /// Install the test tools only (what `ci` installs).
     Tools,
 }
@@ -41,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ci => ci(),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Pgo => pgo::build(&demo::build_binaries(true)?).map(|_| ()),
         Cmd::Tools => tools::install().map(|_| ()),
     }
 }
