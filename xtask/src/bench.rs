@@ -108,25 +108,9 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         .trim_end_matches("/mcp")
         .to_owned();
 
-    let out = Command::new(bin.join("stoa-gateway"))
-        .arg("gen-key")
-        .output()?;
-    let text = String::from_utf8(out.stdout)?;
-    let field = |n: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(n).map(|v| v.trim().to_owned()))
-            .context("gen-key")
-    };
-    let (key, prefix, hash) = (field("key:")?, field("prefix:")?, field("hash:")?);
-    let config_text = |listener_extra: &str| {
-        format!(
-            "listeners: {{{listener_extra}plain: 127.0.0.1:0, tls: {{addr: 127.0.0.1:0, dev_cert_dir: {:?}}}}}\n\
-             tenants: [{{name: bench}}]\nupstreams: [{{name: reference, url: \"{direct}\"}}]\n\
-             subscriptions: [{{name: s, tenant: bench, upstream: reference}}]\n\
-             api_keys: [{{name: bench, tenant: bench, prefix: {prefix}, hash: \"{hash}\", subscriptions: [s]}}]\n",
-            dir.join("tls")
-        )
-    };
+    let key = gen_key(&bin.join("stoa-gateway"))?;
+    let config_text = |listener_extra: &str| gateway_yaml(listener_extra, dir, &direct, &key);
+    let key = key.key.clone();
     let config = dir.join("gateway.yaml");
     std::fs::write(&config, config_text(""))?;
     // The same gateway with one worker thread: on a 2-core machine shared
@@ -152,13 +136,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     let plain_exe = bin.join("stoa-gateway");
     let bound = start_gateway("gateway", &plain_exe, &config, &mut procs)?;
     let gateway_pid = procs.0.last().map_or(0, Child::id);
-    let field_of = |bound: &str, k: &str| -> anyhow::Result<String> {
-        let tail = bound
-            .split(&format!("\"{k}\":\""))
-            .nth(1)
-            .with_context(|| format!("{k} in {bound}"))?;
-        Ok(tail.split('"').next().unwrap_or_default().to_owned())
-    };
+    let field_of = ready_field;
     let plain = field_of(&bound, "plain")?;
     let tls_port = field_of(&bound, "tls")?
         .rsplit(':')
@@ -554,6 +532,51 @@ fn with_children(pid: u32, children: usize) -> Vec<u32> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A key from `stoa-gateway gen-key`: the secret, and what config holds.
+pub(crate) struct GenKey {
+    pub key: String,
+    prefix: String,
+    hash: String,
+}
+
+pub(crate) fn gen_key(gateway: &Path) -> anyhow::Result<GenKey> {
+    let out = Command::new(gateway).arg("gen-key").output()?;
+    let text = String::from_utf8(out.stdout)?;
+    let field = |n: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(n).map(|v| v.trim().to_owned()))
+            .context("gen-key")
+    };
+    Ok(GenKey {
+        key: field("key:")?,
+        prefix: field("prefix:")?,
+        hash: field("hash:")?,
+    })
+}
+
+/// A gateway config with both listeners on free ports (the TLS one with a
+/// development certificate in `dir/tls`), the upstream at `direct`, and
+/// `key` granted it.
+pub(crate) fn gateway_yaml(listener_extra: &str, dir: &Path, direct: &str, key: &GenKey) -> String {
+    let GenKey { prefix, hash, .. } = key;
+    format!(
+        "listeners: {{{listener_extra}plain: 127.0.0.1:0, tls: {{addr: 127.0.0.1:0, dev_cert_dir: {:?}}}}}\n\
+         tenants: [{{name: bench}}]\nupstreams: [{{name: reference, url: \"{direct}\"}}]\n\
+         subscriptions: [{{name: s, tenant: bench, upstream: reference}}]\n\
+         api_keys: [{{name: bench, tenant: bench, prefix: {prefix}, hash: \"{hash}\", subscriptions: [s]}}]\n",
+        dir.join("tls")
+    )
+}
+
+/// One string field of a gateway's `--ready-file` JSON.
+pub(crate) fn ready_field(bound: &str, k: &str) -> anyhow::Result<String> {
+    let tail = bound
+        .split(&format!("\"{k}\":\""))
+        .nth(1)
+        .with_context(|| format!("{k} in {bound}"))?;
+    Ok(tail.split('"').next().unwrap_or_default().to_owned())
 }
 
 pub(crate) fn wait_file(p: &Path) -> anyhow::Result<String> {

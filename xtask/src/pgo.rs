@@ -25,7 +25,7 @@ use std::{
 
 use anyhow::{Context, bail};
 
-use crate::{cargo, demo, procs::Procs, sh};
+use crate::{bench, cargo, demo, procs::Procs, sh};
 
 /// Builds the PGO gateway and returns its path. `bin` holds the release
 /// build of the reference upstream and the load generator.
@@ -114,25 +114,10 @@ fn train(gateway: &Path, bin: &Path, base: &Path, profiles: &Path) -> anyhow::Re
     let (reference, direct) = demo::start_reference(bin, Stdio::null())?;
     procs.0.push(reference);
 
-    let out = Command::new(gateway).arg("gen-key").output()?;
-    let text = String::from_utf8(out.stdout)?;
-    let field = |n: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(n).map(|v| v.trim().to_owned()))
-            .context("gen-key")
-    };
-    let (key, prefix, hash) = (field("key:")?, field("prefix:")?, field("hash:")?);
+    let key = bench::gen_key(gateway)?;
     let config = base.join("train.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "listeners: {{plain: 127.0.0.1:0, tls: {{addr: 127.0.0.1:0, dev_cert_dir: {:?}}}}}\n\
-             tenants: [{{name: train}}]\nupstreams: [{{name: reference, url: \"{direct}\"}}]\n\
-             subscriptions: [{{name: s, tenant: train, upstream: reference}}]\n\
-             api_keys: [{{name: train, tenant: train, prefix: {prefix}, hash: \"{hash}\", subscriptions: [s]}}]\n",
-            base.join("tls")
-        ),
-    )?;
+    std::fs::write(&config, bench::gateway_yaml("", base, &direct, &key))?;
+    let key = key.key;
     let ready = base.join("train.ready.json");
     let _ = std::fs::remove_file(&ready);
     let mut gw = Command::new(gateway)
@@ -148,14 +133,8 @@ fn train(gateway: &Path, bin: &Path, base: &Path, profiles: &Path) -> anyhow::Re
         .stderr(std::fs::File::create(base.join("train.log"))?)
         .spawn()
         .context("starting the instrumented gateway")?;
-    let bound = crate::bench::wait_file(&ready)?;
-    let field_of = |k: &str| -> anyhow::Result<String> {
-        let tail = bound
-            .split(&format!("\"{k}\":\""))
-            .nth(1)
-            .with_context(|| format!("{k} in {bound}"))?;
-        Ok(tail.split('"').next().unwrap_or_default().to_owned())
-    };
+    let bound = bench::wait_file(&ready)?;
+    let field_of = |k: &str| bench::ready_field(&bound, k);
     let plain = field_of("plain")?;
     let tls_port = field_of("tls")?
         .rsplit(':')
