@@ -156,17 +156,19 @@ fn take_idle(key: Key<'_>, cfg: &ClientConfig) -> Option<Conn> {
 
 /// A request to an upstream. Its header lines are encoded as they are
 /// added; the client writes the request line, `host`, framing and body.
-pub struct Outgoing {
+/// The URI is borrowed (an upstream's, from config): nothing of it is
+/// copied per request.
+pub struct Outgoing<'u> {
     method: Method,
-    uri: Uri,
+    uri: &'u Uri,
     lines: Vec<u8>,
     body: Bytes,
     /// May be sent again after it was written whole (see `Exchange`).
     replayable: bool,
 }
 
-impl Outgoing {
-    pub fn new(method: Method, uri: Uri) -> Self {
+impl<'u> Outgoing<'u> {
+    pub fn new(method: Method, uri: &'u Uri) -> Self {
         Outgoing {
             replayable: method.is_idempotent(),
             method,
@@ -253,49 +255,39 @@ impl Client {
     }
 
     /// Sends `req` (absolute URI) and reads the response head.
-    pub async fn send(&self, req: Outgoing) -> Result<Response<UpstreamBody>, ClientError> {
-        let key = key_of(&req.uri)?;
-        let body = &req.body;
-        let split_body = body.len() > COALESCE_BODY;
-        // Method, target, host and content-length lines besides `lines`.
-        let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len());
-        let head_len = 96 + target + key.authority.len() + req.lines.len();
-        let mut wire = Vec::with_capacity(head_len + if split_body { 0 } else { body.len() });
-        encode_head(&req, key, &mut wire);
-        if !split_body {
-            wire.extend_from_slice(body);
-        }
-        let head_only = req.method == Method::HEAD;
-        let rest = split_body.then_some(body);
-
-        if let Some(conn) = take_idle(key, &self.cfg) {
-            match self
-                .exchange(conn, &wire, rest, head_only, req.replayable)
-                .await
-            {
-                Ok(resp) => return Ok(resp),
-                // The upstream closed the idle connection: send the request
-                // again on a new one, if that cannot make it act twice.
-                Err(Exchange::Unanswered(_)) => {}
-                Err(Exchange::Failed(e)) => return Err(e),
+    ///
+    /// The request is encoded before the returned future is built, so the
+    /// future holds the bytes to write, not the request they came from: it
+    /// is nested in every caller's future and moved with each of them.
+    pub fn send<'a>(
+        &'a self,
+        req: Outgoing<'a>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, ClientError>> + Send + 'a {
+        let wire = Wire::encode(req);
+        async move {
+            let wire = wire?;
+            if let Some(conn) = take_idle(wire.key, &self.cfg) {
+                match self.exchange(conn, &wire).await {
+                    Ok(resp) => return Ok(resp),
+                    // The upstream closed the idle connection: send the
+                    // request again on a new one, if that cannot make it
+                    // act twice.
+                    Err(Exchange::Unanswered(_)) => {}
+                    Err(Exchange::Failed(e)) => return Err(e),
+                }
             }
-        }
-        // Boxed: connecting is rare, and its future is large.
-        let conn = Box::pin(self.connect(key)).await?;
-        self.exchange(conn, &wire, rest, head_only, req.replayable)
-            .await
-            .map_err(|e| match e {
+            // Boxed: connecting is rare, and its future is large.
+            let conn = Box::pin(self.connect(wire.key)).await?;
+            self.exchange(conn, &wire).await.map_err(|e| match e {
                 Exchange::Unanswered(e) | Exchange::Failed(e) => e,
             })
+        }
     }
 
     async fn exchange(
         &self,
         mut conn: Conn,
-        wire: &[u8],
-        body: Option<&Bytes>,
-        head_only: bool,
-        replayable: bool,
+        wire: &Wire<'_>,
     ) -> Result<Response<UpstreamBody>, Exchange> {
         // A reused connection may have been closed by the upstream just
         // before we wrote (an idle timeout racing our request). The request
@@ -312,9 +304,10 @@ impl Client {
                 Exchange::Failed(e)
             }
         };
+        let replayable = wire.replayable;
         let written = async {
-            conn.io.write_all(wire).await?;
-            if let Some(b) = body {
+            conn.io.write_all(&wire.head).await?;
+            if let Some(b) = &wire.rest {
                 conn.io.write_all(b).await?;
             }
             conn.io.flush().await
@@ -341,7 +334,7 @@ impl Client {
                 Err(e) => return Err(resend_if(replayable && !got_bytes, e.into())),
             }
         };
-        let framing = head.framing(head_only).map_err(Exchange::Failed)?;
+        let framing = head.framing(wire.head_only).map_err(Exchange::Failed)?;
         let has_te = head.headers.contains(Name::TRANSFER_ENCODING);
         // A switched protocol is not HTTP/1.1 any more (we never ask for
         // it); HTTP/1.0 with Transfer-Encoding is faulty framing (RFC 9112
@@ -424,6 +417,39 @@ impl Client {
         tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| ClientError::ConnectTimeout(timeout))?
+    }
+}
+
+/// A request as it goes on the wire: its head (with the body, when the
+/// body is small) and where it goes.
+struct Wire<'a> {
+    key: Key<'a>,
+    head: Vec<u8>,
+    /// A body too large to copy after the head, written after it.
+    rest: Option<Bytes>,
+    head_only: bool,
+    replayable: bool,
+}
+
+impl<'a> Wire<'a> {
+    fn encode(req: Outgoing<'a>) -> Result<Self, ClientError> {
+        let key = key_of(req.uri)?;
+        let split_body = req.body.len() > COALESCE_BODY;
+        // Method, target, host and content-length lines besides `lines`.
+        let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len());
+        let head_len = 96 + target + key.authority.len() + req.lines.len();
+        let mut head = Vec::with_capacity(head_len + if split_body { 0 } else { req.body.len() });
+        encode_head(&req, key, &mut head);
+        if !split_body {
+            head.extend_from_slice(&req.body);
+        }
+        Ok(Wire {
+            key,
+            head,
+            head_only: req.method == Method::HEAD,
+            replayable: req.replayable,
+            rest: split_body.then_some(req.body),
+        })
     }
 }
 
@@ -783,7 +809,8 @@ mod tests {
 
     #[test]
     fn heads_are_encoded_for_the_origin() {
-        let mut req = Outgoing::new(Method::POST, "http://up.example/mcp?x=1".parse().unwrap());
+        let uri: Uri = "http://up.example/mcp?x=1".parse().unwrap();
+        let mut req = Outgoing::new(Method::POST, &uri);
         for (n, v) in [
             ("content-type", "application/json"),
             ("connection", "keep-alive"),
@@ -792,7 +819,7 @@ mod tests {
             req.header(&HeaderName::from_static(n), &HeaderValue::from_static(v));
         }
         req.body(Bytes::from_static(b"{}"));
-        let key = key_of(&req.uri).unwrap();
+        let key = key_of(req.uri).unwrap();
         assert_eq!(host_port(key).unwrap(), ("up.example", 80));
         let mut out = Vec::new();
         encode_head(&req, key, &mut out);
@@ -800,8 +827,9 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "POST /mcp?x=1 HTTP/1.1\r\nhost: up.example\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
         );
-        let get = Outgoing::new(Method::GET, "https://[::1]:8443/mcp".parse().unwrap());
-        let key = key_of(&get.uri).unwrap();
+        let uri: Uri = "https://[::1]:8443/mcp".parse().unwrap();
+        let get = Outgoing::new(Method::GET, &uri);
+        let key = key_of(get.uri).unwrap();
         assert_eq!(host_port(key).unwrap(), ("::1", 8443));
         let mut out = Vec::new();
         encode_head(&get, key, &mut out);

@@ -50,27 +50,32 @@ impl UpstreamClient {
         }
     }
 
-    /// Sends a request to `up` and waits at most `timeout` for its response head.
-    pub async fn send(
-        &self,
-        up: &Upstream,
-        req: Outgoing,
+    /// Sends a request to `up` and waits at most `timeout` for its response
+    /// head. As in `Client::send`, the request is consumed before the
+    /// future is built.
+    pub fn send<'a>(
+        &'a self,
+        up: &'a Upstream,
+        req: Outgoing<'a>,
         timeout: Duration,
-    ) -> Result<Response<UpstreamBody>, GatewayError> {
-        match tokio::time::timeout(timeout, self.client.send(req)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout {
-                upstream: up.name.to_string(),
-                after_ms: timeout.as_millis() as u64,
-            }),
-            Ok(Err(ClientError::Protocol(reason))) => Err(GatewayError::UpstreamBadResponse {
-                upstream: up.name.to_string(),
-                reason,
-            }),
-            Ok(Err(e)) => Err(GatewayError::UpstreamUnavailable {
-                upstream: up.name.to_string(),
-                reason: error_chain(&e),
-            }),
-            Ok(Ok(resp)) => Ok(resp),
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, GatewayError>> + Send + 'a {
+        let sent = tokio::time::timeout(timeout, self.client.send(req));
+        async move {
+            match sent.await {
+                Err(_) => Err(GatewayError::UpstreamTimeout {
+                    upstream: up.name.to_string(),
+                    after_ms: timeout.as_millis() as u64,
+                }),
+                Ok(Err(ClientError::Protocol(reason))) => Err(GatewayError::UpstreamBadResponse {
+                    upstream: up.name.to_string(),
+                    reason,
+                }),
+                Ok(Err(e)) => Err(GatewayError::UpstreamUnavailable {
+                    upstream: up.name.to_string(),
+                    reason: error_chain(&e),
+                }),
+                Ok(Ok(resp)) => Ok(resp),
+            }
         }
     }
 }
@@ -106,14 +111,14 @@ static FORWARDED: [Name; 9] = [
 /// Builds a request to `up`: the client's MCP headers, the upstream's own
 /// session id, and the upstream's configured credentials (which win over a
 /// client header of the same name).
-pub fn upstream_request<'h>(
-    up: &Upstream,
+pub fn upstream_request<'u, 'h>(
+    up: &'u Upstream,
     method: http::Method,
     client_headers: impl IntoIterator<Item = (Name, &'h [u8], &'h [u8])>,
     upstream_session: Option<&str>,
     body: Bytes,
-) -> Result<Outgoing, GatewayError> {
-    let mut req = Outgoing::new(method, up.url.clone());
+) -> Result<Outgoing<'u>, GatewayError> {
+    let mut req = Outgoing::new(method, &up.url);
     // One pass over what the client sent. 2026-07-28 also mirrors tool
     // arguments into `Mcp-Param-*`, which the upstream checks.
     for (id, raw, v) in client_headers {
