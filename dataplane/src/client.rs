@@ -304,7 +304,6 @@ impl Client {
                 Exchange::Failed(e)
             }
         };
-        let replayable = wire.replayable;
         let written = async {
             conn.io.write_all(&wire.head).await?;
             if let Some(b) = &wire.rest {
@@ -329,9 +328,14 @@ impl Client {
                 Err(e) => return Err(Exchange::Failed(e)),
             }
             match conn.read_more().await {
-                Ok(0) => return Err(resend_if(replayable && !got_bytes, ClientError::Closed)),
+                Ok(0) => {
+                    return Err(resend_if(
+                        wire.replayable && !got_bytes,
+                        ClientError::Closed,
+                    ));
+                }
                 Ok(_) => got_bytes = true,
-                Err(e) => return Err(resend_if(replayable && !got_bytes, e.into())),
+                Err(e) => return Err(resend_if(wire.replayable && !got_bytes, e.into())),
             }
         };
         let framing = head.framing(wire.head_only).map_err(Exchange::Failed)?;
