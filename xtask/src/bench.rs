@@ -17,6 +17,9 @@
 //! threads were runnable but waited for a CPU, per call (`wait µs`, from
 //! `schedstat`): on a machine that shares two cores between generator,
 //! proxy and upstream, that wait, not the proxy's work, makes the tail.
+//! Each kept run also shows the share of the machine's CPU time the
+//! hypervisor gave to other guests while it ran (`steal %`, `/proc/stat`):
+//! a run with much of it measured the host, not the path.
 
 use std::{
     path::{Path, PathBuf},
@@ -74,6 +77,9 @@ struct Run {
     /// Open loop: time the path's process (the proxy, or for a direct path
     /// the upstream) spent runnable but waiting for a CPU, µs per call.
     wait_us: f64,
+    /// The machine's CPU time the hypervisor gave to others (steal) while
+    /// this ran: what one run, not the path, was short of.
+    steal: Steal,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -283,6 +289,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             warmup_ok: num("warmup_ok") as u64,
             gen_cpu_us: num("cpu_us"),
             wait_us: f64::NAN,
+            steal: Steal::default(),
         })
     };
     // Whose CPU a path's saturation costs: the proxy's, or for a direct
@@ -315,7 +322,9 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         for (i, (name, url, http, key)) in paths.iter().enumerate() {
             let pids = pids_of(name);
             let (user, total) = cpu_secs(&pids);
-            let run = load(url, *http, *key, args.concurrency, None)?;
+            let stolen = Steal::now();
+            let mut run = load(url, *http, *key, args.concurrency, None)?;
+            run.steal = Steal::now().since(stolen);
             let (user_after, total_after) = cpu_secs(&pids);
             cpu[i].0 += total_after - total;
             cpu[i].1 += user_after - user;
@@ -353,18 +362,19 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         );
     }
     print!(
-        "\n{:<20} {:>9} {:>9} {:>11} {:>8} {:>8}",
-        "path", "c1 p50µs", "c1 p99µs", "sat req/s", "cpu µs", "user µs"
+        "\n{:<20} {:>9} {:>9} {:>11} {:>7} {:>8} {:>8}",
+        "path", "c1 p50µs", "c1 p99µs", "sat req/s", "steal %", "cpu µs", "user µs"
     );
     for l in &loads {
         let l = l * 100.0;
         print!(
-            " {:>9} {:>9} {:>8} {:>7} {:>7}",
+            " {:>9} {:>9} {:>8} {:>7} {:>7} {:>7}",
             format!("{l:.0}% p50"),
             format!("{l:.0}% p99"),
             "lag p99",
             "gen µs",
-            "wait µs"
+            "wait µs",
+            "steal %"
         );
     }
     println!(" {:>7}", "errors");
@@ -381,7 +391,9 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             let pids = pids_of(name);
             for (j, l) in loads.iter().enumerate() {
                 let waited = runq_wait_secs(&pids);
+                let stolen = Steal::now();
                 let mut run = load(url, *http, *key, args.concurrency, Some(sat * l))?;
+                run.steal = Steal::now().since(stolen);
                 run.wait_us =
                     (runq_wait_secs(&pids) - waited) * 1e6 / (run.ok + run.warmup_ok).max(1) as f64;
                 open_runs[i][j].push(run);
@@ -397,11 +409,12 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     {
         let (c1, c1_errors) = median_by(c1s, |r| r.p50);
         print!(
-            "{:<20} {:>9.0} {:>9.0} {:>11.0} {:>8.1} {:>8.1}",
+            "{:<20} {:>9.0} {:>9.0} {:>11.0} {:>7.1} {:>8.1} {:>8.1}",
             name,
             c1.p50,
             c1.p99,
             sat.rate,
+            sat.steal.percent(),
             cpu_s * 1e6 / served.max(1) as f64,
             user_s * 1e6 / served.max(1) as f64,
         );
@@ -410,12 +423,13 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         for runs in opens {
             let (r, e) = median_by(runs, |r| r.p99);
             print!(
-                " {:>9.0} {:>9.0} {:>8.0} {:>7.1} {:>7.1}",
+                " {:>9.0} {:>9.0} {:>8.0} {:>7.1} {:>7.1} {:>7.1}",
                 r.p50,
                 r.p99,
                 r.lag_p99,
                 r.gen_cpu_us / r.ok.max(1) as f64,
-                r.wait_us
+                r.wait_us,
+                r.steal.percent()
             );
             all_errors += e;
             open.push(r);
@@ -454,6 +468,51 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The machine's CPU time, all CPUs together, and the part of it the
+/// hypervisor ran someone else on (steal), in ticks, from `/proc/stat`.
+/// On a shared VM a run with a high steal share shows a slow spell of the
+/// host, not of the path: its latency tail is the host's.
+#[derive(Debug, Clone, Copy, Default)]
+struct Steal {
+    stolen: u64,
+    total: u64,
+}
+
+impl Steal {
+    fn now() -> Steal {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        // cpu user nice system idle iowait irq softirq steal guest guest_nice
+        let ticks: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        Steal {
+            stolen: ticks.get(7).copied().unwrap_or(0),
+            total: ticks.iter().sum(),
+        }
+    }
+
+    fn since(self, before: Steal) -> Steal {
+        Steal {
+            stolen: self.stolen.saturating_sub(before.stolen),
+            total: self.total.saturating_sub(before.total),
+        }
+    }
+
+    /// NaN where `/proc/stat` could not be read.
+    fn percent(self) -> f64 {
+        if self.total == 0 {
+            return f64::NAN;
+        }
+        self.stolen as f64 * 100.0 / self.total as f64
+    }
 }
 
 /// The run with the median `key`, and the errors of all runs.
