@@ -321,7 +321,9 @@ async fn send(
     if bridge::speaks(call, t).await {
         return send_direct(call, t, msg, last_event).await;
     }
-    bridge::send(call, t, msg).await
+    // Boxed: bridged calls are the exception, and their future is twice
+    // the size of the direct one.
+    Box::pin(bridge::send(call, t, msg)).await
 }
 
 async fn send_direct(
@@ -348,16 +350,15 @@ async fn send_with(
     };
     let mut headers = headers_for(call, t, msg, last_event);
     headers.extend(extra);
-    let mut req = upstream::upstream_request(
+    let safe = msg.get("id").is_some() && msg["method"].as_str().is_some_and(mcp::replay_safe);
+    let req = upstream::upstream_request(
         &t.up,
         method,
         map_fields(&headers),
         t.session.as_deref(),
         body,
-    )?;
-    if msg.get("id").is_some() && msg["method"].as_str().is_some_and(mcp::replay_safe) {
-        req.replay_safe();
-    }
+    )?
+    .replay_safe(safe);
     call.gw
         .client
         .send(&t.up, req, call.rt.limits.upstream_response_timeout)

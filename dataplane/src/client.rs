@@ -46,6 +46,7 @@ use tokio::{
     io::{AsyncRead, AsyncWriteExt, ReadBuf},
     net::TcpStream,
 };
+use tokio_util::either::Either;
 
 use crate::{
     body::BoxError,
@@ -182,8 +183,12 @@ impl<'u> Outgoing<'u> {
     /// (a JSON-RPC read in a POST), so it may be sent again on a new
     /// connection if a reused one closes without answering. Requests are not
     /// replayable unless their HTTP method is idempotent.
-    pub fn replay_safe(&mut self) {
-        self.replayable = true;
+    /// By value, so that an `async` caller never borrows its request: a
+    /// borrowed local keeps its place in the caller's future across the
+    /// send, though it was moved into it.
+    pub fn replay_safe(mut self, safe: bool) -> Self {
+        self.replayable |= safe;
+        self
     }
 
     /// Adds a header; framing and connection headers are the client's own
@@ -263,9 +268,13 @@ impl Client {
         &'a self,
         req: Outgoing<'a>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, ClientError>> + Send + 'a {
-        let wire = Wire::encode(req);
-        async move {
-            let wire = wire?;
+        // The encoding's error is answered at once, so that the future holds
+        // the `Wire` once (a `wire?` inside it would hold it twice).
+        let wire = match Wire::encode(req) {
+            Ok(wire) => wire,
+            Err(e) => return Either::Left(std::future::ready(Err(e))),
+        };
+        Either::Right(async move {
             if let Some(conn) = take_idle(wire.key, &self.cfg) {
                 match self.exchange(conn, &wire).await {
                     Ok(resp) => return Ok(resp),
@@ -281,7 +290,7 @@ impl Client {
             self.exchange(conn, &wire).await.map_err(|e| match e {
                 Exchange::Unanswered(e) | Exchange::Failed(e) => e,
             })
-        }
+        })
     }
 
     async fn exchange(
@@ -630,7 +639,7 @@ impl Conn {
 }
 
 /// A plain or TLS connection to an upstream.
-type Io = tokio_util::either::Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+type Io = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
 
 /// False if the idle connection was closed or sent bytes nobody asked for.
 /// A read is tried without waiting: it costs nothing unless the reactor has

@@ -112,83 +112,85 @@ async fn post(
     } = call;
     // Accept is the upstream's to judge: this endpoint relays unchanged.
     mcp::check_content_type(headers).map_err(|e| (e, None))?;
-    let Parsed {
-        peek,
-        kind,
-        id,
-        version,
-    } = parse_post(headers, &body, ctx)?;
-    let fail = |e: GatewayError| (e, id.clone());
-
-    let session = gw
-        .open_session(rt, headers, key.prefix.as_str(), memo)
-        .map_err(fail)?;
-    let up_session = match &session {
-        Some(s) => Some(
-            s.upstream(up.name.as_str())
-                .ok_or(GatewayError::UnknownSession)
-                .map_err(fail)?,
-        ),
-        None => None,
-    };
-    let is_init = kind == Kind::Request && peek.method() == "initialize";
-    let mut list_filter = None;
-    if kind == Kind::Request {
-        match peek.method() {
+    // What the call needs after the upstream answers is read from the peek
+    // in a block of its own: the peek, borrowed from the body, must not
+    // keep its place in this future across the upstream call.
+    let (id, session, list_filter, init_version, private, listen, safe) = {
+        let Parsed {
+            peek,
+            kind,
+            id,
+            version,
+        } = parse_post(headers, &body, ctx)?;
+        let session = match gw.open_session(rt, headers, key.prefix.as_str(), memo) {
+            Ok(s) => s,
+            Err(e) => return Err((e, id)),
+        };
+        if session
+            .as_ref()
+            .is_some_and(|s| s.upstream(up.name.as_str()).is_none())
+        {
+            return Err((GatewayError::UnknownSession, id));
+        }
+        let is_request = kind == Kind::Request;
+        let method = if is_request { peek.method() } else { "" };
+        let mut list_filter = None;
+        match method {
             "tools/call" => {
-                let tool = peek
-                    .params
-                    .as_ref()
-                    .and_then(|p| p.name.as_deref())
-                    .ok_or_else(|| {
-                        fail(GatewayError::InvalidParams(
-                            "tools/call needs params.name".into(),
-                        ))
-                    })?;
+                let tool = peek.params.as_ref().and_then(|p| p.name.as_deref());
+                let Some(tool) = tool else {
+                    let e = GatewayError::InvalidParams("tools/call needs params.name".into());
+                    return Err((e, id));
+                };
                 ctx.tool = Some(tool.to_owned());
                 if !filter.allows(tool) {
                     gw.metrics
                         .tool_refused(up.name.as_str(), tool, memo.map(|m| &m.tool_calls));
-                    return Err(fail(GatewayError::NotGranted(format!(
+                    let e = GatewayError::NotGranted(format!(
                         "tool {tool:?} of upstream {:?} is not granted to this key",
                         up.name.as_str()
-                    ))));
+                    ));
+                    return Err((e, id));
                 }
             }
             "tools/list" if !filter.is_all() => list_filter = Some(filter.clone()),
             _ => {}
         }
-    }
-    let init_version = is_init
-        .then(|| {
+        // `Some` for `initialize` only: the version the client asked for.
+        let init_version = (method == "initialize").then(|| {
             peek.params
                 .as_ref()
                 .and_then(|p| p.protocol_version.as_deref())
                 .map(str::to_owned)
-        })
-        .flatten();
-    let replay_safe = kind == Kind::Request && mcp::replay_safe(peek.method());
-    // Only 2026-07-28 results carry cache hints; older answers stay bytes.
-    let private =
-        kind == Kind::Request && version == mcp::STATELESS && mcp::cacheable(peek.method());
-    // A listen stream never ends by itself: it ends, with its result, when
-    // the gateway drains.
-    let listen = kind == Kind::Request
-        && version == mcp::STATELESS
-        && peek.method() == "subscriptions/listen";
-    drop(peek);
-
-    let mut req = upstream::upstream_request(
+        });
+        let stateless = version == mcp::STATELESS;
+        // Only 2026-07-28 results carry cache hints; older answers stay bytes.
+        let private = is_request && stateless && mcp::cacheable(method);
+        // A listen stream never ends by itself: it ends, with its result,
+        // when the gateway drains.
+        let listen = is_request && stateless && method == "subscriptions/listen";
+        let safe = is_request && mcp::replay_safe(method);
+        (
+            id,
+            session,
+            list_filter,
+            init_version,
+            private,
+            listen,
+            safe,
+        )
+    };
+    let fail = |e: GatewayError| (e, id.clone());
+    let up_session = session.as_ref().and_then(|s| s.upstream(up.name.as_str()));
+    let req = upstream::upstream_request(
         up,
         Method::POST,
         headers.iter(),
         up_session.and_then(|u| u.session.as_deref()),
         body,
     )
-    .map_err(fail)?;
-    if replay_safe {
-        req.replay_safe();
-    }
+    .map_err(fail)?
+    .replay_safe(safe);
     let resp = gw
         .client
         .send(up, req, rt.limits.upstream_response_timeout)
@@ -207,7 +209,9 @@ async fn post(
         );
     }
 
-    if is_init && resp.status().is_success() {
+    if let Some(init_version) = init_version
+        && resp.status().is_success()
+    {
         // Boxed: once per session, and its future is larger than the rest
         // of this one, which every call would otherwise move around.
         return Box::pin(initialize(

@@ -5,6 +5,7 @@
 use std::{pin::pin, time::Duration};
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
@@ -59,24 +60,24 @@ impl UpstreamClient {
         req: Outgoing<'a>,
         timeout: Duration,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, GatewayError>> + Send + 'a {
-        let sent = tokio::time::timeout(timeout, self.client.send(req));
-        async move {
-            match sent.await {
-                Err(_) => Err(GatewayError::UpstreamTimeout {
-                    upstream: up.name.to_string(),
-                    after_ms: timeout.as_millis() as u64,
-                }),
-                Ok(Err(ClientError::Protocol(reason))) => Err(GatewayError::UpstreamBadResponse {
-                    upstream: up.name.to_string(),
-                    reason,
-                }),
-                Ok(Err(e)) => Err(GatewayError::UpstreamUnavailable {
-                    upstream: up.name.to_string(),
-                    reason: error_chain(&e),
-                }),
-                Ok(Ok(resp)) => Ok(resp),
-            }
-        }
+        // A map, not an `async` block awaiting `sent`: a block would hold
+        // the timeout future twice (its capture and its awaitee, 664 bytes
+        // each), in every relay future that awaits this one.
+        tokio::time::timeout(timeout, self.client.send(req)).map(move |sent| match sent {
+            Err(_) => Err(GatewayError::UpstreamTimeout {
+                upstream: up.name.to_string(),
+                after_ms: timeout.as_millis() as u64,
+            }),
+            Ok(Err(ClientError::Protocol(reason))) => Err(GatewayError::UpstreamBadResponse {
+                upstream: up.name.to_string(),
+                reason,
+            }),
+            Ok(Err(e)) => Err(GatewayError::UpstreamUnavailable {
+                upstream: up.name.to_string(),
+                reason: error_chain(&e),
+            }),
+            Ok(Ok(resp)) => Ok(resp),
+        })
     }
 }
 
