@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: `tools/call` through the gateway against the same
 //! reference upstream called directly and through nginx (a plain reverse
 //! proxy: the lean-proxy floor), all in one run, so ratios compare like
-//! with like on this machine.
+//! with like on this machine. The gateway is measured on `/mcp/reference`
+//! (one upstream relayed) and, over h1, on `/mcp` (the aggregated virtual
+//! server, the tool named `reference__echo`).
 //!
 //! For each path, each the median of `--rounds` runs taken in turn across
 //! the paths: latency at concurrency 1 (closed loop, one connection),
@@ -186,6 +188,14 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             1,
             Some(key.as_str()),
         ),
+        // `/mcp`, the virtual server of every upstream the key may use: the
+        // endpoint agents are given. The other gateway paths relay one.
+        (
+            "gateway h1 aggregated".into(),
+            format!("http://{plain}/mcp"),
+            1,
+            Some(key.as_str()),
+        ),
         (
             "gateway h1 1 worker".into(),
             format!("http://{plain_one}/mcp/reference"),
@@ -218,7 +228,14 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             2,
             ("gateway h1 PGO".into(), url.clone(), 1, Some(key.as_str())),
         );
-        paths.insert(6, ("gateway h2c PGO".into(), url, 2, Some(key.as_str())));
+        let after_h2c = 1 + paths
+            .iter()
+            .position(|p| p.0 == "gateway h2c")
+            .unwrap_or(paths.len() - 1);
+        paths.insert(
+            after_h2c,
+            ("gateway h2c PGO".into(), url, 2, Some(key.as_str())),
+        );
         paths.push((
             "gateway h3 PGO".into(),
             format!("https://127.0.0.1:{tls_pgo}/mcp/reference"),
@@ -245,8 +262,16 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
                 conc: usize,
                 rate: Option<f64>|
      -> anyhow::Result<Run> {
+        // Through `/mcp` the upstream's tools are `<upstream>__<name>`.
+        let tool = if key.is_some() && url.ends_with("/mcp") {
+            "reference__echo"
+        } else {
+            "echo"
+        };
         let mut cmd = Command::new(bin.join("stoa-load"));
         cmd.args([
+            "--tool",
+            tool,
             "--url",
             url,
             "--http",
@@ -339,14 +364,17 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         .collect();
     // An open-loop load is one rate for every path of a group (h1; h2c, h2
     // and h3), a share of the group's slowest saturation (the 1-worker
-    // variant and the PGO build aside): a path and its baseline see the
+    // variant, the PGO build and the aggregated endpoint aside): a path and its baseline see the
     // same offered load.
     let group_sat = |h1: bool| {
         paths
             .iter()
             .zip(&sats)
             .filter(|((name, _, http, _), _)| {
-                (*http == 1) == h1 && !name.contains("1 worker") && !name.contains("PGO")
+                (*http == 1) == h1
+                    && !name.contains("1 worker")
+                    && !name.contains("PGO")
+                    && !name.contains("aggregated")
             })
             .map(|(_, (r, _))| r.rate)
             .fold(f64::INFINITY, f64::min)
@@ -442,6 +470,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
     for (path, base) in [
         ("gateway h1", "direct h1"),
         ("gateway h1 PGO", "direct h1"),
+        ("gateway h1 aggregated", "direct h1"),
         ("gateway h1 1 worker", "direct h1"),
         ("nginx h1", "direct h1"),
         ("gateway h2c", "direct h2c"),
