@@ -833,7 +833,8 @@ async fn routed(
     // `_meta` (2026-07-28 needs it on every request; `pages` drops what
     // belongs to this request only).
     let lookup: Option<Map<String, Value>> = msg
-        .pointer("/params/_meta")
+        .get("params")
+        .and_then(|p| p.get("_meta"))
         .map(|meta| Map::from_iter([("_meta".to_owned(), meta.clone())]));
     let params = msg
         .get_mut("params")
@@ -996,12 +997,16 @@ impl Rewrite {
         }
         match v.get("method").and_then(Value::as_str) {
             Some("notifications/resources/updated") => {
-                if let Some(uri) = v.pointer("/params/uri").and_then(Value::as_str) {
+                if let Some(uri) = v
+                    .get("params")
+                    .and_then(|p| p.get("uri"))
+                    .and_then(Value::as_str)
+                {
                     v["params"]["uri"] = Value::String(names::virtual_uri(up, uri));
                 }
             }
             Some("notifications/cancelled") => {
-                if let Some(id) = v.pointer("/params/requestId").cloned() {
+                if let Some(id) = v.get("params").and_then(|p| p.get("requestId")).cloned() {
                     v["params"]["requestId"] = names::virtual_id(up, &id);
                 }
             }
@@ -1021,14 +1026,16 @@ impl Rewrite {
                         m.insert(META_SERVER_INFO.into(), server_info());
                     }
                 } else if let Some(info) = v
-                    .pointer_mut("/result/_meta")
+                    .get_mut("result")
+                    .and_then(|r| r.get_mut("_meta"))
                     .and_then(|m| m.get_mut(META_SERVER_INFO))
                 {
                     *info = server_info();
                 }
                 // A response: URIs it returns must be virtual too.
                 if let Some(contents) = v
-                    .pointer_mut("/result/contents")
+                    .get_mut("result")
+                    .and_then(|r| r.get_mut("contents"))
                     .and_then(Value::as_array_mut)
                 {
                     for c in contents {

@@ -64,9 +64,11 @@ pub fn cacheable(method: &str) -> bool {
 /// What the gateway relays is served under a key's grants, so no result of
 /// it may be cached and served across authorization contexts: a
 /// `cacheScope` of "public" (any cache may serve it to anyone) becomes
-/// "private" (only within the same authorization context).
+/// "private" (only within the same authorization context). Members are
+/// reached with `get`, here and on every relayed message: a JSON pointer
+/// allocates two strings per token.
 pub fn keep_private(msg: &mut serde_json::Value) {
-    if let Some(scope) = msg.pointer_mut("/result/cacheScope")
+    if let Some(scope) = msg.get_mut("result").and_then(|r| r.get_mut("cacheScope"))
         && scope.as_str() == Some("public")
     {
         *scope = serde_json::Value::from("private");

@@ -485,7 +485,8 @@ fn count_upstream_error(ctx: &ReqCtx, gw: &Gateway, e: &GatewayError) {
 /// Keeps only granted tools in a `tools/list` result.
 pub fn filter_tools(msg: &mut Value, filter: &ToolFilter) {
     if let Some(tools) = msg
-        .pointer_mut("/result/tools")
+        .get_mut("result")
+        .and_then(|r| r.get_mut("tools"))
         .and_then(Value::as_array_mut)
     {
         tools.retain(|t| {

@@ -223,7 +223,11 @@ impl Schemas {
 /// that fails sends none: the upstream then refuses the call or not on its
 /// own.
 pub async fn for_call(call: &Call<'_>, t: &Target, msg: &Value) -> HeaderMap {
-    let Some(tool) = msg.pointer("/params/name").and_then(Value::as_str) else {
+    let Some(tool) = msg
+        .get("params")
+        .and_then(|p| p.get("name"))
+        .and_then(Value::as_str)
+    else {
         return HeaderMap::new();
     };
     let schemas = &call.gw.bridges.schemas;
@@ -237,7 +241,7 @@ pub async fn for_call(call: &Call<'_>, t: &Target, msg: &Value) -> HeaderMap {
             }
         }
     };
-    headers(&params, msg.pointer("/params/arguments"))
+    headers(&params, msg.get("params").and_then(|p| p.get("arguments")))
 }
 
 /// Lists the upstream's tools (`pages` remembers their annotations): one
