@@ -179,10 +179,11 @@ impl<'u> Outgoing<'u> {
         }
     }
 
-    /// Marks a request that has no effect at the upstream beyond its answer
-    /// (a JSON-RPC read in a POST), so it may be sent again on a new
-    /// connection if a reused one closes without answering. Requests are not
-    /// replayable unless their HTTP method is idempotent.
+    /// If `safe`, marks a request that has no effect at the upstream beyond
+    /// its answer (a JSON-RPC read in a POST), so it may be sent again on a
+    /// new connection if a reused one closes without answering. Requests are
+    /// not replayable unless their HTTP method is idempotent.
+    ///
     /// By value, so that an `async` caller never borrows its request: a
     /// borrowed local keeps its place in the caller's future across the
     /// send, though it was moved into it.
