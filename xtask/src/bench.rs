@@ -289,7 +289,9 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         if let Some(r) = rate {
             cmd.args(["--rate", &format!("{r:.0}")]);
         }
+        let stolen = Steal::now();
         let out = cmd.output()?;
+        let steal = Steal::now().since(stolen);
         if !out.status.success() {
             bail!(
                 "stoa-load {url} failed: {}",
@@ -314,7 +316,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             warmup_ok: num("warmup_ok") as u64,
             gen_cpu_us: num("cpu_us"),
             wait_us: f64::NAN,
-            steal: Steal::default(),
+            steal,
         })
     };
     // Whose CPU a path's saturation costs: the proxy's, or for a direct
@@ -347,9 +349,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         for (i, (name, url, http, key)) in paths.iter().enumerate() {
             let pids = pids_of(name);
             let (user, total) = cpu_secs(&pids);
-            let stolen = Steal::now();
-            let mut run = load(url, *http, *key, args.concurrency, None)?;
-            run.steal = Steal::now().since(stolen);
+            let run = load(url, *http, *key, args.concurrency, None)?;
             let (user_after, total_after) = cpu_secs(&pids);
             cpu[i].0 += total_after - total;
             cpu[i].1 += user_after - user;
@@ -364,8 +364,8 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
         .collect();
     // An open-loop load is one rate for every path of a group (h1; h2c, h2
     // and h3), a share of the group's slowest saturation (the 1-worker
-    // variant, the PGO build and the aggregated endpoint aside): a path and its baseline see the
-    // same offered load.
+    // variant, the PGO build and the aggregated endpoint aside): a path and
+    // its baseline see the same offered load.
     let group_sat = |h1: bool| {
         paths
             .iter()
@@ -419,9 +419,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
             let pids = pids_of(name);
             for (j, l) in loads.iter().enumerate() {
                 let waited = runq_wait_secs(&pids);
-                let stolen = Steal::now();
                 let mut run = load(url, *http, *key, args.concurrency, Some(sat * l))?;
-                run.steal = Steal::now().since(stolen);
                 run.wait_us =
                     (runq_wait_secs(&pids) - waited) * 1e6 / (run.ok + run.warmup_ok).max(1) as f64;
                 open_runs[i][j].push(run);
@@ -503,7 +501,7 @@ fn requests(args: &Args, bin: &Path, dir: &Path) -> anyhow::Result<()> {
 /// hypervisor ran someone else on (steal), in ticks, from `/proc/stat`.
 /// On a shared VM a run with a high steal share shows a slow spell of the
 /// host, not of the path: its latency tail is the host's.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Steal {
     stolen: u64,
     total: u64,
