@@ -15,6 +15,7 @@ mod params;
 pub use bridge::Bridges;
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     future::Future,
     sync::{Arc, Mutex, MutexGuard},
@@ -28,10 +29,11 @@ use tokio::sync::{OnceCell, mpsc};
 
 use crate::{
     body::{self, Body, ChannelBody},
+    client::Outgoing,
     error::{GatewayError, code},
     gateway::{Call, ReqCtx, unix_now},
     headers::{Name, map_fields},
-    mcp::{self, Kind},
+    mcp::{self, Kind, META_SERVER_INFO},
     metrics::GaugeGuard,
     model::{ToolFilter, Upstream},
     names,
@@ -93,15 +95,29 @@ pub fn handle<'r>(call: Call<'r>, ctx: &'r mut ReqCtx) -> relay::Handling<'r> {
 
 async fn post(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failure> {
     mcp::check_post_headers(call.headers).map_err(|e| (e, None))?;
-    let Parsed {
-        peek,
-        kind,
-        id,
-        version,
-    } = relay::parse_post(call.headers, &call.body, ctx)?;
+    // The peek, borrowed from the body, stays in this block: it must not
+    // keep its place in this future across the upstream call.
+    let (kind, id, version, method, direct) = {
+        let Parsed {
+            peek,
+            kind,
+            id,
+            version,
+        } = relay::parse_post(call.headers, &call.body, ctx)?;
+        let method = peek.method();
+        let direct = if kind == Kind::Request && method == "tools/call" && version != mcp::STATELESS
+        {
+            direct_call(&call, &peek)
+        } else {
+            None
+        };
+        (kind, id, version, method.to_owned(), direct)
+    };
+    if let Some(d) = direct {
+        let answered = call_tool(&call, d, id.clone(), ctx).await;
+        return answered.map_err(|e| (e, id));
+    }
     let fail = |e: GatewayError| (e, id.clone());
-    let method = peek.method().to_owned();
-    drop(peek);
     let msg: Value =
         serde_json::from_slice(&call.body).map_err(|e| fail(GatewayError::Parse(e.to_string())))?;
 
@@ -237,6 +253,21 @@ fn session_targets(call: &Call<'_>) -> Result<Vec<Target>, GatewayError> {
     Ok(targets(call, Some(&session), &version))
 }
 
+/// The one target of a session-based call, if it needs no bridge: what
+/// `targets` would hold for `up`, without the others.
+fn session_target(call: &Call<'_>, s: &SessionState, up: &str) -> Option<Target> {
+    let (name, filter) = call.key.grants.get_key_value(up)?;
+    let up = call.rt.snapshot.upstreams.get(name)?;
+    let us = s.upstream(name.as_str())?;
+    (us.version != mcp::STATELESS).then(|| Target {
+        up: up.clone(),
+        filter: filter.clone(),
+        session: us.session.clone(),
+        version: us.version.clone(),
+        meta: None,
+    })
+}
+
 fn find<'t>(targets: &'t [Target], up: &str) -> Result<&'t Target, GatewayError> {
     targets
         .iter()
@@ -244,8 +275,15 @@ fn find<'t>(targets: &'t [Target], up: &str) -> Result<&'t Target, GatewayError>
         .ok_or_else(|| GatewayError::NotGranted(format!("no upstream {up:?} in this session")))
 }
 
-/// Headers for a request the gateway makes to an upstream on the client's behalf.
-fn headers_for(call: &Call<'_>, t: &Target, msg: &Value, last_event: Option<&str>) -> HeaderMap {
+/// Headers for a request the gateway makes to an upstream on the client's
+/// behalf. A 2026-07-28 upstream is told `msg`'s method and name again in
+/// headers.
+fn headers_for(
+    call: &Call<'_>,
+    t: &Target,
+    msg: Option<&Value>,
+    last_event: Option<&str>,
+) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(
         header::CONTENT_TYPE,
@@ -259,6 +297,7 @@ fn headers_for(call: &Call<'_>, t: &Target, msg: &Value, last_event: Option<&str
         h.insert(mcp::HDR_VERSION, v);
     }
     if t.version == mcp::STATELESS
+        && let Some(msg) = msg
         && let Some(m) = msg.get("method").and_then(Value::as_str)
     {
         h.insert(mcp::HDR_METHOD, mcp::mirror_value(m));
@@ -348,17 +387,38 @@ async fn send_with(
     } else {
         (Method::POST, Bytes::from(msg.to_string()))
     };
-    let mut headers = headers_for(call, t, msg, last_event);
-    headers.extend(extra);
     let safe = msg.get("id").is_some() && msg["method"].as_str().is_some_and(mcp::replay_safe);
+    let req = {
+        let mut headers = headers_for(call, t, Some(msg), last_event);
+        headers.extend(extra);
+        outgoing(t, method, &headers, body, safe)?
+    };
+    send_out(call, t, req).await
+}
+
+/// A request to a target, of a body already written.
+fn outgoing<'t>(
+    t: &'t Target,
+    method: Method,
+    headers: &HeaderMap,
+    body: Bytes,
+    safe: bool,
+) -> Result<Outgoing<'t>, GatewayError> {
     let req = upstream::upstream_request(
         &t.up,
         method,
-        map_fields(&headers),
+        map_fields(headers),
         t.session.as_deref(),
         body,
-    )?
-    .replay_safe(safe);
+    )?;
+    Ok(req.replay_safe(safe))
+}
+
+async fn send_out(
+    call: &Call<'_>,
+    t: &Target,
+    req: Outgoing<'_>,
+) -> Result<Response<crate::client::UpstreamBody>, GatewayError> {
     call.gw
         .client
         .send(&t.up, req, call.rt.limits.upstream_response_timeout)
@@ -615,9 +675,6 @@ async fn discover(
         &json!({"jsonrpc": "2.0", "id": msg["id"], "result": result}),
     ))
 }
-
-/// Where a 2026-07-28 result names its server.
-const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 
 /// The virtual server's name in 2026-07-28 results.
 fn server_info() -> Value {
@@ -895,11 +952,87 @@ async fn routed(
         }
     };
     ctx.upstream = Some(t.up.name.shared());
-    let mut resp = send(call, &t, &msg, None).await?;
+    let resp = send(call, &t, &msg, None).await?;
+    answer(call, &t, resp, msg.get("id").cloned(), ctx).await
+}
+
+/// A `tools/call` sent upstream as the client's bytes, the virtual tool
+/// name cut to the upstream's own: most calls through `/mcp`, relayed
+/// without building the request or its answer as values.
+struct Direct {
+    t: Target,
+    tool: String,
+    body: Bytes,
+}
+
+/// The call as `Direct`, if nothing about it needs the message as a
+/// value: a session-based client, a tool name without escapes that is not
+/// shortened, an upstream session without a bridge, a tool the key may
+/// use. Every other call, and every refusal, takes `routed`'s way.
+fn direct_call(call: &Call<'_>, peek: &mcp::Peek<'_>) -> Option<Direct> {
+    let Some(Cow::Borrowed(name)) = &peek.params.as_ref()?.name else {
+        return None;
+    };
+    let (up, tool, true) = names::split_name(name)? else {
+        return None;
+    };
+    let session = call.session().ok()??;
+    let t = session_target(call, &session, up)?;
+    if !t.filter.allows(tool) {
+        return None;
+    }
+    // The name is borrowed from the body: cut its upstream's part there.
+    let b = &call.body[..];
+    let at = (name.as_ptr() as usize).checked_sub(b.as_ptr() as usize)?;
+    if b.get(at..at + name.len())? != name.as_bytes() {
+        return None;
+    }
+    let cut = name.len() - tool.len();
+    Some(Direct {
+        tool: tool.to_owned(),
+        body: Bytes::from([&b[..at], &b[at + cut..]].concat()),
+        t,
+    })
+}
+
+async fn call_tool(
+    call: &Call<'_>,
+    d: Direct,
+    id: Option<Value>,
+    ctx: &mut ReqCtx,
+) -> Result<Response<Body>, GatewayError> {
+    let Direct { t, tool, body } = d;
+    ctx.tool = Some(tool);
+    ctx.upstream = Some(t.up.name.shared());
+    let req = {
+        // Headers of the upstream's revision, which is not 2026-07-28:
+        // nothing is mirrored.
+        let headers = headers_for(call, &t, None, None);
+        outgoing(
+            &t,
+            Method::POST,
+            &headers,
+            body,
+            mcp::replay_safe("tools/call"),
+        )?
+    };
+    let resp = send_out(call, &t, req).await?;
+    answer(call, &t, resp, id, ctx).await
+}
+
+/// Relays one upstream's answer to a request routed to it, as the virtual
+/// server's answer to `request_id`.
+async fn answer(
+    call: &Call<'_>,
+    t: &Target,
+    mut resp: Response<crate::client::UpstreamBody>,
+    request_id: Option<Value>,
+    ctx: &ReqCtx,
+) -> Result<Response<Body>, GatewayError> {
     // Over a bridged session: held while the answer is read.
     let in_use = resp.extensions_mut().remove::<bridge::InUse>();
     let bridged = resp.extensions().get::<bridge::SentId>().is_some();
-    let payload = upstream::classify(&t.up, &resp).inspect_err(|e| count_error(call, &t, e))?;
+    let payload = upstream::classify(&t.up, &resp).inspect_err(|e| count_error(call, t, e))?;
     if let Some(tool) = &ctx.tool {
         call.gw.metrics.tool_relayed(
             t.up.name.as_str(),
@@ -910,8 +1043,8 @@ async fn routed(
     }
     let status = resp.status();
     let map = Rewrite {
-        upstream: t.up.name.to_string(),
-        request_id: msg.get("id").cloned(),
+        upstream: t.up.name.shared(),
+        request_id,
         // The client's revision (a session-based client's 2026 members
         // carry `meta`).
         stateless: t.version == mcp::STATELESS && t.meta.is_none(),
@@ -920,8 +1053,12 @@ async fn routed(
     match payload {
         Payload::Empty => Ok(relay::status_only(status)),
         Payload::Json => {
-            let mut v = upstream::read_json(&t.up, resp.into_body(), &call.rt.limits).await?;
+            let text = upstream::read_json_body(&t.up, resp.into_body(), &call.rt.limits).await?;
             drop(in_use);
+            if map.leaves(&text) {
+                return Ok(body::json_bytes(status, text));
+            }
+            let mut v = upstream::parse_json(&t.up, &text)?;
             map.message(&mut v);
             Ok(body::json_response(status, &v))
         }
@@ -974,7 +1111,7 @@ async fn resolve_name(
 
 /// Rewrites what one upstream sends so the client sees the virtual server.
 struct Rewrite {
-    upstream: String,
+    upstream: Arc<str>,
     /// The client's request this stream answers (POST streams).
     request_id: Option<Value>,
     /// The client speaks 2026-07-28: every result names its type and the
@@ -985,8 +1122,16 @@ struct Rewrite {
 }
 
 impl Rewrite {
+    /// Whether a whole answer would come out of `message` as it went in
+    /// (read from its text, which is then known to be JSON).
+    fn leaves(&self, text: &[u8]) -> bool {
+        !self.bridged
+            && !self.stateless
+            && mcp::answer_shape(text).is_some_and(|s| s == mcp::AnswerShape::default())
+    }
+
     fn message(&self, v: &mut Value) {
-        let up = self.upstream.as_str();
+        let up = &*self.upstream;
         let is_request = v.get("method").is_some() && v.get("id").is_some();
         if is_request {
             // A server-to-client request (sampling, elicitation, roots):
@@ -1104,7 +1249,7 @@ async fn get(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gateway
             {
                 streams += 1;
                 let map = Rewrite {
-                    upstream: t.up.name.to_string(),
+                    upstream: t.up.name.shared(),
                     request_id: None,
                     stateless: false,
                     bridged: false,
@@ -1245,7 +1390,7 @@ async fn delete(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Gate
             .iter()
             .filter(|t| t.session.is_some())
             .map(|t| async {
-                let headers = headers_for(&call, t, &Value::Null, None);
+                let headers = headers_for(&call, t, None, None);
                 let req = upstream::upstream_request(
                     &t.up,
                     Method::DELETE,
@@ -1321,5 +1466,71 @@ mod tests {
         let before = progress.clone();
         r.message(&mut progress);
         assert_eq!(progress, before, "progress tokens belong to the client");
+    }
+
+    /// An answer relayed as its text is one the rewrite would not have
+    /// changed; every answer it would change is rewritten.
+    #[test]
+    fn answers_left_as_text_are_those_the_rewrite_leaves() {
+        let r = Rewrite {
+            upstream: "ev".into(),
+            request_id: Some(json!(1)),
+            stateless: false,
+            bridged: false,
+        };
+        let left = [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}]}}"#,
+            r#" {"result" : {"content":[], "isError":false, "_meta":{"a":{"b":[1]}}}, "id":"x" , "jsonrpc":"2.0"} "#,
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"cacheScope"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"contents":1,"cacheScope":"public"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"_meta":"not an object"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":"not an object"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"cacheScop":1,"_met":{}}}"#,
+        ];
+        for text in left {
+            assert!(r.leaves(text.as_bytes()), "{text}");
+            let mut v: Value = serde_json::from_str(text).unwrap();
+            let before = v.clone();
+            r.message(&mut v);
+            assert_eq!(v, before, "{text}");
+        }
+        let rewritten = [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"cacheScope":"public"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"contents":[{"uri":"test://x"}]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"_meta":{"io.modelcontextprotocol/serverInfo":{}}}}"#,
+            r#"{"jsonrpc":"2.0","id":0,"method":"sampling/createMessage","params":{}}"#,
+        ];
+        for text in rewritten {
+            assert!(!r.leaves(text.as_bytes()), "{text}");
+            let mut v: Value = serde_json::from_str(text).unwrap();
+            let before = v.clone();
+            r.message(&mut v);
+            assert_ne!(v, before, "{text}");
+        }
+        // Not JSON, or a member given twice (a parser into values takes
+        // the last): the general way, which parses and names the error.
+        for text in [
+            "<html",
+            r#"{"id":1,"result":{}"#,
+            r#"{"id":1,"result":{},"result":{"cacheScope":"public"}}"#,
+            r#"{"id":1,"result":{"_meta":{}, "_meta":{"io.modelcontextprotocol/serverInfo":{}}}}"#,
+        ] {
+            assert!(!r.leaves(text.as_bytes()), "{text}");
+        }
+        assert!(
+            !r.leaves(b"{\"id\":1,\"result\":{\"t\":\"\xff\"}}"),
+            "not UTF-8"
+        );
+        // Answers to a 2026-07-28 client or over a bridge always change.
+        let plain = left[0].as_bytes();
+        for (stateless, bridged) in [(true, false), (false, true)] {
+            let r = Rewrite {
+                upstream: "ev".into(),
+                request_id: Some(json!(1)),
+                stateless,
+                bridged,
+            };
+            assert!(!r.leaves(plain));
+        }
     }
 }

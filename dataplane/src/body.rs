@@ -56,11 +56,18 @@ pub fn empty() -> Body {
 }
 
 pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
-    let body = serde_json::to_vec(v).expect("a Value always serializes");
+    json_bytes(
+        status,
+        serde_json::to_vec(v).expect("a Value always serializes"),
+    )
+}
+
+/// A response of JSON text already written.
+pub fn json_bytes(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(full(body))
+        .body(full(text))
         .expect("static response parts are valid")
 }
 

@@ -75,6 +75,58 @@ pub fn keep_private(msg: &mut serde_json::Value) {
     }
 }
 
+/// The members of an answer that `/mcp` rewrites (`aggregate::Rewrite`),
+/// found without building the answer as a value. Read with the peek's
+/// strict reader, so an answer it reads is JSON.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AnswerShape {
+    /// A `method`: the body is a request or a notification.
+    pub method: bool,
+    /// `result.cacheScope`, `result.contents` and
+    /// `result._meta[META_SERVER_INFO]`.
+    pub cache_scope: bool,
+    pub contents: bool,
+    pub server_info: bool,
+}
+
+/// An answer's shape: `None` if it is not one JSON object, or names a
+/// member read here twice (which a parser into values would take).
+pub fn answer_shape(body: &[u8]) -> Option<AnswerShape> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut r = Reader::new(text);
+    let mut shape = AnswerShape::default();
+    r.expect(b'{', "expected `{`").ok()?;
+    r.fields(&["method", "result"], |r, i| {
+        if i == 0 {
+            shape.method = true;
+            return r.skip();
+        }
+        if !r.eat(b'{') {
+            return r.skip();
+        }
+        r.fields(&["cacheScope", "contents", "_meta"], |r, i| {
+            match i {
+                0 => shape.cache_scope = true,
+                1 => shape.contents = true,
+                _ if r.eat(b'{') => {
+                    return r.fields(&[META_SERVER_INFO], |r, _| {
+                        shape.server_info = true;
+                        r.skip()
+                    });
+                }
+                _ => {}
+            }
+            r.skip()
+        })
+    })
+    .ok()?;
+    r.end().ok()?;
+    Some(shape)
+}
+
+/// Where a 2026-07-28 result names its server.
+pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+
 /// Where 2026-07-28 notifications and the final result of a
 /// `subscriptions/listen` stream name the subscription.
 pub const META_SUBSCRIPTION: &str = "io.modelcontextprotocol/subscriptionId";

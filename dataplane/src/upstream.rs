@@ -224,8 +224,12 @@ pub async fn read_json(
     body: UpstreamBody,
     limits: &Limits,
 ) -> Result<Value, GatewayError> {
-    let bytes = read_json_body(up, body, limits).await?;
-    serde_json::from_slice(&bytes).map_err(|e| GatewayError::UpstreamBadResponse {
+    parse_json(up, &read_json_body(up, body, limits).await?)
+}
+
+/// An answer's JSON text, parsed.
+pub fn parse_json(up: &Upstream, text: &[u8]) -> Result<Value, GatewayError> {
+    serde_json::from_slice(text).map_err(|e| GatewayError::UpstreamBadResponse {
         upstream: up.name.to_string(),
         reason: format!("invalid JSON: {e}"),
     })

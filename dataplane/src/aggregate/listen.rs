@@ -227,7 +227,7 @@ pub async fn listen(
         acks.push((up.to_owned(), ack_rx));
         let feed = Feed {
             rewrite: Rewrite {
-                upstream: up.to_owned(),
+                upstream: up.into(),
                 request_id: None,
                 stateless: true,
                 bridged: false,

@@ -81,6 +81,81 @@ async fn one_virtual_server_over_two_upstreams() {
     assert_eq!(text_of(&r["result"]), "by a short name", "{r}");
 }
 
+/// A session-based client's `tools/call` goes upstream as its own bytes
+/// when it can (`aggregate::Direct`), by way of values when it cannot: the
+/// client sees no difference, and every refusal is the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tool_call_is_answered_alike_either_way() {
+    let (a, b) = (Reference::start(None), Reference::start(None));
+    let (mut spec, key) = GatewaySpec::open(&[("a", &a.url), ("b", &b.url)]);
+    spec.keys[0].1[0].1 = vec!["echo".into()];
+    let gw = Gateway::start(&spec).await;
+    let http = Http::h1();
+    let auth = key.bearer();
+    let mut s = crate::http::Session::new(&http, &format!("{}/mcp", gw.url()), &auth);
+    s.initialize().await;
+    let post = |name: &str, id: u64| {
+        // Written by hand: the name exactly as given, escapes and all.
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{name}","arguments":{{"message":"m{id}"}},"_meta":{{"progressToken":"p"}}}}}}"#
+        );
+        let (http, url, headers) = (&http, s.url.clone(), s.headers());
+        async move { http.send(Method::POST, &url, &headers, Some(&body)).await }
+    };
+    // Bytes, then values (an escape in the name), then bytes over the
+    // other upstream: the same answer to each.
+    for (i, name) in ["a__echo", r"a__\u0065cho", "b__echo"]
+        .into_iter()
+        .enumerate()
+    {
+        let id = i as u64 + 10;
+        let r = post(name, id).await;
+        assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.body);
+        assert_eq!(r.header("content-type"), Some("application/json"), "{name}");
+        let v = r.json();
+        assert_eq!(v["id"], id, "{name}: {v}");
+        assert_eq!(text_of(&v["result"]), format!("m{id}"), "{name}: {v}");
+    }
+    let refusals = [
+        ("a__add", "not_granted"),
+        ("a__no_such_tool", "not_granted"),
+        ("zz__echo", "invalid_params"),
+        ("echo", "invalid_params"),
+        ("a__", "invalid_params"),
+    ];
+    for (name, why) in refusals {
+        let v = post(name, 7).await.json();
+        assert_eq!(v["id"], 7, "{name}: {v}");
+        assert_eq!(v["error"]["data"]["reason"], why, "{name}: {v}");
+    }
+    // Without its session, a call is refused before anything is sent.
+    let headers: Vec<_> = s
+        .headers()
+        .into_iter()
+        .filter(|(k, _)| *k != "mcp-session-id")
+        .collect();
+    let body = json!({"jsonrpc": "2.0", "id": 8, "method": "tools/call",
+        "params": {"name": "a__echo", "arguments": {"message": "x"}}})
+    .to_string();
+    let v = http
+        .send(Method::POST, &s.url, &headers, Some(&body))
+        .await
+        .json();
+    assert_eq!(v["error"]["data"]["reason"], "missing_session", "{v}");
+    // Each way counts its call under the upstream's own tool name.
+    let metrics = gw.metrics().await;
+    let counted = |up: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("stoa_tool_calls_total{"))
+            .filter(|l| l.contains(&format!("upstream=\"{up}\"")) && l.contains("tool=\"echo\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert_eq!(counted("a"), 2.0, "{metrics}");
+    assert_eq!(counted("b"), 1.0, "{metrics}");
+}
+
 /// The reference's long-named echo as `/mcp` lists it: cut to 64
 /// characters, ending in `_` and 8 hex digits.
 fn shortened<S: AsRef<str>>(tools: &[S]) -> String {
