@@ -285,16 +285,10 @@ fn headers_for(
     last_event: Option<&str>,
 ) -> HeaderMap {
     let mut h = HeaderMap::new();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        header::ACCEPT,
-        HeaderValue::from_static("application/json, text/event-stream"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&t.version) {
-        h.insert(mcp::HDR_VERSION, v);
+    for (id, _, v) in base_fields(call, t) {
+        if let Ok(v) = HeaderValue::from_bytes(v) {
+            h.insert(HeaderName::from_static(id.as_str()), v);
+        }
     }
     if t.version == mcp::STATELESS
         && let Some(msg) = msg
@@ -327,16 +321,29 @@ fn headers_for(
     if let Some(le) = last_event.and_then(|s| HeaderValue::from_str(s).ok()) {
         h.insert(mcp::HDR_LAST_EVENT, le);
     }
-    for (id, name) in [
-        (Name::TRACEPARENT, crate::upstream::TRACEPARENT),
-        (Name::TRACESTATE, HeaderName::from_static("tracestate")),
-        (Name::USER_AGENT, header::USER_AGENT),
-    ] {
-        if let Some(v) = call.headers.value(id) {
-            h.insert(name, v);
-        }
-    }
     h
+}
+
+/// The fields every request to an upstream on the client's behalf
+/// carries: the gateway's own content type, accept and revision (the
+/// upstream's), and the client's trace context and user agent.
+fn base_fields<'a>(
+    call: &'a Call<'_>,
+    t: &'a Target,
+) -> impl Iterator<Item = (Name, &'a [u8], &'a [u8])> + 'a {
+    let version = t.version.as_bytes();
+    let own = [
+        (Name::CONTENT_TYPE, &b"application/json"[..]),
+        (Name::ACCEPT, b"application/json, text/event-stream"),
+        (Name::MCP_PROTOCOL_VERSION, version),
+    ];
+    let relayed = [Name::TRACEPARENT, Name::TRACESTATE, Name::USER_AGENT]
+        .into_iter()
+        .filter_map(|id| Some((id, call.headers.get(id)?)));
+    own.into_iter()
+        .filter(|(_, v)| !v.is_empty() && v.iter().all(|b| (b' '..=b'~').contains(b)))
+        .chain(relayed)
+        .map(|(id, v)| (id, id.as_str().as_bytes(), v))
 }
 
 /// Sends to an upstream as it must be spoken to: over a bridged session if
@@ -391,26 +398,20 @@ async fn send_with(
     let req = {
         let mut headers = headers_for(call, t, Some(msg), last_event);
         headers.extend(extra);
-        outgoing(t, method, &headers, body, safe)?
+        outgoing(t, method, map_fields(&headers), body, safe)?
     };
     send_out(call, t, req).await
 }
 
 /// A request to a target, of a body already written.
-fn outgoing<'t>(
+fn outgoing<'t, 'h>(
     t: &'t Target,
     method: Method,
-    headers: &HeaderMap,
+    fields: impl IntoIterator<Item = (Name, &'h [u8], &'h [u8])>,
     body: Bytes,
     safe: bool,
 ) -> Result<Outgoing<'t>, GatewayError> {
-    let req = upstream::upstream_request(
-        &t.up,
-        method,
-        map_fields(headers),
-        t.session.as_deref(),
-        body,
-    )?;
+    let req = upstream::upstream_request(&t.up, method, fields, t.session.as_deref(), body)?;
     Ok(req.replay_safe(safe))
 }
 
@@ -1004,18 +1005,10 @@ async fn call_tool(
     let Direct { t, tool, body } = d;
     ctx.tool = Some(tool);
     ctx.upstream = Some(t.up.name.shared());
-    let req = {
-        // Headers of the upstream's revision, which is not 2026-07-28:
-        // nothing is mirrored.
-        let headers = headers_for(call, &t, None, None);
-        outgoing(
-            &t,
-            Method::POST,
-            &headers,
-            body,
-            mcp::replay_safe("tools/call"),
-        )?
-    };
+    // The upstream's revision is not 2026-07-28: nothing is mirrored, and
+    // `headers_for` would add nothing to the base fields.
+    let safe = mcp::replay_safe("tools/call");
+    let req = outgoing(&t, Method::POST, base_fields(call, &t), body, safe)?;
     let resp = send_out(call, &t, req).await?;
     answer(call, &t, resp, id, ctx).await
 }

@@ -92,9 +92,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// W3C trace context, relayed so that traces span the gateway.
-pub(crate) const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-
 /// Headers of the client's request that reach the upstream. Everything else,
 /// above all `Authorization` and `X-API-Key`, stays at the gateway.
 static FORWARDED: [Name; 9] = [
