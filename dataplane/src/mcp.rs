@@ -484,14 +484,22 @@ pub fn accepts_all(headers: &Headers, mimes: &[&str]) -> bool {
     false
 }
 
-/// Whether one media range of `Accept` admits `mime`.
+/// Whether one media range of `Accept` admits `mime` (lengths first: most
+/// ranges are told apart by them).
 fn admits(range: &[u8], mime: &[u8]) -> bool {
-    let kind = mime.split(|&b| b == b'/').next().unwrap_or(mime);
-    range.eq_ignore_ascii_case(mime)
-        || range == b"*/*"
-        || (range.len() == kind.len() + 2
-            && range[..kind.len()].eq_ignore_ascii_case(kind)
-            && range.ends_with(b"/*"))
+    let n = range.len();
+    if range == b"*/*" {
+        return true;
+    }
+    if n == mime.len() {
+        return range.eq_ignore_ascii_case(mime);
+    }
+    // `type/*`: the type and its slash, as `mime` begins, then `*`.
+    n >= 2
+        && n < mime.len()
+        && range[n - 1] == b'*'
+        && range[n - 2] == b'/'
+        && range[..n - 1].eq_ignore_ascii_case(&mime[..n - 1])
 }
 
 #[cfg(test)]
