@@ -105,9 +105,8 @@ async fn post(call: Call<'_>, ctx: &mut ReqCtx) -> Result<Response<Body>, Failur
             version,
         } = relay::parse_post(call.headers, &call.body, ctx)?;
         let method = peek.method();
-        let direct = if kind == Kind::Request && method == "tools/call" && version != mcp::STATELESS
-        {
-            direct_call(&call, &peek)
+        let direct = if kind == Kind::Request && method == "tools/call" {
+            direct_call(&call, &peek, version == mcp::STATELESS)
         } else {
             None
         };
@@ -264,6 +263,19 @@ fn session_target(call: &Call<'_>, s: &SessionState, up: &str) -> Option<Target>
         filter: filter.clone(),
         session: us.session.clone(),
         version: us.version.clone(),
+        meta: None,
+    })
+}
+
+/// The one target of a call without a session, as `targets` would hold it
+/// for `up` (and a 2026-07-28 client).
+fn stateless_target(call: &Call<'_>, up: &str) -> Option<Target> {
+    let (name, filter) = call.key.grants.get_key_value(up)?;
+    Some(Target {
+        up: call.rt.snapshot.upstreams.get(name)?.clone(),
+        filter: filter.clone(),
+        session: None,
+        version: mcp::STATELESS.to_owned(),
         meta: None,
     })
 }
@@ -682,6 +694,13 @@ fn server_info() -> Value {
     json!({"name": "stoa-gateway", "version": env!("CARGO_PKG_VERSION")})
 }
 
+/// `server_info()` as JSON text (the package version needs no escapes).
+const SERVER_INFO: &str = concat!(
+    r#"{"name":"stoa-gateway","version":""#,
+    env!("CARGO_PKG_VERSION"),
+    r#""}"#
+);
+
 /// The union of what the upstreams offer.
 fn merge_capabilities(into: &mut Map<String, Value>, caps: &Value) {
     let Some(caps) = caps.as_object() else { return };
@@ -967,18 +986,26 @@ struct Direct {
 }
 
 /// The call as `Direct`, if nothing about it needs the message as a
-/// value: a session-based client, a tool name without escapes that is not
-/// shortened, an upstream session without a bridge, a tool the key may
-/// use. Every other call, and every refusal, takes `routed`'s way.
-fn direct_call(call: &Call<'_>, peek: &mcp::Peek<'_>) -> Option<Direct> {
+/// value: a tool name without escapes that is not shortened, a tool the
+/// key may use, and no bridge: an upstream session of a session-based
+/// revision, or for a 2026-07-28 client without a session, an upstream
+/// known to speak that revision. Every other call, and every refusal,
+/// takes `routed`'s way.
+fn direct_call(call: &Call<'_>, peek: &mcp::Peek<'_>, stateless: bool) -> Option<Direct> {
     let Some(Cow::Borrowed(name)) = &peek.params.as_ref()?.name else {
         return None;
     };
     let (up, tool, true) = names::split_name(name)? else {
         return None;
     };
-    let session = call.session().ok()??;
-    let t = session_target(call, &session, up)?;
+    let t = match call.session().ok()? {
+        Some(session) => session_target(call, &session, up)?,
+        None if stateless => {
+            let t = stateless_target(call, up)?;
+            (call.gw.bridges.era(&t) == Some(true)).then_some(t)?
+        }
+        None => return None,
+    };
     if !t.filter.allows(tool) {
         return None;
     }
@@ -1003,12 +1030,27 @@ async fn call_tool(
     ctx: &mut ReqCtx,
 ) -> Result<Response<Body>, GatewayError> {
     let Direct { t, tool, body } = d;
+    // What `headers_for` adds for a 2026-07-28 upstream: the method and
+    // the upstream's own tool name again, and the arguments the client
+    // mirrored.
+    let stateless = t.version == mcp::STATELESS;
+    let name = stateless.then(|| mcp::mirror_value(&tool));
+    let mirrored = name.iter().flat_map(|n| {
+        [
+            (Name::MCP_METHOD, &b"tools/call"[..]),
+            (Name::MCP_NAME, n.as_bytes()),
+        ]
+        .map(|(id, v)| (id, id.as_str().as_bytes(), v))
+    });
+    let params = call
+        .headers
+        .iter()
+        .filter(|(id, raw, _)| stateless && *id == Name::OTHER && mcp::is_param_header(raw));
+    let fields = base_fields(call, &t).chain(mirrored).chain(params);
+    let safe = mcp::replay_safe("tools/call");
+    let req = outgoing(&t, Method::POST, fields, body, safe)?;
     ctx.tool = Some(tool);
     ctx.upstream = Some(t.up.name.shared());
-    // The upstream's revision is not 2026-07-28: nothing is mirrored, and
-    // `headers_for` would add nothing to the base fields.
-    let safe = mcp::replay_safe("tools/call");
-    let req = outgoing(&t, Method::POST, base_fields(call, &t), body, safe)?;
     let resp = send_out(call, &t, req).await?;
     answer(call, &t, resp, id, ctx).await
 }
@@ -1048,9 +1090,10 @@ async fn answer(
         Payload::Json => {
             let text = upstream::read_json_body(&t.up, resp.into_body(), &call.rt.limits).await?;
             drop(in_use);
-            if map.leaves(&text) {
-                return Ok(body::json_bytes(status, text));
-            }
+            let text = match map.as_text(text) {
+                Ok(out) => return Ok(body::json_bytes(status, out)),
+                Err(text) => text,
+            };
             let mut v = upstream::parse_json(&t.up, &text)?;
             map.message(&mut v);
             Ok(body::json_response(status, &v))
@@ -1115,12 +1158,67 @@ struct Rewrite {
 }
 
 impl Rewrite {
-    /// Whether a whole answer would come out of `message` as it went in
-    /// (read from its text, which is then known to be JSON).
-    fn leaves(&self, text: &[u8]) -> bool {
-        !self.bridged
-            && !self.stateless
-            && mcp::answer_shape(text).is_some_and(|s| s == mcp::AnswerShape::default())
+    /// A whole answer's text as `message` would write it, made by
+    /// splicing where that is plain: the virtual server's name in place of
+    /// the upstream's, and for a 2026-07-28 client the result's type and
+    /// that name added where missing. `Err` gives the text back for
+    /// `message`.
+    fn as_text(&self, text: Bytes) -> Result<Bytes, Bytes> {
+        let shape = match mcp::answer_shape(&text) {
+            Some(s) if !(self.bridged || s.method || s.cache_scope || s.contents) => s,
+            _ => return Err(text),
+        };
+        let info = format!("\"{META_SERVER_INFO}\":{SERVER_INFO}");
+        // (where, how many bytes are cut there, what goes in), in order.
+        let mut edits: Vec<(usize, usize, String)> = Vec::with_capacity(2);
+        match (&shape.result, &shape.meta) {
+            (Some(result), meta) if self.stateless => {
+                let mut head = String::new();
+                if !shape.result_type {
+                    head.push_str(r#""resultType":"complete""#);
+                }
+                if meta.is_none() {
+                    if !head.is_empty() {
+                        head.push(',');
+                    }
+                    head.push_str(r#""_meta":{"#);
+                    head.push_str(&info);
+                    head.push('}');
+                }
+                if !head.is_empty() && !result.empty {
+                    head.push(',');
+                }
+                edits.push((result.at, 0, head));
+                match (meta, &shape.server_info) {
+                    (_, Some(span)) => edits.push((span.start, span.len(), SERVER_INFO.into())),
+                    (Some(Some(m)), None) => {
+                        let comma = if m.empty { "" } else { "," };
+                        edits.push((m.at, 0, [info.as_str(), comma].concat()));
+                    }
+                    _ => {}
+                }
+            }
+            _ => {
+                if let Some(span) = &shape.server_info {
+                    edits.push((span.start, span.len(), SERVER_INFO.into()));
+                }
+            }
+        }
+        if edits
+            .iter()
+            .all(|(_, cut, put)| *cut == 0 && put.is_empty())
+        {
+            return Ok(text);
+        }
+        let mut out = Vec::with_capacity(text.len() + 160);
+        let mut from = 0;
+        for (at, cut, put) in &edits {
+            out.extend_from_slice(&text[from..*at]);
+            out.extend_from_slice(put.as_bytes());
+            from = at + cut;
+        }
+        out.extend_from_slice(&text[from..]);
+        Ok(out.into())
     }
 
     fn message(&self, v: &mut Value) {
@@ -1461,69 +1559,76 @@ mod tests {
         assert_eq!(progress, before, "progress tokens belong to the client");
     }
 
-    /// An answer relayed as its text is one the rewrite would not have
-    /// changed; every answer it would change is rewritten.
+    /// An answer relayed as text reads as the value `message` makes of it,
+    /// for either kind of client; an answer it would change otherwise is
+    /// left to `message`.
     #[test]
-    fn answers_left_as_text_are_those_the_rewrite_leaves() {
-        let r = Rewrite {
+    fn answers_as_text_read_as_the_rewrite_writes_them() {
+        let rewrite = |stateless, bridged| Rewrite {
             upstream: "ev".into(),
             request_id: Some(json!(1)),
-            stateless: false,
-            bridged: false,
+            stateless,
+            bridged,
         };
-        let left = [
+        let texts = [
             r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}]}}"#,
-            r#" {"result" : {"content":[], "isError":false, "_meta":{"a":{"b":[1]}}}, "id":"x" , "jsonrpc":"2.0"} "#,
+            r#" {"result" : {"content":[], "isError":false}, "id":"x" , "jsonrpc":"2.0"} "#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{ }}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"resultType":"incomplete","x":[1,{"y":null}]}}"#,
             r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"cacheScope"}}"#,
             r#"{"jsonrpc":"2.0","id":1,"result":{"structuredContent":{"contents":1,"cacheScope":"public"}}}"#,
-            r#"{"jsonrpc":"2.0","id":1,"result":{"_meta":"not an object"}}"#,
             r#"{"jsonrpc":"2.0","id":1,"result":"not an object"}"#,
             r#"{"jsonrpc":"2.0","id":1,"result":{"cacheScop":1,"_met":{}}}"#,
-        ];
-        for text in left {
-            assert!(r.leaves(text.as_bytes()), "{text}");
-            let mut v: Value = serde_json::from_str(text).unwrap();
-            let before = v.clone();
-            r.message(&mut v);
-            assert_eq!(v, before, "{text}");
-        }
-        let rewritten = [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"_meta":{"a":{"b":[1]}}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"_meta":"not an object"}}"#,
             r#"{"jsonrpc":"2.0","id":1,"result":{"cacheScope":"public"}}"#,
             r#"{"jsonrpc":"2.0","id":1,"result":{"contents":[{"uri":"test://x"}]}}"#,
             r#"{"jsonrpc":"2.0","id":1,"result":{"_meta":{"io.modelcontextprotocol/serverInfo":{}}}}"#,
             r#"{"jsonrpc":"2.0","id":0,"method":"sampling/createMessage","params":{}}"#,
+            r#"{"result":{"_meta":{ },"x":1},"id":1,"jsonrpc":"2.0"}"#,
+            r#"{"id":1,"result":{"resultType":"complete","content":[],"_meta":{"k":[2],"io.modelcontextprotocol/serverInfo" : {"name":"up","version":"1"} ,"z":{}}}}"#,
         ];
-        for text in rewritten {
-            assert!(!r.leaves(text.as_bytes()), "{text}");
-            let mut v: Value = serde_json::from_str(text).unwrap();
-            let before = v.clone();
-            r.message(&mut v);
-            assert_ne!(v, before, "{text}");
+        let mut as_text = 0;
+        for text in texts {
+            for stateless in [false, true] {
+                let r = rewrite(stateless, false);
+                let mut want: Value = serde_json::from_str(text).unwrap();
+                let before = want.clone();
+                r.message(&mut want);
+                match r.as_text(Bytes::from(text)) {
+                    Ok(out) => {
+                        as_text += 1;
+                        let got: Value = serde_json::from_slice(&out)
+                            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)));
+                        assert_eq!(got, want, "{text} (stateless: {stateless})");
+                    }
+                    Err(back) => {
+                        assert_eq!(back, text, "given back whole");
+                        // Only what `message` changes goes to it.
+                        assert_ne!(want, before, "{text} (stateless: {stateless})");
+                    }
+                }
+            }
         }
+        assert_eq!(as_text, 2 * 13, "how many went as text");
         // Not JSON, or a member given twice (a parser into values takes
         // the last): the general way, which parses and names the error.
+        let r = rewrite(false, false);
         for text in [
             "<html",
             r#"{"id":1,"result":{}"#,
             r#"{"id":1,"result":{},"result":{"cacheScope":"public"}}"#,
             r#"{"id":1,"result":{"_meta":{}, "_meta":{"io.modelcontextprotocol/serverInfo":{}}}}"#,
         ] {
-            assert!(!r.leaves(text.as_bytes()), "{text}");
+            assert!(r.as_text(Bytes::from(text)).is_err(), "{text}");
         }
-        assert!(
-            !r.leaves(b"{\"id\":1,\"result\":{\"t\":\"\xff\"}}"),
-            "not UTF-8"
+        let not_utf8 = Bytes::from_static(b"{\"id\":1,\"result\":{\"t\":\"\xff\"}}");
+        assert!(r.as_text(not_utf8).is_err(), "not UTF-8");
+        // Over a bridge, ids change: always by value.
+        assert!(rewrite(false, true).as_text(Bytes::from(texts[0])).is_err());
+        assert_eq!(
+            server_info(),
+            serde_json::from_str::<Value>(SERVER_INFO).unwrap()
         );
-        // Answers to a 2026-07-28 client or over a bridge always change.
-        let plain = left[0].as_bytes();
-        for (stateless, bridged) in [(true, false), (false, true)] {
-            let r = Rewrite {
-                upstream: "ev".into(),
-                request_id: Some(json!(1)),
-                stateless,
-                bridged,
-            };
-            assert!(!r.leaves(plain));
-        }
     }
 }

@@ -76,17 +76,42 @@ pub fn keep_private(msg: &mut serde_json::Value) {
 }
 
 /// The members of an answer that `/mcp` rewrites (`aggregate::Rewrite`),
-/// found without building the answer as a value. Read with the peek's
-/// strict reader, so an answer it reads is JSON.
+/// and where they are, found without building the answer as a value. Read
+/// with the peek's strict reader, so an answer it reads is JSON.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct AnswerShape {
     /// A `method`: the body is a request or a notification.
     pub method: bool,
-    /// `result.cacheScope`, `result.contents` and
-    /// `result._meta[META_SERVER_INFO]`.
+    /// `result.cacheScope`, `result.contents`, `result.resultType`.
     pub cache_scope: bool,
     pub contents: bool,
-    pub server_info: bool,
+    pub result_type: bool,
+    /// A `result` object: where its members begin (just after its `{`),
+    /// and whether it has none.
+    pub result: Option<Members>,
+    /// `result._meta`: `Some(None)` if it is not an object.
+    pub meta: Option<Option<Members>>,
+    /// The bytes of `result._meta[META_SERVER_INFO]`'s value.
+    pub server_info: Option<std::ops::Range<usize>>,
+}
+
+/// Where an object's members begin (just after its `{`), and whether it
+/// has any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Members {
+    pub at: usize,
+    pub empty: bool,
+}
+
+impl Members {
+    /// After the `{` just read.
+    fn here(r: &mut Reader<'_>) -> Members {
+        let at = r.pos();
+        Members {
+            at,
+            empty: r.at(b'}'),
+        }
+    }
 }
 
 /// An answer's shape: `None` if it is not one JSON object, or names a
@@ -104,20 +129,28 @@ pub fn answer_shape(body: &[u8]) -> Option<AnswerShape> {
         if !r.eat(b'{') {
             return r.skip();
         }
-        r.fields(&["cacheScope", "contents", "_meta"], |r, i| {
-            match i {
-                0 => shape.cache_scope = true,
-                1 => shape.contents = true,
-                _ if r.eat(b'{') => {
-                    return r.fields(&[META_SERVER_INFO], |r, _| {
-                        shape.server_info = true;
-                        r.skip()
-                    });
+        shape.result = Some(Members::here(r));
+        r.fields(
+            &["cacheScope", "contents", "resultType", "_meta"],
+            |r, i| {
+                match i {
+                    0 => shape.cache_scope = true,
+                    1 => shape.contents = true,
+                    2 => shape.result_type = true,
+                    _ if r.eat(b'{') => {
+                        shape.meta = Some(Some(Members::here(r)));
+                        return r.fields(&[META_SERVER_INFO], |r, _| {
+                            let start = r.pos();
+                            r.skip()?;
+                            shape.server_info = Some(start..r.pos());
+                            Ok(())
+                        });
+                    }
+                    _ => shape.meta = Some(None),
                 }
-                _ => {}
-            }
-            r.skip()
-        })
+                r.skip()
+            },
+        )
     })
     .ok()?;
     r.end().ok()?;

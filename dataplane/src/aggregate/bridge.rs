@@ -113,7 +113,8 @@ fn dropped(s: Slot) -> Option<Dropped> {
 }
 
 impl Bridges {
-    fn era(&self, t: &Target) -> Option<bool> {
+    /// Whether the upstream speaks 2026-07-28, if known (and recent).
+    pub(super) fn era(&self, t: &Target) -> Option<bool> {
         let eras = lock(&self.eras);
         let e = eras.get(t.up.name.as_str())?;
         (e.url == t.up.url && e.at.elapsed() < ERA_TTL).then_some(e.stateless)

@@ -41,6 +41,11 @@ impl<'a> Reader<'a> {
         Reader { text, pos: 0 }
     }
 
+    /// Where the reader is, in bytes from the start.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
     fn bytes(&self) -> &'a [u8] {
         self.text.as_bytes()
     }

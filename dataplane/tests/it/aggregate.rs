@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::{
     clients::{self, text_of, tool_names},
     harness::{Gateway, GatewaySpec, Reference, everything, everything_on},
-    http::{Http, call_stateless, listen, post_stateless, stateless_meta},
+    http::{ACCEPT_BOTH, Http, call_stateless, listen, post_stateless, stateless_meta},
 };
 
 #[tokio::test(flavor = "multi_thread")]
@@ -104,6 +104,7 @@ async fn a_tool_call_is_answered_alike_either_way() {
     };
     // Bytes, then values (an escape in the name), then bytes over the
     // other upstream: the same answer to each.
+    let mut results = Vec::new();
     for (i, name) in ["a__echo", r"a__\u0065cho", "b__echo"]
         .into_iter()
         .enumerate()
@@ -115,7 +116,51 @@ async fn a_tool_call_is_answered_alike_either_way() {
         let v = r.json();
         assert_eq!(v["id"], id, "{name}: {v}");
         assert_eq!(text_of(&v["result"]), format!("m{id}"), "{name}: {v}");
+        results.push(v["result"].to_string().replace(&format!("m{id}"), "m"));
     }
+    assert!(results.iter().all(|r| *r == results[0]), "{results:?}");
+
+    // A 2026-07-28 client (no session): its first call probes what the
+    // upstream speaks; then bytes, and values (the escape) again. Each
+    // result names its type and the virtual server, as by values.
+    let stateless = |name: &str, id: u64| {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{name}","arguments":{{"message":"m{id}"}},"_meta":{}}}}}"#,
+            stateless_meta()
+        );
+        let url = s.url.clone();
+        let (http, auth) = (&http, &auth);
+        async move {
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+                ("accept", ACCEPT_BOTH),
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+                ("mcp-name", "a__echo"),
+            ];
+            http.send(Method::POST, &url, &headers, Some(&body)).await
+        }
+    };
+    let mut results = Vec::new();
+    for (i, name) in ["a__echo", "a__echo", r"a__\u0065cho"]
+        .into_iter()
+        .enumerate()
+    {
+        let id = i as u64 + 20;
+        let r = stateless(name, id).await;
+        assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.body);
+        let v = r.json();
+        assert_eq!(v["id"], id, "{name}: {v}");
+        assert_eq!(text_of(&v["result"]), format!("m{id}"), "{name}: {v}");
+        assert_eq!(v["result"]["resultType"], "complete", "{v}");
+        assert_eq!(
+            v["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "stoa-gateway",
+            "{v}"
+        );
+        results.push(v["result"].to_string().replace(&format!("m{id}"), "m"));
+    }
+    assert!(results.iter().all(|r| *r == results[0]), "{results:?}");
     let refusals = [
         ("a__add", "not_granted"),
         ("a__no_such_tool", "not_granted"),
@@ -152,7 +197,7 @@ async fn a_tool_call_is_answered_alike_either_way() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>()
     };
-    assert_eq!(counted("a"), 2.0, "{metrics}");
+    assert_eq!(counted("a"), 5.0, "{metrics}");
     assert_eq!(counted("b"), 1.0, "{metrics}");
 }
 
