@@ -1168,6 +1168,10 @@ impl Rewrite {
             Some(s) if !(self.bridged || s.method || s.cache_scope || s.contents) => s,
             _ => return Err(text),
         };
+        // Most answers to a session-based client: as they came.
+        if !self.stateless && shape.server_info.is_none() {
+            return Ok(text);
+        }
         let info = format!("\"{META_SERVER_INFO}\":{SERVER_INFO}");
         // (where, how many bytes are cut there, what goes in), in order.
         let mut edits: Vec<(usize, usize, String)> = Vec::with_capacity(2);

@@ -67,6 +67,11 @@ struct Args {
     /// The tool to call with `{"message": "ping"}`.
     #[arg(long, default_value = "echo")]
     tool: String,
+    /// Speak 2026-07-28 (no session: every call carries its revision,
+    /// `_meta` and mirrored `Mcp-Method`/`Mcp-Name`) instead of opening a
+    /// 2025-11-25 session.
+    #[arg(long)]
+    stateless: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -238,6 +243,12 @@ fn base_headers(a: &Args) -> Vec<(String, String)> {
 /// Opens an MCP session; returns the headers every call carries.
 async fn open_session(t: &Transport, a: &Args, url: &Uri) -> anyhow::Result<Vec<(String, String)>> {
     let mut h = base_headers(a);
+    if a.stateless {
+        h.push(("mcp-protocol-version".into(), "2026-07-28".into()));
+        h.push(("mcp-method".into(), "tools/call".into()));
+        h.push(("mcp-name".into(), a.tool.clone()));
+        return Ok(h);
+    }
     let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"stoa-load","version":"0"}}}"#;
     let (status, session, body) = t.post(url, &h, Bytes::from_static(init.as_bytes())).await?;
     if status != 200 {
@@ -276,8 +287,13 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let url: Uri = a.url.parse()?;
     let transport = Transport::new(&a).await?;
     let headers = Arc::new(open_session(&transport, &a, &url).await?);
+    let meta = if a.stateless {
+        r#","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#
+    } else {
+        ""
+    };
     let body = Bytes::from(format!(
-        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{}","arguments":{{"message":"ping"}}}}}}"#,
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{}","arguments":{{"message":"ping"}}{meta}}}}}"#,
         a.tool
     ));
     let call = {
