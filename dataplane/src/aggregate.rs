@@ -1030,27 +1030,35 @@ async fn call_tool(
     ctx: &mut ReqCtx,
 ) -> Result<Response<Body>, GatewayError> {
     let Direct { t, tool, body } = d;
-    // What `headers_for` adds for a 2026-07-28 upstream: the method and
-    // the upstream's own tool name again, and the arguments the client
-    // mirrored.
-    let stateless = t.version == mcp::STATELESS;
-    let name = stateless.then(|| mcp::mirror_value(&tool));
-    let mirrored = name.iter().flat_map(|n| {
-        [
-            (Name::MCP_METHOD, &b"tools/call"[..]),
-            (Name::MCP_NAME, n.as_bytes()),
-        ]
-        .map(|(id, v)| (id, id.as_str().as_bytes(), v))
-    });
-    let params = call
-        .headers
-        .iter()
-        .filter(|(id, raw, _)| stateless && *id == Name::OTHER && mcp::is_param_header(raw));
-    let fields = base_fields(call, &t).chain(mirrored).chain(params);
-    let safe = mcp::replay_safe("tools/call");
-    let req = outgoing(&t, Method::POST, fields, body, safe)?;
-    ctx.tool = Some(tool);
     ctx.upstream = Some(t.up.name.shared());
+    // In a block: what the fields borrow is not kept across the call.
+    let req = {
+        // What `headers_for` adds for a 2026-07-28 upstream: the method
+        // and the upstream's own tool name again, and the arguments the
+        // client mirrored.
+        let stateless = t.version == mcp::STATELESS;
+        let name = stateless.then(|| mcp::mirror_value(&tool));
+        ctx.tool = Some(tool);
+        let mirrored = name.iter().flat_map(|n| {
+            [
+                (Name::MCP_METHOD, &b"tools/call"[..]),
+                (Name::MCP_NAME, n.as_bytes()),
+            ]
+            .map(|(id, v)| (id, id.as_str().as_bytes(), v))
+        });
+        let params = call
+            .headers
+            .iter()
+            .filter(|(id, raw, _)| stateless && *id == Name::OTHER && mcp::is_param_header(raw));
+        let fields = base_fields(call, &t).chain(mirrored).chain(params);
+        outgoing(
+            &t,
+            Method::POST,
+            fields,
+            body,
+            mcp::replay_safe("tools/call"),
+        )?
+    };
     let resp = send_out(call, &t, req).await?;
     answer(call, &t, resp, id, ctx).await
 }
