@@ -252,30 +252,27 @@ fn session_targets(call: &Call<'_>) -> Result<Vec<Target>, GatewayError> {
     Ok(targets(call, Some(&session), &version))
 }
 
-/// The one target of a session-based call, if it needs no bridge: what
-/// `targets` would hold for `up`, without the others.
-fn session_target(call: &Call<'_>, s: &SessionState, up: &str) -> Option<Target> {
+/// The one target of a call that needs no bridge: what `targets` would
+/// hold for `up`, without the others. With a session, its upstream
+/// session must be of a session-based revision; without one, the client
+/// speaks 2026-07-28 (whether the upstream does is the caller's to know).
+fn direct_target(call: &Call<'_>, session: Option<&SessionState>, up: &str) -> Option<Target> {
     let (name, filter) = call.key.grants.get_key_value(up)?;
-    let up = call.rt.snapshot.upstreams.get(name)?;
-    let us = s.upstream(name.as_str())?;
-    (us.version != mcp::STATELESS).then(|| Target {
-        up: up.clone(),
-        filter: filter.clone(),
-        session: us.session.clone(),
-        version: us.version.clone(),
-        meta: None,
-    })
-}
-
-/// The one target of a call without a session, as `targets` would hold it
-/// for `up` (and a 2026-07-28 client).
-fn stateless_target(call: &Call<'_>, up: &str) -> Option<Target> {
-    let (name, filter) = call.key.grants.get_key_value(up)?;
+    let (session, version) = match session {
+        Some(s) => {
+            let us = s.upstream(name.as_str())?;
+            if us.version == mcp::STATELESS {
+                return None;
+            }
+            (us.session.clone(), us.version.clone())
+        }
+        None => (None, mcp::STATELESS.to_owned()),
+    };
     Some(Target {
         up: call.rt.snapshot.upstreams.get(name)?.clone(),
         filter: filter.clone(),
-        session: None,
-        version: mcp::STATELESS.to_owned(),
+        session,
+        version,
         meta: None,
     })
 }
@@ -998,14 +995,14 @@ fn direct_call(call: &Call<'_>, peek: &mcp::Peek<'_>, stateless: bool) -> Option
     let (up, tool, true) = names::split_name(name)? else {
         return None;
     };
-    let t = match call.session().ok()? {
-        Some(session) => session_target(call, &session, up)?,
-        None if stateless => {
-            let t = stateless_target(call, up)?;
-            (call.gw.bridges.era(&t) == Some(true)).then_some(t)?
-        }
-        None => return None,
-    };
+    let session = call.session().ok()?;
+    if session.is_none() && !stateless {
+        return None;
+    }
+    let t = direct_target(call, session.as_deref(), up)?;
+    if session.is_none() && call.gw.bridges.era(&t) != Some(true) {
+        return None;
+    }
     if !t.filter.allows(tool) {
         return None;
     }
@@ -1176,50 +1173,37 @@ impl Rewrite {
             Some(s) if !(self.bridged || s.method || s.cache_scope || s.contents) => s,
             _ => return Err(text),
         };
-        // Most answers to a session-based client: as they came.
-        if !self.stateless && shape.server_info.is_none() {
-            return Ok(text);
-        }
-        let info = format!("\"{META_SERVER_INFO}\":{SERVER_INFO}");
         // (where, how many bytes are cut there, what goes in), in order.
-        let mut edits: Vec<(usize, usize, String)> = Vec::with_capacity(2);
-        match (&shape.result, &shape.meta) {
-            (Some(result), meta) if self.stateless => {
-                let mut head = String::new();
-                if !shape.result_type {
-                    head.push_str(r#""resultType":"complete""#);
-                }
-                if meta.is_none() {
-                    if !head.is_empty() {
-                        head.push(',');
-                    }
-                    head.push_str(r#""_meta":{"#);
-                    head.push_str(&info);
-                    head.push('}');
-                }
-                if !head.is_empty() && !result.empty {
+        let mut edits: Vec<(usize, usize, String)> = Vec::new();
+        if self.stateless
+            && let Some(result) = &shape.result
+        {
+            let info = format!("\"{META_SERVER_INFO}\":{SERVER_INFO}");
+            // Members put first in the result.
+            let mut head = Vec::new();
+            if !shape.result_type {
+                head.push(r#""resultType":"complete""#.to_owned());
+            }
+            if shape.meta.is_none() {
+                head.push(format!(r#""_meta":{{{info}}}"#));
+            }
+            if !head.is_empty() {
+                let mut head = head.join(",");
+                if !result.empty {
                     head.push(',');
                 }
                 edits.push((result.at, 0, head));
-                match (meta, &shape.server_info) {
-                    (_, Some(span)) => edits.push((span.start, span.len(), SERVER_INFO.into())),
-                    (Some(Some(m)), None) => {
-                        let comma = if m.empty { "" } else { "," };
-                        edits.push((m.at, 0, [info.as_str(), comma].concat()));
-                    }
-                    _ => {}
-                }
             }
-            _ => {
-                if let Some(span) = &shape.server_info {
-                    edits.push((span.start, span.len(), SERVER_INFO.into()));
-                }
+            if let (Some(Some(meta)), None) = (&shape.meta, &shape.server_info) {
+                let comma = if meta.empty { "" } else { "," };
+                edits.push((meta.at, 0, info + comma));
             }
         }
-        if edits
-            .iter()
-            .all(|(_, cut, put)| *cut == 0 && put.is_empty())
-        {
+        // The upstream's name, inside the result: after any edit above.
+        if let Some(span) = &shape.server_info {
+            edits.push((span.start, span.len(), SERVER_INFO.into()));
+        }
+        if edits.is_empty() {
             return Ok(text);
         }
         let mut out = Vec::with_capacity(text.len() + 160);
